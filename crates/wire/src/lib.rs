@@ -1,0 +1,228 @@
+//! Wire types shared by the Turnpike filter (wasm32-wasip1), the counter service and
+//! the collector. Only `serde` here: this crate is compiled into the filter, where
+//! every byte and every dependency costs on each request.
+//!
+//! Field names are the JSON contract; change them only together with every user.
+
+use serde::{Deserialize, Serialize};
+
+/// HTTP paths of the counter service's API.
+pub mod counter_paths {
+    /// `POST` a [`super::ConsumeRequest`], answered by a [`super::ConsumeResponse`].
+    pub const CONSUME: &str = "/v1/consume";
+    /// `POST` a [`super::RefundRequest`], answered by a [`super::RefundResponse`].
+    pub const REFUND: &str = "/v1/refund";
+    /// `GET /v1/tenants/{tenant}/usage`, answered by a [`super::UsageResponse`].
+    pub const USAGE_PREFIX: &str = "/v1/tenants/";
+}
+
+/// HTTP paths of the collector's API.
+pub mod collector_paths {
+    /// `POST` a batch (`application/cloudevents-batch+json`, a JSON array of
+    /// [`super::UsageEvent`]) or one event (`application/cloudevents+json`).
+    pub const EVENTS: &str = "/v1/events";
+}
+
+/// Check and consume `cost` units of each meter for `tenant`, against every limit of
+/// the tenant's plan that counts one of these meters: all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumeRequest {
+    /// Consume id, minted by the proxy for this request. The same id sent again
+    /// (a retried callout) is counted once and answered the same.
+    pub id: String,
+    /// Tenant id, from a verified JWT claim.
+    pub tenant: String,
+    /// Plan from a verified claim, if the deployment uses one. A tenant override in
+    /// the plans file takes precedence; an unknown plan falls back to the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// What this request costs, per meter. Never empty.
+    pub meters: Vec<MeterCost>,
+}
+
+/// A quantity of one meter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterCost {
+    pub meter: String,
+    pub cost: u64,
+}
+
+/// The counter's answer to a [`ConsumeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumeResponse {
+    /// True when every limit had room and all were incremented; false when nothing
+    /// was consumed.
+    pub allowed: bool,
+    /// The plan the tenant was checked against.
+    pub plan: String,
+    /// One entry per limit of the plan whose meter is in the request, in plan order.
+    pub limits: Vec<LimitStatus>,
+    /// Name of the first limit that had no room, when denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+    /// When denied: seconds until every denying window has reset (never earlier
+    /// than the window's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// True when this answer was replayed from an earlier consume with the same id.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// The state of one limit after a consume (or a usage read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStatus {
+    /// Limit name, unique within its plan (used as the RateLimit policy name).
+    pub name: String,
+    pub meter: String,
+    /// `second`, `minute`, `hour`, `day` or `month`.
+    pub window: String,
+    /// Length of the current window in seconds (a calendar month varies).
+    pub window_secs: u64,
+    /// Hard maximum per window.
+    pub max: u64,
+    /// Units used in the current window, after this consume.
+    pub used: u64,
+    /// `max - used`, saturating.
+    pub remaining: u64,
+    /// Seconds until the current window ends (at least 1).
+    pub reset: u64,
+    /// Soft threshold, if the limit has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<u64>,
+    /// True when `used` has reached the soft threshold.
+    #[serde(default)]
+    pub soft_crossed: bool,
+}
+
+/// Give back what a consume took (e.g. when the upstream answered 5xx).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    /// The consume id to refund.
+    pub id: String,
+    pub tenant: String,
+}
+
+/// The counter's answer to a [`RefundRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundResponse {
+    /// True when this call gave units back; false when the id was unknown, denied,
+    /// or already refunded (refunds are idempotent too).
+    pub refunded: bool,
+}
+
+/// A tenant's current usage against its plan, without consuming anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageResponse {
+    pub tenant: String,
+    pub plan: String,
+    pub limits: Vec<LimitStatus>,
+}
+
+/// RFC 9457 problem details: the body of every error answer
+/// (`application/problem+json`), from the filter and from the services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// CloudEvents 1.0 `type` of a usage event.
+pub const USAGE_EVENT_TYPE: &str = "dev.turnpike.usage.v1";
+
+/// One usage event: a CloudEvents 1.0 event in structured JSON mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Always `"1.0"`.
+    pub specversion: String,
+    /// The proxy-minted consume id: the same id the counter consumed under.
+    pub id: String,
+    /// Who metered it, e.g. `//turnpike/envoy/<node>`; the ledger is keyed on
+    /// `source` + `id`.
+    pub source: String,
+    /// [`USAGE_EVENT_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The tenant.
+    pub subject: String,
+    /// RFC 3339 UTC time the exchange completed.
+    pub time: String,
+    /// Always `"application/json"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    pub data: UsageData,
+}
+
+/// The `data` of a [`UsageEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageData {
+    /// Quantities per meter (after settlement; zero-cost meters omitted).
+    pub meters: Vec<MeterCost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    pub method: String,
+    /// Configured route name (not the raw path, unless configured so).
+    pub route: String,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: u64,
+    pub decision: Decision,
+}
+
+/// What the filter decided for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The counter admitted it: billable.
+    Allowed,
+    /// The counter refused it (429): not billable.
+    Denied,
+    /// Let through by `fail_open` without the counter's answer: to reconcile.
+    Unverified,
+}
+
+impl Decision {
+    /// Whether usage with this decision is billed.
+    pub fn billable(self) -> bool {
+        !matches!(self, Decision::Denied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_request_omits_absent_plan() {
+        let req = ConsumeRequest {
+            id: "abc".into(),
+            tenant: "acme".into(),
+            plan: None,
+            meters: vec![MeterCost { meter: "requests".into(), cost: 1 }],
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(json, r#"{"id":"abc","tenant":"acme","meters":[{"meter":"requests","cost":1}]}"#);
+    }
+
+    #[test]
+    fn usage_event_round_trips_with_cloudevents_names() {
+        let json = r#"{"specversion":"1.0","id":"1","source":"//turnpike/envoy/a","type":"dev.turnpike.usage.v1","subject":"acme","time":"2026-11-27T10:00:00Z","datacontenttype":"application/json","data":{"meters":[{"meter":"requests","cost":1}],"plan":"pro","method":"GET","route":"search","status":200,"request_bytes":0,"response_bytes":12,"duration_ms":3,"decision":"allowed"}}"#;
+        let ev: UsageEvent = serde_json::from_str(json).unwrap();
+        assert_eq!(ev.kind, USAGE_EVENT_TYPE);
+        assert_eq!(ev.data.decision, Decision::Allowed);
+        assert_eq!(serde_json::to_string(&ev).unwrap(), json);
+    }
+
+    #[test]
+    fn only_denied_is_not_billable() {
+        assert!(Decision::Allowed.billable());
+        assert!(Decision::Unverified.billable());
+        assert!(!Decision::Denied.billable());
+    }
+}
