@@ -1,0 +1,212 @@
+//! Prometheus metrics, rendered by hand in the text format: a handful of atomics
+//! is all the hot path should pay for.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative), plus +Inf last.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        if let Some(inf) = self.counts.last() {
+            cumulative += inf.load(Relaxed);
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Which API endpoint a latency belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    Consume,
+    Refund,
+    Usage,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub consumes_allowed: AtomicU64,
+    pub consumes_denied: AtomicU64,
+    pub consumes_error: AtomicU64,
+    pub consumes_replayed: AtomicU64,
+    pub refunds_refunded: AtomicU64,
+    pub refunds_noop: AtomicU64,
+    pub refunds_error: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub invalid_requests: AtomicU64,
+    latency_consume: Histogram,
+    latency_refund: Histogram,
+    latency_usage: Histogram,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn observe(&self, endpoint: Endpoint, elapsed: Duration) {
+        match endpoint {
+            Endpoint::Consume => &self.latency_consume,
+            Endpoint::Refund => &self.latency_refund,
+            Endpoint::Usage => &self.latency_usage,
+        }
+        .observe(elapsed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, series: &[(&str, &AtomicU64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, value) in series {
+                let value = value.load(Relaxed);
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        };
+        counter(
+            &mut out,
+            "turnpike_counter_consumes_total",
+            "Consume requests by result.",
+            &[
+                ("result=\"allowed\"", &self.consumes_allowed),
+                ("result=\"denied\"", &self.consumes_denied),
+                ("result=\"error\"", &self.consumes_error),
+            ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_consumes_replayed_total",
+            "Consumes answered from an earlier consume with the same id.",
+            &[("", &self.consumes_replayed)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_refunds_total",
+            "Refund requests by result.",
+            &[
+                ("result=\"refunded\"", &self.refunds_refunded),
+                ("result=\"noop\"", &self.refunds_noop),
+                ("result=\"error\"", &self.refunds_error),
+            ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_plan_reloads_total",
+            "Plans file reloads by result.",
+            &[
+                ("result=\"ok\"", &self.reloads_ok),
+                ("result=\"failed\"", &self.reloads_failed),
+            ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_redis_errors_total",
+            "Redis calls that failed or timed out.",
+            &[("", &self.redis_errors)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_invalid_requests_total",
+            "Requests refused with 400/422.",
+            &[("", &self.invalid_requests)],
+        );
+        let name = "turnpike_counter_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} API request latency.\n# TYPE {name} histogram"
+        );
+        self.latency_consume
+            .render(&mut out, name, "endpoint=\"consume\"");
+        self.latency_refund
+            .render(&mut out, name, "endpoint=\"refund\"");
+        self.latency_usage
+            .render(&mut out, name, "endpoint=\"usage\"");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        m.observe(Endpoint::Consume, Duration::from_micros(200));
+        m.observe(Endpoint::Consume, Duration::from_millis(3));
+        m.observe(Endpoint::Consume, Duration::from_secs(2));
+        let text = m.render();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+                .to_owned()
+        };
+        let b = "turnpike_counter_request_duration_seconds_bucket{endpoint=\"consume\"";
+        assert!(line(&format!("{b},le=\"0.00025\"}}")).ends_with(" 1"));
+        assert!(line(&format!("{b},le=\"0.005\"}}")).ends_with(" 2"));
+        assert!(line(&format!("{b},le=\"1\"}}")).ends_with(" 2"));
+        assert!(line(&format!("{b},le=\"+Inf\"}}")).ends_with(" 3"));
+        assert!(
+            line("turnpike_counter_request_duration_seconds_count{endpoint=\"consume\"}")
+                .ends_with(" 3")
+        );
+        assert!(
+            line("turnpike_counter_request_duration_seconds_sum{endpoint=\"consume\"}")
+                .ends_with(" 2.0032")
+        );
+    }
+
+    #[test]
+    fn counters_render_with_result_labels() {
+        let m = Metrics::default();
+        Metrics::inc(&m.consumes_denied);
+        Metrics::inc(&m.consumes_denied);
+        let text = m.render();
+        assert!(
+            text.contains("turnpike_counter_consumes_total{result=\"denied\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("turnpike_counter_redis_errors_total 0\n"),
+            "{text}"
+        );
+    }
+}

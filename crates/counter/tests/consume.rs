@@ -1,0 +1,376 @@
+//! Check-and-consume, refunds and usage reads against a real Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{unix_now, Api, Counter, Redis};
+use serde_json::Value;
+
+const PLANS: &str = r#"
+default_plan = "free"
+
+[plans.free]
+limits = [
+  { name = "daily", meter = "requests", window = "day", max = 5 },
+  { name = "monthly", meter = "requests", window = "month", max = 100, soft = 4 },
+  { name = "search-daily", meter = "search_units", window = "day", max = 10 },
+]
+
+[plans.minute]
+limits = [
+  { name = "per-minute", meter = "requests", window = "minute", max = 3 },
+  { name = "monthly", meter = "requests", window = "month", max = 100 },
+]
+
+[plans.big]
+limits = [ { name = "hourly", meter = "requests", window = "hour", max = 500 } ]
+
+[tenants.bulk]
+plan = "big"
+
+[tenants.ticker]
+plan = "minute"
+"#;
+
+fn start() -> (Redis, Counter, Api) {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    (redis, counter, api)
+}
+
+fn day_end(now: i64) -> i64 {
+    (now.div_euclid(86_400) + 1) * 86_400
+}
+
+fn limit<'a>(answer: &'a Value, name: &str) -> &'a Value {
+    answer["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name))
+        .unwrap_or_else(|| panic!("no limit {name} in {answer}"))
+}
+
+fn daily_key(tenant: &str, meter: &str) -> String {
+    format!(
+        "tp:{{{tenant}}}:q:{meter}:day:{}",
+        day_end(unix_now()) - 86_400
+    )
+}
+
+/// Sleep past the end of the current window of `len` seconds if fewer than `margin`
+/// seconds are left, so a test's consumes all land in one window.
+async fn avoid_window_edge(len: i64, margin: i64) {
+    let left = len - unix_now().rem_euclid(len);
+    if left < margin {
+        tokio::time::sleep(Duration::from_secs((left + 1) as u64)).await;
+    }
+}
+
+#[tokio::test]
+async fn exactly_max_consumes_are_allowed_then_denied_with_remaining_and_reset() {
+    let (redis, _counter, api) = start();
+    for i in 1..=5u64 {
+        let (status, answer) = api
+            .consume(&format!("c{i}"), "acme", &[("requests", 1)])
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["allowed"], true, "{answer}");
+        assert_eq!(answer["plan"], "free");
+        assert_eq!(answer["replayed"], false);
+        let daily = limit(&answer, "daily");
+        assert_eq!(
+            (daily["used"].as_u64(), daily["remaining"].as_u64()),
+            (Some(i), Some(5 - i))
+        );
+        assert_eq!(daily["window_secs"], 86_400);
+        let reset = daily["reset"].as_i64().unwrap();
+        assert!(
+            (reset - (day_end(unix_now()) - unix_now())).abs() <= 2,
+            "reset {reset}"
+        );
+        let monthly = limit(&answer, "monthly");
+        assert_eq!(monthly["soft_crossed"], i >= 4, "{answer}");
+        // Only limits on a requested meter are reported.
+        assert_eq!(answer["limits"].as_array().unwrap().len(), 2);
+    }
+
+    let (status, denied) = api.consume("c6", "acme", &[("requests", 1)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(denied["allowed"], false, "{denied}");
+    assert_eq!(denied["denied_by"], "daily");
+    let retry_after = denied["retry_after"].as_i64().unwrap();
+    assert!(
+        retry_after >= day_end(unix_now()) - unix_now() - 1,
+        "{denied}"
+    );
+    assert_eq!(limit(&denied, "daily")["remaining"], 0);
+    assert_eq!(limit(&denied, "monthly")["used"], 5);
+
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(5));
+}
+
+#[tokio::test]
+async fn a_denial_by_one_limit_consumes_nothing_from_the_others() {
+    let (redis, _counter, api) = start();
+    avoid_window_edge(60, 15).await;
+    for i in 0..3 {
+        let (_, answer) = api
+            .consume(&format!("t{i}"), "ticker", &[("requests", 1)])
+            .await;
+        assert_eq!(answer["allowed"], true, "{answer}");
+    }
+    let (_, denied) = api.consume("t3", "ticker", &[("requests", 1)]).await;
+    assert_eq!(denied["allowed"], false);
+    assert_eq!(denied["denied_by"], "per-minute");
+    assert!(denied["retry_after"].as_u64().unwrap() <= 60, "{denied}");
+
+    let month_keys = redis.keys("tp:{ticker}:q:requests:month:*");
+    assert_eq!(month_keys.len(), 1);
+    assert_eq!(
+        redis.get(&month_keys[0]),
+        Some(3),
+        "monthly was charged by a denied consume"
+    );
+    let minute_keys = redis.keys("tp:{ticker}:q:requests:minute:*");
+    assert_eq!(redis.get(&minute_keys[0]), Some(3));
+
+    // Two meters at once: search_units has no room, so requests is not charged either.
+    let (_, denied) = api
+        .consume("s1", "acme", &[("requests", 1), ("search_units", 11)])
+        .await;
+    assert_eq!(denied["denied_by"], "search-daily", "{denied}");
+    assert!(
+        redis.keys("tp:{acme}:q:*").is_empty(),
+        "{:?}",
+        redis.keys("*")
+    );
+    let (_, allowed) = api
+        .consume("s2", "acme", &[("requests", 1), ("search_units", 10)])
+        .await;
+    assert_eq!(allowed["allowed"], true);
+    assert_eq!(allowed["limits"].as_array().unwrap().len(), 3);
+    assert_eq!(redis.get(&daily_key("acme", "search_units")), Some(10));
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(1));
+}
+
+#[tokio::test]
+async fn the_same_consume_id_twice_is_counted_once_with_the_same_answer() {
+    let (redis, _counter, api) = start();
+    let (_, first) = api.consume("dup", "acme", &[("requests", 2)]).await;
+    let (_, second) = api.consume("dup", "acme", &[("requests", 2)]).await;
+    assert_eq!(first["replayed"], false);
+    assert_eq!(second["replayed"], true);
+    for field in ["allowed", "plan"] {
+        assert_eq!(first[field], second[field]);
+    }
+    for (a, b) in first["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(second["limits"].as_array().unwrap())
+    {
+        for field in ["name", "max", "used", "remaining", "soft_crossed"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+    }
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(2));
+
+    // A denied consume replays as denied, even after room appears elsewhere.
+    for i in 0..3 {
+        api.consume(&format!("fill{i}"), "acme", &[("requests", 1)])
+            .await;
+    }
+    let (_, denied) = api.consume("late", "acme", &[("requests", 1)]).await;
+    assert_eq!(denied["allowed"], false);
+    let (_, again) = api.consume("late", "acme", &[("requests", 1)]).await;
+    assert_eq!(
+        (again["allowed"].clone(), again["replayed"].clone()),
+        (Value::Bool(false), Value::Bool(true))
+    );
+    assert_eq!(again["denied_by"], "daily");
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(5));
+}
+
+#[tokio::test]
+async fn refund_gives_back_exactly_once() {
+    let (redis, _counter, api) = start();
+    let (_, consumed) = api.consume("r1", "acme", &[("requests", 3)]).await;
+    assert_eq!(consumed["allowed"], true);
+    api.consume("r2", "acme", &[("requests", 1)]).await;
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(4));
+
+    // Concurrent refunds of one consume: one gives back.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { api.refund("r1", "acme").await })
+        })
+        .collect();
+    let mut refunded = 0;
+    for task in tasks {
+        let (status, answer) = task.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        refunded += usize::from(answer["refunded"] == true);
+    }
+    assert_eq!(refunded, 1);
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(1));
+
+    let (_, again) = api.refund("r1", "acme").await;
+    assert_eq!(again["refunded"], false);
+    let (_, unknown) = api.refund("never", "acme").await;
+    assert_eq!(unknown["refunded"], false);
+    let (_, other_tenant) = api.refund("r2", "globex").await;
+    assert_eq!(other_tenant["refunded"], false);
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(1));
+
+    // A denied consume took nothing, so it gives nothing back.
+    let (_, denied) = api.consume("big", "acme", &[("requests", 50)]).await;
+    assert_eq!(denied["allowed"], false);
+    let (_, refund_denied) = api.refund("big", "acme").await;
+    assert_eq!(refund_denied["refunded"], false);
+
+    // The refunded id is still a known consume: replaying it is not charged again.
+    let (_, replay) = api.consume("r1", "acme", &[("requests", 3)]).await;
+    assert_eq!(replay["replayed"], true);
+    assert_eq!(redis.get(&daily_key("acme", "requests")), Some(1));
+}
+
+#[tokio::test]
+async fn concurrent_consumes_never_exceed_the_limit() {
+    let (redis, _counter, api) = start();
+    avoid_window_edge(3_600, 60).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let mut allowed = 0;
+                for i in 0..25 {
+                    let (status, answer) = api
+                        .consume(&format!("k{task}-{i}"), "bulk", &[("requests", 1)])
+                        .await;
+                    assert_eq!(status, 200, "{answer}");
+                    allowed += usize::from(answer["allowed"] == true);
+                }
+                allowed
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += task.await.unwrap();
+    }
+    assert_eq!(allowed, 500);
+    let keys = redis.keys("tp:{bulk}:q:requests:hour:*");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(redis.get(&keys[0]), Some(500));
+}
+
+#[tokio::test]
+async fn usage_reads_counters_without_writing() {
+    let (redis, _counter, api) = start();
+    api.consume("u1", "acme", &[("requests", 2), ("search_units", 7)])
+        .await;
+    let keys_before = redis.keys("*");
+
+    let (status, content_type, body) = api.get("/v1/tenants/acme/usage").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(content_type.starts_with("application/json"));
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (usage["tenant"].as_str(), usage["plan"].as_str()),
+        (Some("acme"), Some("free"))
+    );
+    assert_eq!(usage["limits"].as_array().unwrap().len(), 3);
+    assert_eq!(limit(&usage, "daily")["used"], 2);
+    assert_eq!(limit(&usage, "search-daily")["remaining"], 3);
+
+    let (_, _, body) = api.get("/v1/tenants/nobody/usage?plan=big").await;
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(usage["plan"], "big");
+    assert_eq!(limit(&usage, "hourly")["used"], 0);
+    assert_eq!(redis.keys("*"), keys_before);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served_on_the_same_port() {
+    let (_redis, counter, api) = start();
+    let h2 = Api::h2c(&counter);
+    let (status, answer) = h2.consume("h2", "acme", &[("requests", 1)]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["allowed"], true);
+    let resp = h2.http.get(counter.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let resp = api.http.get(counter.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_json_naming_the_field() {
+    let (redis, _counter, api) = start();
+    let ((status, problem), content_type) = api.post_raw("/v1/consume", "{\"id\":".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(
+        problem["type"],
+        "https://turnpike.dev/problems/invalid-request"
+    );
+    assert_eq!(problem["status"], 400);
+
+    let cases = [
+        (
+            r#"{"id":"a","tenant":"ac me","meters":[{"meter":"requests","cost":1}]}"#,
+            "tenant",
+        ),
+        (
+            r#"{"id":"a b","tenant":"acme","meters":[{"meter":"requests","cost":1}]}"#,
+            "id",
+        ),
+        (r#"{"id":"a","tenant":"acme","meters":[]}"#, "meters"),
+        (
+            r#"{"id":"a","tenant":"acme","meters":[{"meter":"requests","cost":"1"}]}"#,
+            "meters[0].cost",
+        ),
+        (
+            r#"{"id":"a","meters":[{"meter":"requests","cost":1}]}"#,
+            "tenant",
+        ),
+    ];
+    for (body, field) in cases {
+        let ((status, problem), content_type) = api.post_raw("/v1/consume", body.into()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(content_type, "application/problem+json");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(field),
+            "{body}: {detail} should name {field}"
+        );
+    }
+
+    let ((status, problem), _) = api
+        .post_raw("/v1/refund", r#"{"id":"a","tenant":"{acme}"}"#.into())
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        problem["detail"].as_str().unwrap().starts_with("tenant:"),
+        "{problem}"
+    );
+
+    let (status, content_type, body) = api.get("/v1/tenants/a%20b/usage").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (422, "application/problem+json"),
+        "{body}"
+    );
+    let (status, content_type, _) = api.get("/v1/nothing").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
+
+    assert!(
+        redis.keys("*").is_empty(),
+        "bad requests wrote {:?}",
+        redis.keys("*")
+    );
+}
