@@ -1,0 +1,177 @@
+//! The real `turnpike-counter` binary with a plans file in the test's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use turnpike_wire::{ConsumeRequest, UsageResponse};
+
+use crate::http::{client, Reply};
+use crate::paths::counter_bin;
+use crate::ports::free_port;
+use crate::process::Process;
+use crate::wait::eventually;
+
+pub struct Counter {
+    pub port: u16,
+    pub plans_path: PathBuf,
+    process: Process,
+    http: reqwest::Client,
+}
+
+impl Counter {
+    /// Writes `plans_toml` to `<dir>/plans.toml` and starts the counter against
+    /// `redis_url`, with `extra_args` appended; waits until `/healthz` says ok.
+    pub async fn start(
+        dir: &Path,
+        redis_url: &str,
+        plans_toml: &str,
+        extra_args: &[String],
+    ) -> Counter {
+        let port = free_port();
+        let plans_path = dir.join("plans.toml");
+        std::fs::write(&plans_path, plans_toml)
+            .unwrap_or_else(|e| panic!("cannot write plans: {e}"));
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--redis".to_owned(),
+            redis_url.to_owned(),
+            "--plans".to_owned(),
+            plans_path.display().to_string(),
+        ];
+        args.extend(extra_args.iter().cloned());
+        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        let process = Process::spawn_with_env("counter", &counter_bin(), args, envs, dir);
+        let mut counter = Counter {
+            port,
+            plans_path,
+            process,
+            http: client(),
+        };
+        counter.wait_healthy().await;
+        counter
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn wait_healthy(&mut self) {
+        self.process.assert_running();
+        let (http, url) = (self.http.clone(), self.url("/healthz"));
+        eventually(
+            "the counter's /healthz to answer 200",
+            Duration::from_secs(15),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let response = http.get(&url).send().await.ok()?;
+                    (response.status().as_u16() == 200).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Rewrites the plans file in place (as an operator's editor would).
+    pub fn write_plans(&self, plans_toml: &str) {
+        std::fs::write(&self.plans_path, plans_toml)
+            .unwrap_or_else(|e| panic!("cannot rewrite plans: {e}"));
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Restarts on the same port and waits for health.
+    pub async fn restart(&mut self) {
+        self.process.restart();
+        self.wait_healthy().await;
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        Reply::from_request(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from_request(self.http.get(self.url(path))).await
+    }
+
+    pub async fn consume(&self, request: &ConsumeRequest) -> Reply {
+        let body = serde_json::to_value(request).unwrap_or_default();
+        self.post(turnpike_wire::counter_paths::CONSUME, &body)
+            .await
+    }
+
+    /// The tenant's usage; panics unless the counter answers 200 with a UsageResponse.
+    pub async fn usage(&self, tenant: &str) -> UsageResponse {
+        let reply = self
+            .get(&format!(
+                "{}{tenant}/usage",
+                turnpike_wire::counter_paths::USAGE_PREFIX
+            ))
+            .await;
+        assert_eq!(reply.status, 200, "usage of {tenant}: {reply:?}");
+        serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("usage body ({e}): {}", reply.body))
+    }
+
+    /// `used` of one limit of the tenant's plan.
+    pub async fn used(&self, tenant: &str, limit: &str) -> u64 {
+        let usage = self.usage(tenant).await;
+        usage
+            .limits
+            .iter()
+            .find(|l| l.name == limit)
+            .map(|l| l.used)
+            .unwrap_or_else(|| panic!("no limit {limit} in usage {usage:?}"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.body
+    }
+}
+
+/// Sum of every series of the Prometheus metric `name` in a text exposition.
+pub fn prometheus_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .map(|v| v as u64)
+        .sum()
+}
+
+impl Counter {
+    /// All consumes the counter has handled, whatever their result.
+    pub async fn consumes_total(&self) -> u64 {
+        prometheus_sum(&self.metrics().await, "turnpike_counter_consumes_total")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_sum;
+
+    #[test]
+    fn prometheus_sum_adds_all_labelled_series_of_one_metric() {
+        let text = "# TYPE a counter\na{result=\"x\"} 2\na{result=\"y\"} 3\nab 7\na_total 1\n";
+        assert_eq!(prometheus_sum(text, "a"), 5);
+        assert_eq!(prometheus_sum(text, "ab"), 7);
+        assert_eq!(prometheus_sum(text, "missing"), 0);
+    }
+}

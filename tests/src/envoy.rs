@@ -1,0 +1,158 @@
+//! Real Envoy with the real filter: the repository's template rendered with fresh
+//! ports, the freshly built wasm and the demo JWKS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use turnpike_devtools::render::{render_envoy, values_with_defaults};
+
+use crate::http::client;
+use crate::paths::{envoy_bin, repo_root, wasm_path};
+use crate::ports::free_port;
+use crate::process::Process;
+
+/// What differs between test stacks.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub concurrency: u32,
+    /// JSON merge patch for `envoy/filter-config.json`.
+    pub filter_patch: Option<Value>,
+    pub upstream_port: u16,
+    pub counter_port: u16,
+    pub collector_port: u16,
+}
+
+pub struct Envoy {
+    pub port: u16,
+    pub admin_port: u16,
+    process: Process,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    pub async fn start(dir: &Path, options: &EnvoyOptions) -> Envoy {
+        let root = repo_root();
+        let read = |rel: &str| {
+            std::fs::read_to_string(root.join(rel))
+                .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+        };
+        let (port, admin_port) = (free_port(), free_port());
+        let values = values_with_defaults([
+            ("ADMIN_ADDRESS", "127.0.0.1".to_owned()),
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("LISTEN_ADDRESS", "127.0.0.1".to_owned()),
+            ("LISTEN_PORT", port.to_string()),
+            (
+                "JWKS_PATH",
+                root.join("config/demo/jwks.json").display().to_string(),
+            ),
+            ("WASM_PATH", wasm_path().display().to_string()),
+            ("UPSTREAM_HOST", "127.0.0.1".to_owned()),
+            ("UPSTREAM_PORT", options.upstream_port.to_string()),
+            ("COUNTER_HOST", "127.0.0.1".to_owned()),
+            ("COUNTER_PORT", options.counter_port.to_string()),
+            ("COLLECTOR_HOST", "127.0.0.1".to_owned()),
+            ("COLLECTOR_PORT", options.collector_port.to_string()),
+        ]);
+        let yaml = render_envoy(
+            &read("envoy/envoy.yaml.tmpl"),
+            &read("envoy/filter-config.json"),
+            &values,
+            options.filter_patch.as_ref(),
+        )
+        .unwrap_or_else(|e| panic!("cannot render the Envoy config: {e}"));
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, yaml)
+            .unwrap_or_else(|e| panic!("cannot write envoy.yaml: {e}"));
+        let log_path = dir.join("envoy.log");
+        let args = [
+            "-c".to_owned(),
+            config_path.display().to_string(),
+            "--concurrency".to_owned(),
+            options.concurrency.to_string(),
+            // Unique per running Envoy (the admin port is), so parallel tests never share
+            // hot-restart shared memory.
+            "--base-id".to_owned(),
+            admin_port.to_string(),
+            "-l".to_owned(),
+            "warning".to_owned(),
+            "--log-path".to_owned(),
+            log_path.display().to_string(),
+        ];
+        let mut process = Process::spawn("envoy", &envoy_bin(), args, dir);
+        process.add_log_file(log_path);
+        let mut envoy = Envoy {
+            port,
+            admin_port,
+            process,
+            http: client(),
+        };
+        envoy.wait_ready().await;
+        envoy
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let url = self.admin_url("/ready");
+        loop {
+            self.process.assert_running();
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "Envoy not ready after 60 s; logs:\n{}",
+                    self.process.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// Counters and gauges whose name matches the regex `filter`.
+    pub async fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        let response = self
+            .http
+            .get(self.admin_url("/stats"))
+            .query(&[("format", "json"), ("filter", filter)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("Envoy admin /stats: {e}"));
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("Envoy /stats JSON: {e}"));
+        body["stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["name"].as_str()?.to_owned(), s["value"].as_u64()?)))
+            .collect()
+    }
+
+    /// The filter's counter `name` (`wasmcustom.turnpike.<name>`), 0 when not yet defined.
+    pub async fn filter_stat(&self, name: &str) -> u64 {
+        let full = format!("wasmcustom.turnpike.{name}");
+        self.stats(&format!("^{}$", full.replace('.', "\\.")))
+            .await
+            .get(&full)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}

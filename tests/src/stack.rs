@@ -1,0 +1,176 @@
+//! One whole Turnpike deployment per test: Redis, the counter, the echo upstream and
+//! Envoy with the filter (optionally the collector), all on fresh 127.0.0.1 ports, in
+//! a fresh temp dir. Nothing is shared between tests. On a panic, every process's log
+//! tail is printed and the directory is kept for inspection.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use turnpike_devtools::token::{mint, TokenSpec, DEFAULT_KID};
+
+use crate::collector::Collector;
+use crate::counter::Counter;
+use crate::envoy::{Envoy, EnvoyOptions};
+use crate::http::{client, Reply};
+use crate::paths::repo_root;
+use crate::ports::free_port;
+use crate::redis::Redis;
+use crate::upstream::Upstream;
+
+pub struct StackBuilder {
+    plans: String,
+    filter_patch: Option<Value>,
+    concurrency: u32,
+    counter_args: Vec<String>,
+    with_collector: bool,
+}
+
+impl StackBuilder {
+    /// JSON merge patch applied to `envoy/filter-config.json`.
+    pub fn filter_patch(mut self, patch: Value) -> Self {
+        self.filter_patch = Some(patch);
+        self
+    }
+
+    /// Envoy worker threads (default 1).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    pub fn counter_arg(mut self, arg: &str) -> Self {
+        self.counter_args.push(arg.to_owned());
+        self
+    }
+
+    pub fn with_collector(mut self) -> Self {
+        self.with_collector = true;
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        let dir = TestDir(Some(
+            tempfile::Builder::new()
+                .prefix("turnpike-e2e-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}")),
+        ));
+        let upstream = Upstream::start();
+        let redis = Redis::start(dir.path()).await;
+        let counter =
+            Counter::start(dir.path(), &redis.url(), &self.plans, &self.counter_args).await;
+        let collector = match self.with_collector {
+            true => Some(Collector::start(dir.path()).await),
+            false => None,
+        };
+        let options = EnvoyOptions {
+            concurrency: self.concurrency,
+            filter_patch: self.filter_patch,
+            upstream_port: upstream.port,
+            counter_port: counter.port,
+            // Without a collector the filter's event flushes go to a closed port.
+            collector_port: collector.as_ref().map(|c| c.port).unwrap_or_else(free_port),
+        };
+        let envoy = Envoy::start(dir.path(), &options).await;
+        let key_pem = std::fs::read(repo_root().join("config/demo/jwt-signing-key.pem"))
+            .unwrap_or_else(|e| panic!("cannot read the demo signing key: {e}"));
+        Stack {
+            envoy,
+            counter,
+            collector,
+            redis,
+            upstream,
+            http: client(),
+            key_pem,
+            dir,
+        }
+    }
+}
+
+/// Field order is drop order: Envoy goes first, the temp dir last.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub counter: Counter,
+    pub collector: Option<Collector>,
+    pub redis: Redis,
+    pub upstream: Upstream,
+    pub http: reqwest::Client,
+    key_pem: Vec<u8>,
+    dir: TestDir,
+}
+
+/// The test's directory: removed when the test passes, kept (and its path printed)
+/// when it panics, also while the stack is still starting.
+struct TestDir(Option<TempDir>);
+
+impl TestDir {
+    fn path(&self) -> &Path {
+        self.0
+            .as_ref()
+            .map(TempDir::path)
+            .unwrap_or_else(|| Path::new("/nonexistent"))
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("==== test files kept in {} ====", dir.keep().display());
+            }
+        }
+    }
+}
+
+impl Stack {
+    /// A stack whose counter uses these plans (TOML).
+    pub fn builder(plans_toml: &str) -> StackBuilder {
+        StackBuilder {
+            plans: plans_toml.to_owned(),
+            filter_patch: None,
+            concurrency: 1,
+            counter_args: Vec::new(),
+            with_collector: false,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A valid demo token for `tenant`.
+    pub fn token(&self, tenant: &str) -> String {
+        self.mint(&TokenSpec::for_tenant(tenant))
+    }
+
+    /// A token signed with the demo key.
+    pub fn mint(&self, spec: &TokenSpec) -> String {
+        mint(spec, &self.key_pem, DEFAULT_KID).unwrap_or_else(|e| panic!("cannot mint: {e}"))
+    }
+
+    /// A token signed with the forger's key (same kid, so only the signature is wrong).
+    pub fn forged(&self, spec: &TokenSpec) -> String {
+        let pem = std::fs::read(repo_root().join("tests/fixtures/forger-key.pem"))
+            .unwrap_or_else(|e| panic!("cannot read the forger key: {e}"));
+        mint(spec, &pem, DEFAULT_KID).unwrap_or_else(|e| panic!("cannot mint: {e}"))
+    }
+
+    /// A request through Envoy, for the caller to decorate and [`Stack::send`].
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.envoy.url(path))
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        Reply::from_request(request).await
+    }
+
+    /// `GET path` through Envoy, with a bearer token if given.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.request(reqwest::Method::GET, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+}
