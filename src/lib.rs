@@ -1,1 +1,29 @@
-//! placeholder: the Turnpike filter
+//! Turnpike: usage metering and quota enforcement for Envoy, as a proxy-wasm filter.
+//!
+//! Everything but [`wasm`] is host-agnostic logic that compiles and unit-tests natively;
+//! [`wasm`] is the thin proxy-wasm glue, built only for `wasm32`.
+
+// Tests may unwrap and index: a failing assertion is the point there.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod callout;
+pub mod claims;
+pub mod config;
+pub mod consume_id;
+pub mod decision;
+pub mod events;
+pub mod log_budget;
+pub mod problem;
+pub mod ratelimit;
+pub mod routes;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

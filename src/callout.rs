@@ -1,0 +1,289 @@
+//! The counter callout: request bodies in a small fixed shape, written without a
+//! serializer, and the answer parsed into borrowed, typed structs.
+//!
+//! The JSON contract is `turnpike_wire::{ConsumeRequest, ConsumeResponse, RefundRequest}`;
+//! the tests below hold these encoders and decoders to it.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// Why a counter answer could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterError {
+    /// `dispatch_http_call` itself failed (unknown cluster, bad arguments).
+    Dispatch,
+    /// The call ended without a response: timeout or reset.
+    NoResponse,
+    /// The counter answered, but not 200.
+    Status(u16),
+    /// A 200 whose body is not a consume response.
+    BadBody,
+}
+
+impl CounterError {
+    /// A short label for log lines.
+    pub fn describe(self) -> String {
+        match self {
+            CounterError::Dispatch => "dispatch failed".to_owned(),
+            CounterError::NoResponse => "no response (timeout or reset)".to_owned(),
+            CounterError::Status(s) => format!("status {s}"),
+            CounterError::BadBody => "unparsable body".to_owned(),
+        }
+    }
+}
+
+/// The parts of a `ConsumeResponse` the filter uses. Strings borrow from the body
+/// unless they hold escapes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ConsumeAnswer<'a> {
+    pub allowed: bool,
+    #[serde(borrow)]
+    pub plan: Cow<'a, str>,
+    #[serde(borrow)]
+    pub limits: Vec<LimitAnswer<'a>>,
+    #[serde(default, borrow)]
+    pub denied_by: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+}
+
+/// The parts of a `LimitStatus` the filter uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LimitAnswer<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    pub window_secs: u64,
+    pub max: u64,
+    pub used: u64,
+    pub remaining: u64,
+    pub reset: u64,
+    #[serde(default)]
+    pub soft: Option<u64>,
+    #[serde(default)]
+    pub soft_crossed: bool,
+}
+
+/// Body of `POST /v1/consume`. `id` and `tenant` are of `[A-Za-z0-9._-]` and `plan`
+/// too when present (checked by the caller: nothing to escape); `meters_json` is the
+/// route's precomputed meters array.
+pub fn consume_body(id: &str, tenant: &str, plan: Option<&str>, meters_json: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(48 + id.len() + tenant.len() + meters_json.len() + 32);
+    body.extend_from_slice(br#"{"id":""#);
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(br#"","tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    if let Some(plan) = plan {
+        body.extend_from_slice(br#"","plan":""#);
+        body.extend_from_slice(plan.as_bytes());
+    }
+    body.extend_from_slice(br#"","meters":"#);
+    body.extend_from_slice(meters_json.as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// Body of `POST /v1/refund`; same alphabet rules as [`consume_body`].
+pub fn refund_body(id: &str, tenant: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(24 + id.len() + tenant.len());
+    body.extend_from_slice(br#"{"id":""#);
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(br#"","tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    body.extend_from_slice(br#""}"#);
+    body
+}
+
+/// Interpret the callout's outcome. `status` is the `:status` pseudo-header (absent when
+/// the call timed out or was reset), `body` the response body.
+pub fn parse_consume_answer<'a>(
+    status: Option<&str>,
+    body: Option<&'a [u8]>,
+) -> Result<ConsumeAnswer<'a>, CounterError> {
+    check_status(status)?;
+    let body = body.ok_or(CounterError::BadBody)?;
+    serde_json::from_slice(body).map_err(|_| CounterError::BadBody)
+}
+
+/// Whether a refund callout succeeded (200 with `"refunded"`, true or false: false means
+/// already refunded or unknown, which is also settled).
+pub fn parse_refund_answer(
+    status: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<bool, CounterError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        refunded: bool,
+    }
+    check_status(status)?;
+    let body = body.ok_or(CounterError::BadBody)?;
+    serde_json::from_slice::<Answer>(body)
+        .map(|a| a.refunded)
+        .map_err(|_| CounterError::BadBody)
+}
+
+fn check_status(status: Option<&str>) -> Result<(), CounterError> {
+    match status.map(|s| s.parse::<u16>()) {
+        None => Err(CounterError::NoResponse),
+        Some(Ok(200)) => Ok(()),
+        Some(Ok(code)) => Err(CounterError::Status(code)),
+        Some(Err(_)) => Err(CounterError::Status(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnpike_wire::{ConsumeRequest, ConsumeResponse, LimitStatus, MeterCost, RefundRequest};
+
+    const METERS: &str = r#"[{"meter":"requests","cost":1},{"meter":"search_units","cost":5}]"#;
+
+    #[test]
+    fn consume_body_is_a_wire_consume_request() {
+        let body = consume_body("00ff", "acme", Some("pro"), METERS);
+        let req: ConsumeRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            req,
+            ConsumeRequest {
+                id: "00ff".into(),
+                tenant: "acme".into(),
+                plan: Some("pro".into()),
+                meters: vec![
+                    MeterCost {
+                        meter: "requests".into(),
+                        cost: 1
+                    },
+                    MeterCost {
+                        meter: "search_units".into(),
+                        cost: 5
+                    },
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn consume_body_without_plan_matches_serde_output() {
+        let body = consume_body("abc", "acme", None, r#"[{"meter":"requests","cost":1}]"#);
+        let expected = ConsumeRequest {
+            id: "abc".into(),
+            tenant: "acme".into(),
+            plan: None,
+            meters: vec![MeterCost {
+                meter: "requests".into(),
+                cost: 1,
+            }],
+        };
+        assert_eq!(body, serde_json::to_vec(&expected).unwrap());
+    }
+
+    #[test]
+    fn refund_body_is_a_wire_refund_request() {
+        let req: RefundRequest = serde_json::from_slice(&refund_body("id1", "acme")).unwrap();
+        assert_eq!(
+            req,
+            RefundRequest {
+                id: "id1".into(),
+                tenant: "acme".into()
+            }
+        );
+    }
+
+    fn wire_response(allowed: bool) -> ConsumeResponse {
+        ConsumeResponse {
+            allowed,
+            plan: "free".into(),
+            limits: vec![LimitStatus {
+                name: "monthly".into(),
+                meter: "requests".into(),
+                window: "month".into(),
+                window_secs: 2_592_000,
+                max: 10_000,
+                used: 8_001,
+                remaining: 1_999,
+                reset: 123_456,
+                soft: Some(8_000),
+                soft_crossed: true,
+            }],
+            denied_by: (!allowed).then(|| "monthly".into()),
+            retry_after: (!allowed).then_some(123_456),
+            replayed: false,
+        }
+    }
+
+    #[test]
+    fn wire_consume_response_parses_into_borrowed_answer() {
+        let json = serde_json::to_vec(&wire_response(false)).unwrap();
+        let a = parse_consume_answer(Some("200"), Some(&json)).unwrap();
+        assert!(!a.allowed);
+        assert!(matches!(a.plan, Cow::Borrowed("free")));
+        assert_eq!(a.denied_by.as_deref(), Some("monthly"));
+        assert_eq!(a.retry_after, Some(123_456));
+        let l = &a.limits[0];
+        assert_eq!(
+            (l.max, l.used, l.remaining, l.reset, l.soft),
+            (10_000, 8_001, 1_999, 123_456, Some(8_000))
+        );
+        assert!(l.soft_crossed);
+    }
+
+    #[test]
+    fn missing_status_is_no_response() {
+        assert_eq!(
+            parse_consume_answer(None, None),
+            Err(CounterError::NoResponse)
+        );
+    }
+
+    #[test]
+    fn non_200_is_a_status_error_even_with_a_valid_body() {
+        let json = serde_json::to_vec(&wire_response(true)).unwrap();
+        assert_eq!(
+            parse_consume_answer(Some("503"), Some(&json)),
+            Err(CounterError::Status(503))
+        );
+        assert_eq!(
+            parse_consume_answer(Some("abc"), Some(&json)),
+            Err(CounterError::Status(0))
+        );
+    }
+
+    #[test]
+    fn garbage_or_empty_body_is_bad_body() {
+        assert_eq!(
+            parse_consume_answer(Some("200"), None),
+            Err(CounterError::BadBody)
+        );
+        assert_eq!(
+            parse_consume_answer(Some("200"), Some(b"<html>")),
+            Err(CounterError::BadBody)
+        );
+        assert_eq!(
+            parse_consume_answer(
+                Some("200"),
+                Some(br#"{"allowed":"yes","plan":"x","limits":[]}"#)
+            ),
+            Err(CounterError::BadBody)
+        );
+    }
+
+    #[test]
+    fn refund_answer_accepts_both_outcomes_and_refuses_errors() {
+        assert_eq!(
+            parse_refund_answer(Some("200"), Some(br#"{"refunded":true}"#)),
+            Ok(true)
+        );
+        assert_eq!(
+            parse_refund_answer(Some("200"), Some(br#"{"refunded":false}"#)),
+            Ok(false)
+        );
+        assert_eq!(
+            parse_refund_answer(Some("500"), None),
+            Err(CounterError::Status(500))
+        );
+        assert_eq!(
+            parse_refund_answer(None, None),
+            Err(CounterError::NoResponse)
+        );
+    }
+}

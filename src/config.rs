@@ -1,0 +1,709 @@
+//! Plugin configuration: the JSON Envoy hands to `on_configure`, parsed into serde
+//! structs once and compiled into a ready-to-run [`Config`]. Every error names the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::claims::ClaimPath;
+use crate::routes::{PathMatch, RequestMatcher, Route};
+
+/// Longest callout timeout accepted: a request paused longer than this is a bug.
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// A configuration error: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What to do when the counter errs or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through, counted and marked unverified.
+    FailOpen,
+    /// Answer 503.
+    FailClosed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    tenant: RawTenant,
+    counter: RawCounter,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    default_route: Option<RawDefaultRoute>,
+    #[serde(default)]
+    exempt: Vec<RawExempt>,
+    #[serde(default)]
+    refund_on_5xx: bool,
+    #[serde(default = "default_warning_header")]
+    soft_warning_header: String,
+    #[serde(default)]
+    collector: Option<RawCollector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    cluster: String,
+    authority: String,
+    secret: String,
+    #[serde(default = "default_flush_interval_ms")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_max_batch")]
+    max_batch: usize,
+    #[serde(default = "default_max_buffer")]
+    max_buffer: usize,
+    #[serde(default = "default_collector_timeout_ms")]
+    timeout_ms: u64,
+    /// CloudEvents `source`; default `//turnpike/envoy/<node id>`.
+    #[serde(default)]
+    source: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    claim: String,
+    #[serde(default)]
+    plan_claim: Option<String>,
+    #[serde(default = "default_metadata_namespace")]
+    metadata_namespace: String,
+    #[serde(default = "default_payload_key")]
+    payload_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCounter {
+    cluster: String,
+    authority: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_failure_mode")]
+    failure_mode: FailureMode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path_exact: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    meters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultRoute {
+    name: String,
+    meters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExempt {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path_exact: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+}
+
+fn default_warning_header() -> String {
+    "turnpike-quota-warning".to_owned()
+}
+fn default_metadata_namespace() -> String {
+    "envoy.filters.http.jwt_authn".to_owned()
+}
+fn default_payload_key() -> String {
+    "jwt_payload".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    250
+}
+fn default_failure_mode() -> FailureMode {
+    FailureMode::FailClosed
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_max_batch() -> usize {
+    500
+}
+fn default_max_buffer() -> usize {
+    10_000
+}
+fn default_collector_timeout_ms() -> u64 {
+    2000
+}
+
+/// Largest batch the collector takes (its default `--max-batch-events`).
+const MAX_BATCH: usize = 1000;
+/// Batch bodies stay under half the collector's default 1 MiB body limit.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+/// Where the tenant (and optional plan) come from: claims of the verified JWT payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSource {
+    pub tenant: ClaimPath,
+    pub plan: Option<ClaimPath>,
+}
+
+/// How to reach the counter service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterConfig {
+    pub cluster: String,
+    pub authority: String,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+}
+
+/// The validated, compiled configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenant: TenantSource,
+    pub counter: CounterConfig,
+    pub matcher: RequestMatcher,
+    pub refund_on_5xx: bool,
+    pub soft_warning_header: String,
+    /// Where usage events go; `None`: no events.
+    pub collector: Option<CollectorConfig>,
+}
+
+/// How usage events reach the collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorConfig {
+    pub cluster: String,
+    pub authority: String,
+    /// `Bearer <secret>`, built once.
+    pub authorization: String,
+    pub flush_interval: Duration,
+    pub max_batch: usize,
+    pub max_buffer: usize,
+    pub timeout: Duration,
+    pub source: Option<String>,
+}
+
+impl Config {
+    /// Parse and validate the plugin configuration JSON.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
+        compile(raw)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let tenant = TenantSource {
+        tenant: compile_claim(&raw.tenant, &raw.tenant.claim, "tenant.claim")?,
+        plan: raw
+            .tenant
+            .plan_claim
+            .as_deref()
+            .map(|c| compile_claim(&raw.tenant, c, "tenant.plan_claim"))
+            .transpose()?,
+    };
+    let counter = compile_counter(raw.counter)?;
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let field = format!("routes[{i}]");
+        if routes.iter().any(|known: &Route| known.name == r.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "duplicate route name",
+            ));
+        }
+        let path = compile_path(&field, r.path_exact, r.path_prefix)?;
+        let method = compile_method(&field, r.method)?;
+        routes.push(Route::new(
+            check_route_name(&field, r.name)?,
+            method,
+            path,
+            compile_meters(&field, r.meters)?,
+        ));
+    }
+    let default_route = raw
+        .default_route
+        .map(|d| -> Result<Route, ConfigError> {
+            let name = check_route_name("default_route", d.name)?;
+            Ok(Route::new(
+                name,
+                None,
+                None,
+                compile_meters("default_route", d.meters)?,
+            ))
+        })
+        .transpose()?;
+
+    let mut exempt = Vec::with_capacity(raw.exempt.len());
+    for (i, e) in raw.exempt.into_iter().enumerate() {
+        let field = format!("exempt[{i}]");
+        let method = compile_method(&field, e.method)?;
+        let path = compile_path(&field, e.path_exact, e.path_prefix)?;
+        if method.is_none() && path.is_none() {
+            return Err(ConfigError::new(
+                field,
+                "needs path_exact, path_prefix or method (an empty entry would exempt everything)",
+            ));
+        }
+        exempt.push((method, path));
+    }
+
+    let header = raw.soft_warning_header;
+    if !is_header_name(&header) {
+        return Err(ConfigError::new(
+            "soft_warning_header",
+            "must be a lowercase header name of [a-z0-9-]",
+        ));
+    }
+
+    Ok(Config {
+        tenant,
+        counter,
+        matcher: RequestMatcher::new(routes, default_route, exempt),
+        refund_on_5xx: raw.refund_on_5xx,
+        soft_warning_header: header,
+        collector: raw.collector.map(compile_collector).transpose()?,
+    })
+}
+
+fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> {
+    if raw.cluster.trim().is_empty() {
+        return Err(ConfigError::new("collector.cluster", "must not be empty"));
+    }
+    if raw.authority.trim().is_empty() || raw.authority.chars().any(|c| c.is_whitespace()) {
+        return Err(ConfigError::new(
+            "collector.authority",
+            "must be a non-empty host[:port]",
+        ));
+    }
+    if raw.secret.is_empty() || !raw.secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "collector.secret",
+            "must be non-empty visible ASCII",
+        ));
+    }
+    if !(10..=60_000).contains(&raw.flush_interval_ms) {
+        return Err(ConfigError::new(
+            "collector.flush_interval_ms",
+            "must be in 10..=60000",
+        ));
+    }
+    if !(1..=MAX_BATCH).contains(&raw.max_batch) {
+        return Err(ConfigError::new(
+            "collector.max_batch",
+            format!("must be in 1..={MAX_BATCH}"),
+        ));
+    }
+    if raw.max_buffer < raw.max_batch || raw.max_buffer > 1_000_000 {
+        return Err(ConfigError::new(
+            "collector.max_buffer",
+            "must be in max_batch..=1000000",
+        ));
+    }
+    if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            "collector.timeout_ms",
+            format!("must be in 1..={MAX_TIMEOUT_MS}"),
+        ));
+    }
+    if raw.source.as_deref().is_some_and(str::is_empty) {
+        return Err(ConfigError::new("collector.source", "must not be empty"));
+    }
+    Ok(CollectorConfig {
+        cluster: raw.cluster,
+        authority: raw.authority,
+        authorization: format!("Bearer {}", raw.secret),
+        flush_interval: Duration::from_millis(raw.flush_interval_ms),
+        max_batch: raw.max_batch,
+        max_buffer: raw.max_buffer,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        source: raw.source,
+    })
+}
+
+fn compile_claim(raw: &RawTenant, claim: &str, field: &str) -> Result<ClaimPath, ConfigError> {
+    if raw.metadata_namespace.is_empty() {
+        return Err(ConfigError::new(
+            "tenant.metadata_namespace",
+            "must not be empty",
+        ));
+    }
+    if raw.payload_key.is_empty() {
+        return Err(ConfigError::new("tenant.payload_key", "must not be empty"));
+    }
+    ClaimPath::new(&raw.metadata_namespace, &raw.payload_key, claim)
+        .map_err(|reason| ConfigError::new(field, reason))
+}
+
+fn compile_counter(raw: RawCounter) -> Result<CounterConfig, ConfigError> {
+    if raw.cluster.trim().is_empty() {
+        return Err(ConfigError::new("counter.cluster", "must not be empty"));
+    }
+    if raw.authority.trim().is_empty() || raw.authority.chars().any(|c| c.is_whitespace()) {
+        return Err(ConfigError::new(
+            "counter.authority",
+            "must be a non-empty host[:port]",
+        ));
+    }
+    if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            "counter.timeout_ms",
+            format!("must be in 1..={MAX_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(CounterConfig {
+        cluster: raw.cluster,
+        authority: raw.authority,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        failure_mode: raw.failure_mode,
+    })
+}
+
+fn check_route_name(field: &str, name: String) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(ConfigError::new(
+            format!("{field}.name"),
+            "must be 1..=64 chars of [A-Za-z0-9._-]",
+        ))
+    }
+}
+
+fn compile_method(field: &str, method: Option<String>) -> Result<Option<String>, ConfigError> {
+    match method {
+        None => Ok(None),
+        Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Ok(Some(m)),
+        Some(_) => Err(ConfigError::new(
+            format!("{field}.method"),
+            "must be an uppercase HTTP method, e.g. GET",
+        )),
+    }
+}
+
+fn compile_path(
+    field: &str,
+    exact: Option<String>,
+    prefix: Option<String>,
+) -> Result<Option<PathMatch>, ConfigError> {
+    let check = |name: &str, p: &str| {
+        if p.starts_with('/') && !p.contains(['?', '#']) {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "must start with '/' and hold no query or fragment",
+            ))
+        }
+    };
+    match (exact, prefix) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            field,
+            "path_exact and path_prefix are mutually exclusive",
+        )),
+        (Some(e), None) => check("path_exact", &e).map(|()| Some(PathMatch::Exact(e))),
+        (None, Some(p)) => check("path_prefix", &p).map(|()| Some(PathMatch::Prefix(p))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn compile_meters(
+    field: &str,
+    meters: BTreeMap<String, u64>,
+) -> Result<Vec<(String, u64)>, ConfigError> {
+    if meters.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.meters"),
+            "must not be empty",
+        ));
+    }
+    for (meter, cost) in &meters {
+        let valid = !meter.is_empty()
+            && meter.len() <= 32
+            && meter
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(ConfigError::new(
+                format!("{field}.meters.{meter}"),
+                "meter names are 1..=32 chars of [a-z0-9_]",
+            ));
+        }
+        if *cost == 0 {
+            return Err(ConfigError::new(
+                format!("{field}.meters.{meter}"),
+                "cost must be > 0",
+            ));
+        }
+    }
+    Ok(meters.into_iter().collect())
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "tenant": { "claim": "org.id", "plan_claim": "plan" },
+      "counter": { "cluster": "outbound|8080||counter.svc", "authority": "turnpike-counter",
+                   "timeout_ms": 250, "failure_mode": "fail_open" },
+      "routes": [
+        { "name": "search", "method": "GET", "path_prefix": "/v1/search",
+          "meters": { "requests": 1, "search_units": 5 } },
+        { "name": "export", "method": "POST", "path_exact": "/v1/exports",
+          "meters": { "requests": 1, "exports": 1 } } ],
+      "default_route": { "name": "api", "meters": { "requests": 1 } },
+      "exempt": [ { "path_exact": "/healthz" } ],
+      "refund_on_5xx": true,
+      "soft_warning_header": "turnpike-quota-warning"
+    }"#;
+
+    fn parse_err(json: &str) -> String {
+        match Config::parse(json.as_bytes()) {
+            Ok(_) => String::from("parsed"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn with(patch: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        patch(&mut v);
+        v.to_string()
+    }
+
+    #[test]
+    fn documented_example_parses_with_istio_cluster_name() {
+        let cfg = Config::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(cfg.counter.cluster, "outbound|8080||counter.svc");
+        assert_eq!(cfg.counter.timeout, Duration::from_millis(250));
+        assert_eq!(cfg.counter.failure_mode, FailureMode::FailOpen);
+        assert!(cfg.refund_on_5xx);
+        assert_eq!(
+            cfg.tenant.tenant.segments(),
+            [
+                "metadata",
+                "filter_metadata",
+                "envoy.filters.http.jwt_authn",
+                "jwt_payload",
+                "org",
+                "id"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_meters_error_names_the_route_index() {
+        let json = with(|v| v["routes"][1]["meters"] = serde_json::json!({}));
+        assert_eq!(parse_err(&json), "routes[1].meters: must not be empty");
+    }
+
+    #[test]
+    fn wrong_type_error_names_the_nested_field() {
+        let json = with(|v| v["counter"]["timeout_ms"] = serde_json::json!("fast"));
+        let err = parse_err(&json);
+        assert!(err.starts_with("counter.timeout_ms: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn unknown_failure_mode_is_refused_naming_the_field() {
+        let json = with(|v| v["counter"]["failure_mode"] = serde_json::json!("maybe"));
+        assert!(parse_err(&json).starts_with("counter.failure_mode: unknown variant"));
+    }
+
+    #[test]
+    fn misspelled_field_is_refused() {
+        let json = with(|v| v["refund_on_5xxx"] = serde_json::json!(true));
+        assert!(parse_err(&json).contains("unknown field `refund_on_5xxx`"));
+    }
+
+    #[test]
+    fn missing_counter_section_is_refused() {
+        let json = with(|v| {
+            v.as_object_mut().unwrap().remove("counter");
+        });
+        assert!(parse_err(&json).contains("missing field `counter`"));
+    }
+
+    #[test]
+    fn both_path_kinds_on_one_route_are_refused() {
+        let json = with(|v| v["routes"][0]["path_exact"] = serde_json::json!("/v1/search"));
+        assert_eq!(
+            parse_err(&json),
+            "routes[0]: path_exact and path_prefix are mutually exclusive"
+        );
+    }
+
+    #[test]
+    fn zero_cost_and_bad_meter_names_are_refused() {
+        let json = with(|v| v["routes"][0]["meters"]["requests"] = serde_json::json!(0));
+        assert_eq!(
+            parse_err(&json),
+            "routes[0].meters.requests: cost must be > 0"
+        );
+        let json = with(|v| v["default_route"]["meters"] = serde_json::json!({"Req-s": 1}));
+        assert_eq!(
+            parse_err(&json),
+            "default_route.meters.Req-s: meter names are 1..=32 chars of [a-z0-9_]"
+        );
+    }
+
+    #[test]
+    fn timeout_out_of_range_is_refused() {
+        let json = with(|v| v["counter"]["timeout_ms"] = serde_json::json!(0));
+        assert_eq!(parse_err(&json), "counter.timeout_ms: must be in 1..=60000");
+    }
+
+    #[test]
+    fn empty_claim_segment_is_refused() {
+        let json = with(|v| v["tenant"]["claim"] = serde_json::json!("org..id"));
+        assert!(parse_err(&json).starts_with("tenant.claim: "));
+    }
+
+    #[test]
+    fn duplicate_route_names_are_refused() {
+        let json = with(|v| v["routes"][1]["name"] = serde_json::json!("search"));
+        assert_eq!(parse_err(&json), "routes[1].name: duplicate route name");
+    }
+
+    #[test]
+    fn empty_exempt_entry_is_refused() {
+        let json = with(|v| v["exempt"] = serde_json::json!([{}]));
+        assert!(parse_err(&json).starts_with("exempt[0]: needs"));
+    }
+
+    #[test]
+    fn lowercase_method_is_refused() {
+        let json = with(|v| v["routes"][0]["method"] = serde_json::json!("get"));
+        assert!(parse_err(&json).starts_with("routes[0].method: "));
+    }
+
+    #[test]
+    fn not_json_is_refused_with_a_reason() {
+        assert!(parse_err("{").contains("EOF"));
+    }
+
+    #[test]
+    fn collector_section_compiles_with_defaults() {
+        let json = with(|v| {
+            v["collector"] = serde_json::json!({
+                "cluster": "turnpike_collector", "authority": "turnpike-collector", "secret": "s3cret"
+            })
+        });
+        let cfg = Config::parse(json.as_bytes()).unwrap();
+        let c = cfg.collector.unwrap();
+        assert_eq!(c.authorization, "Bearer s3cret");
+        assert_eq!((c.max_batch, c.max_buffer), (500, 10_000));
+        assert_eq!(c.flush_interval, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn collector_limits_are_checked_naming_the_field() {
+        let base = serde_json::json!({"cluster": "c", "authority": "a", "secret": "s"});
+        let cases = [
+            (
+                "max_batch",
+                serde_json::json!(0),
+                "collector.max_batch: must be in 1..=1000",
+            ),
+            (
+                "max_buffer",
+                serde_json::json!(10),
+                "collector.max_buffer: must be in max_batch..=1000000",
+            ),
+            (
+                "secret",
+                serde_json::json!("a b"),
+                "collector.secret: must be non-empty visible ASCII",
+            ),
+            (
+                "flush_interval_ms",
+                serde_json::json!(1),
+                "collector.flush_interval_ms: must be in 10..=60000",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let json = with(|v| {
+                v["collector"] = base.clone();
+                v["collector"][field] = value;
+            });
+            assert_eq!(parse_err(&json), expected);
+        }
+    }
+
+    #[test]
+    fn shipped_filter_config_is_valid_once_rendered() {
+        let text = include_str!("../envoy/filter-config.json")
+            .replace("${COUNTER_CLUSTER}", "turnpike_counter")
+            .replace("${COLLECTOR_CLUSTER}", "turnpike_collector");
+        assert!(
+            !text.contains("${"),
+            "unknown placeholder in envoy/filter-config.json"
+        );
+        let cfg = Config::parse(text.as_bytes()).unwrap();
+        assert_eq!(cfg.counter.cluster, "turnpike_counter");
+        assert_eq!(cfg.collector.unwrap().cluster, "turnpike_collector");
+    }
+
+    #[test]
+    fn defaults_apply_when_optional_fields_are_absent() {
+        let json = r#"{"tenant":{"claim":"tenant"},"counter":{"cluster":"c","authority":"a"}}"#;
+        let cfg = Config::parse(json.as_bytes()).unwrap();
+        assert_eq!(cfg.counter.failure_mode, FailureMode::FailClosed);
+        assert_eq!(cfg.counter.timeout, Duration::from_millis(250));
+        assert_eq!(cfg.soft_warning_header, "turnpike-quota-warning");
+        assert!(!cfg.refund_on_5xx);
+        assert!(cfg.tenant.plan.is_none());
+    }
+}

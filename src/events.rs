@@ -1,0 +1,400 @@
+//! Usage events: CloudEvents encoding (a fixed shape, written without building a
+//! `UsageEvent`), RFC 3339 time, the bounded per-worker buffer of events waiting for the
+//! collector, and retry backoff with jitter.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+
+use turnpike_wire::{Decision, USAGE_EVENT_TYPE};
+
+/// Stand-in status for an exchange that ended without a response (client gone, stream
+/// reset): nginx's "client closed request", so the event stays a valid 1xx..5xx status.
+pub const NO_RESPONSE_STATUS: u16 = 499;
+
+/// What one completed exchange used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    /// Unix milliseconds when the exchange completed.
+    pub time_ms: u64,
+    /// Settled quantities; empty when everything was refunded.
+    pub meters: &'a [(String, u64)],
+    pub plan: Option<&'a str>,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: u64,
+    pub decision: Decision,
+}
+
+/// The event as a CloudEvents 1.0 structured-mode JSON object (a `turnpike_wire::UsageEvent`).
+/// `source_json` is the source already encoded as a JSON string (quotes included).
+pub fn encode_event(source_json: &str, r: &UsageRecord<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(384);
+    out.extend_from_slice(br#"{"specversion":"1.0","id":"#);
+    push_json_str(&mut out, r.id);
+    out.extend_from_slice(br#","source":"#);
+    out.extend_from_slice(source_json.as_bytes());
+    out.extend_from_slice(br#","type":"#);
+    push_json_str(&mut out, USAGE_EVENT_TYPE);
+    out.extend_from_slice(br#","subject":"#);
+    push_json_str(&mut out, r.tenant);
+    out.extend_from_slice(br#","time":""#);
+    out.extend_from_slice(rfc3339_ms(r.time_ms).as_bytes());
+    out.extend_from_slice(br#"","datacontenttype":"application/json","data":{"meters":["#);
+    for (i, (meter, cost)) in r.meters.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"meter":"#);
+        push_json_str(&mut out, meter);
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, r#","cost":{cost}}}"#);
+    }
+    out.push(b']');
+    if let Some(plan) = r.plan {
+        out.extend_from_slice(br#","plan":"#);
+        push_json_str(&mut out, plan);
+    }
+    out.extend_from_slice(br#","method":"#);
+    push_json_str(&mut out, r.method);
+    out.extend_from_slice(br#","route":"#);
+    push_json_str(&mut out, r.route);
+    let decision = match r.decision {
+        Decision::Allowed => "allowed",
+        Decision::Denied => "denied",
+        Decision::Unverified => "unverified",
+    };
+    let _ = write!(
+        out,
+        r#","status":{},"request_bytes":{},"response_bytes":{},"duration_ms":{},"decision":"{decision}"}}}}"#,
+        r.status, r.request_bytes, r.response_bytes, r.duration_ms
+    );
+    out
+}
+
+/// A JSON string literal, escaped by serde_json (no allocation for the common case).
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds (UTC).
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day): Howard Hinnant's
+/// `civil_from_days`, restricted to dates on or after the epoch.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Events waiting for the collector, oldest first, bounded. The batch in flight is the
+/// front of the queue and stays there until the collector acknowledges it, so a failed
+/// batch is retried with the same events (and ids: the collector dedups).
+#[derive(Debug)]
+pub struct EventBuffer {
+    events: VecDeque<Vec<u8>>,
+    capacity: usize,
+    in_flight: usize,
+    /// Dropped since the last [`EventBuffer::take_overflow`].
+    overflow: usize,
+}
+
+impl EventBuffer {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            capacity,
+            in_flight: 0,
+            overflow: 0,
+        }
+    }
+
+    /// A new bound applies to later pushes; nothing already buffered is dropped.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
+    /// How many events were dropped since the last call.
+    pub fn take_overflow(&mut self) -> usize {
+        std::mem::take(&mut self.overflow)
+    }
+
+    /// `false` when the buffer is full and the event was dropped.
+    pub fn push(&mut self, event: Vec<u8>) -> bool {
+        if self.events.len() >= self.capacity {
+            self.overflow += 1;
+            return false;
+        }
+        self.events.push_back(event);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// The next batch as a JSON array body: at most `max_events` events and, past the
+    /// first, at most `max_bytes`. `None` when empty or a batch is already in flight.
+    pub fn take_batch(&mut self, max_events: usize, max_bytes: usize) -> Option<Vec<u8>> {
+        if self.in_flight() || self.events.is_empty() {
+            return None;
+        }
+        let mut body = Vec::with_capacity(max_bytes.min(64 * 1024));
+        body.push(b'[');
+        let mut n = 0;
+        for event in self.events.iter().take(max_events.max(1)) {
+            if n > 0 && body.len() + event.len() + 2 > max_bytes {
+                break;
+            }
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event);
+            n += 1;
+        }
+        body.push(b']');
+        self.in_flight = n;
+        Some(body)
+    }
+
+    /// The collector stored the batch in flight: forget it. Returns how many it held.
+    pub fn ack(&mut self) -> usize {
+        let n = std::mem::take(&mut self.in_flight);
+        self.events.drain(..n.min(self.events.len()));
+        n
+    }
+
+    /// The batch in flight failed: keep its events for the next attempt.
+    pub fn nack(&mut self) {
+        self.in_flight = 0;
+    }
+}
+
+/// Exponential backoff with "equal jitter": the delay is half the exponential step plus
+/// a random part of the other half, so retries from many workers spread out.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base_ms: u64,
+    max_ms: u64,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base_ms: u64, max_ms: u64) -> Self {
+        Self {
+            base_ms: base_ms.max(1),
+            max_ms: max_ms.max(base_ms),
+            failures: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Record a failure; the delay before the next attempt. `random` is any u64.
+    pub fn next_delay_ms(&mut self, random: u64) -> u64 {
+        let step = self
+            .base_ms
+            .saturating_mul(1u64 << self.failures.min(20))
+            .min(self.max_ms);
+        self.failures = self.failures.saturating_add(1);
+        let half = step / 2;
+        half + random % (step - half + 1)
+    }
+}
+
+/// xorshift64*: cheap randomness for jitter (not for ids or secrets).
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnpike_wire::UsageEvent;
+
+    fn record(meters: &[(String, u64)]) -> UsageRecord<'_> {
+        UsageRecord {
+            id: "abc123",
+            tenant: "acme",
+            time_ms: 1_795_000_020_123,
+            meters,
+            plan: Some("pro"),
+            method: "GET",
+            route: "search",
+            status: 200,
+            request_bytes: 10,
+            response_bytes: 1234,
+            duration_ms: 7,
+            decision: Decision::Allowed,
+        }
+    }
+
+    #[test]
+    fn encoded_event_is_a_wire_usage_event() {
+        let meters = vec![("requests".to_owned(), 1), ("search_units".to_owned(), 5)];
+        let json = encode_event(r#""//turnpike/envoy/node-1""#, &record(&meters));
+        let ev: UsageEvent = serde_json::from_slice(&json).unwrap();
+        assert_eq!(ev.specversion, "1.0");
+        assert_eq!(ev.id, "abc123");
+        assert_eq!(ev.source, "//turnpike/envoy/node-1");
+        assert_eq!(ev.kind, USAGE_EVENT_TYPE);
+        assert_eq!(ev.subject, "acme");
+        assert_eq!(ev.time, "2026-11-18T11:07:00.123Z");
+        assert_eq!(ev.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(ev.data.meters.len(), 2);
+        assert_eq!(ev.data.meters[1].cost, 5);
+        assert_eq!(ev.data.plan.as_deref(), Some("pro"));
+        assert_eq!(
+            (ev.data.status, ev.data.response_bytes, ev.data.duration_ms),
+            (200, 1234, 7)
+        );
+        assert_eq!(ev.data.decision, Decision::Allowed);
+    }
+
+    #[test]
+    fn hostile_method_is_escaped_and_absent_plan_omitted() {
+        let mut r = record(&[]);
+        r.method = "GE\"T\n";
+        r.plan = None;
+        r.decision = Decision::Unverified;
+        let ev: UsageEvent = serde_json::from_slice(&encode_event(r#""s""#, &r)).unwrap();
+        assert_eq!(ev.data.method, "GE\"T\n");
+        assert_eq!(ev.data.plan, None);
+        assert!(ev.data.meters.is_empty());
+        assert_eq!(ev.data.decision, Decision::Unverified);
+    }
+
+    #[test]
+    fn rfc3339_handles_epoch_leap_days_and_month_ends() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(1_798_761_599_000), "2026-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339_ms(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn full_buffer_drops_new_events() {
+        let mut b = EventBuffer::new(2);
+        assert!(b.push(b"{}".to_vec()));
+        assert!(b.push(b"{}".to_vec()));
+        assert!(!b.push(b"{}".to_vec()));
+        assert!(!b.push(b"{}".to_vec()));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.take_overflow(), 2);
+        assert_eq!(b.take_overflow(), 0);
+    }
+
+    #[test]
+    fn failed_batch_is_resent_with_the_same_events() {
+        let mut b = EventBuffer::new(10);
+        for i in 0..3 {
+            b.push(format!(r#"{{"n":{i}}}"#).into_bytes());
+        }
+        let first = b.take_batch(2, 1 << 20).unwrap();
+        assert_eq!(first, br#"[{"n":0},{"n":1}]"#);
+        assert_eq!(
+            b.take_batch(2, 1 << 20),
+            None,
+            "one batch in flight at a time"
+        );
+        b.nack();
+        assert_eq!(b.take_batch(2, 1 << 20).unwrap(), first);
+        assert_eq!(b.ack(), 2);
+        assert_eq!(b.take_batch(2, 1 << 20).unwrap(), br#"[{"n":2}]"#);
+        b.ack();
+        assert!(b.is_empty());
+        assert_eq!(b.take_batch(2, 1 << 20), None);
+    }
+
+    #[test]
+    fn batch_respects_the_byte_cap_but_always_takes_one() {
+        let mut b = EventBuffer::new(10);
+        b.push(vec![b'1'; 100]);
+        b.push(vec![b'2'; 100]);
+        let body = b.take_batch(10, 150).unwrap();
+        assert_eq!(body.len(), 102);
+        assert_eq!(b.ack(), 1);
+    }
+
+    #[test]
+    fn events_pushed_during_flight_survive_the_ack() {
+        let mut b = EventBuffer::new(10);
+        b.push(b"1".to_vec());
+        b.take_batch(10, 1 << 20);
+        b.push(b"2".to_vec());
+        b.ack();
+        assert_eq!(b.take_batch(10, 1 << 20).unwrap(), b"[2]");
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_caps() {
+        let mut b = Backoff::new(100, 1000);
+        let delays: Vec<u64> = (0..6).map(|_| b.next_delay_ms(u64::MAX / 3)).collect();
+        for (d, step) in delays.iter().zip([100, 200, 400, 800, 1000, 1000]) {
+            assert!(
+                (step / 2..=step).contains(d),
+                "{d} not in [{}, {step}]",
+                step / 2
+            );
+        }
+        b.reset();
+        assert!(b.next_delay_ms(0) <= 100);
+    }
+
+    #[test]
+    fn jitter_varies() {
+        let mut j = Jitter::new(42);
+        let a = j.next_u64();
+        assert_ne!(a, j.next_u64());
+    }
+}

@@ -1,0 +1,189 @@
+//! Response header values from the counter's answer: the IETF httpapi `RateLimit-Policy`
+//! and `RateLimit` structured fields (one list member per limit), `Retry-After`, and
+//! the soft-threshold warning.
+
+use std::fmt::Write as _;
+
+use crate::callout::{ConsumeAnswer, LimitAnswer};
+
+/// Header values for one answer. `None` when the answer holds no limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RateLimitHeaders {
+    /// `"per-minute";q=60;w=60, "monthly";q=10000;w=2592000`
+    pub policy: Option<String>,
+    /// `"per-minute";r=59;t=42, "monthly";r=9999;t=123456`
+    pub remaining: Option<String>,
+    /// `"monthly";used=8001;soft=8000;max=10000` for each limit past its soft threshold.
+    pub warning: Option<String>,
+}
+
+impl RateLimitHeaders {
+    pub fn from_limits(limits: &[LimitAnswer<'_>]) -> Self {
+        if limits.is_empty() {
+            return Self::default();
+        }
+        let mut policy = String::with_capacity(limits.len() * 40);
+        let mut remaining = String::with_capacity(limits.len() * 40);
+        let mut warning = String::new();
+        for (i, l) in limits.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                remaining.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            push_sf_string(&mut policy, &l.name);
+            let _ = write!(policy, ";q={};w={}", l.max, l.window_secs);
+            push_sf_string(&mut remaining, &l.name);
+            let _ = write!(remaining, ";r={};t={}", l.remaining, l.reset);
+            if let (true, Some(soft)) = (l.soft_crossed, l.soft) {
+                if !warning.is_empty() {
+                    warning.push_str(", ");
+                }
+                push_sf_string(&mut warning, &l.name);
+                let _ = write!(warning, ";used={};soft={soft};max={}", l.used, l.max);
+            }
+        }
+        Self {
+            policy: Some(policy),
+            remaining: Some(remaining),
+            warning: (!warning.is_empty()).then_some(warning),
+        }
+    }
+}
+
+/// Seconds a denied client should wait: the counter's `retry_after`, else the latest
+/// reset among exhausted limits (never earlier than the window's end), at least 1.
+pub fn retry_after_secs(answer: &ConsumeAnswer<'_>) -> u64 {
+    answer
+        .retry_after
+        .or_else(|| {
+            answer
+                .limits
+                .iter()
+                .filter(|l| l.remaining == 0)
+                .map(|l| l.reset)
+                .max()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// An RFC 8941 sf-string. Names come from the counter, so escape `"` and `\` and drop
+/// anything outside printable ASCII rather than emit an invalid header.
+fn push_sf_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn limit(
+        name: &str,
+        max: u64,
+        window_secs: u64,
+        used: u64,
+        reset: u64,
+    ) -> LimitAnswer<'static> {
+        LimitAnswer {
+            name: Cow::Owned(name.to_owned()),
+            window_secs,
+            max,
+            used,
+            remaining: max.saturating_sub(used),
+            reset,
+            soft: None,
+            soft_crossed: false,
+        }
+    }
+
+    #[test]
+    fn one_list_member_per_limit_in_counter_order() {
+        let h = RateLimitHeaders::from_limits(&[
+            limit("per-minute", 60, 60, 1, 42),
+            limit("monthly", 10_000, 2_592_000, 1, 123_456),
+        ]);
+        assert_eq!(
+            h.policy.as_deref(),
+            Some(r#""per-minute";q=60;w=60, "monthly";q=10000;w=2592000"#)
+        );
+        assert_eq!(
+            h.remaining.as_deref(),
+            Some(r#""per-minute";r=59;t=42, "monthly";r=9999;t=123456"#)
+        );
+        assert_eq!(h.warning, None);
+    }
+
+    #[test]
+    fn crossed_soft_threshold_yields_a_warning() {
+        let mut monthly = limit("monthly", 10_000, 2_592_000, 8_001, 9);
+        monthly.soft = Some(8_000);
+        monthly.soft_crossed = true;
+        let mut below = limit("daily", 500, 86_400, 10, 9);
+        below.soft = Some(400);
+        let h = RateLimitHeaders::from_limits(&[below, monthly]);
+        assert_eq!(
+            h.warning.as_deref(),
+            Some(r#""monthly";used=8001;soft=8000;max=10000"#)
+        );
+    }
+
+    #[test]
+    fn no_limits_means_no_headers() {
+        assert_eq!(
+            RateLimitHeaders::from_limits(&[]),
+            RateLimitHeaders::default()
+        );
+    }
+
+    #[test]
+    fn hostile_limit_names_are_escaped_or_dropped() {
+        let h = RateLimitHeaders::from_limits(&[limit("a\"b\\c\r\nd", 1, 1, 0, 1)]);
+        assert_eq!(h.policy.as_deref(), Some(r#""a\"b\\cd";q=1;w=1"#));
+    }
+
+    fn answer(
+        retry_after: Option<u64>,
+        limits: Vec<LimitAnswer<'static>>,
+    ) -> ConsumeAnswer<'static> {
+        ConsumeAnswer {
+            allowed: false,
+            plan: Cow::Borrowed("free"),
+            limits,
+            denied_by: None,
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retry_after_prefers_the_counters_value() {
+        assert_eq!(
+            retry_after_secs(&answer(Some(30), vec![limit("m", 1, 60, 1, 5)])),
+            30
+        );
+    }
+
+    #[test]
+    fn retry_after_falls_back_to_latest_exhausted_reset_and_is_at_least_one() {
+        let limits = vec![
+            limit("s", 1, 1, 1, 1),
+            limit("m", 5, 60, 5, 40),
+            limit("h", 100, 3600, 3, 900),
+        ];
+        assert_eq!(retry_after_secs(&answer(None, limits)), 40);
+        assert_eq!(retry_after_secs(&answer(Some(0), vec![])), 1);
+        assert_eq!(retry_after_secs(&answer(None, vec![])), 1);
+    }
+}

@@ -1,0 +1,224 @@
+//! Which route a request is, and so what it costs: method + path matching, exempt
+//! paths, the default route. The query string and fragment never take part.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+/// How a path is matched. A prefix is a plain string prefix, as in Envoy's routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// A metered route: what a matching request costs, per meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    method: Option<String>,
+    path: Option<PathMatch>,
+    /// Sorted by meter name, costs > 0.
+    pub meters: Vec<(String, u64)>,
+    /// `meters` as the JSON array of the consume request, built once here so the hot
+    /// path only copies it.
+    pub meters_json: String,
+}
+
+impl Route {
+    /// `meters` must be validated: names of `[a-z0-9_]` (nothing to escape), costs > 0.
+    pub fn new(
+        name: String,
+        method: Option<String>,
+        path: Option<PathMatch>,
+        meters: Vec<(String, u64)>,
+    ) -> Self {
+        let mut meters_json = String::from("[");
+        for (i, (meter, cost)) in meters.iter().enumerate() {
+            if i > 0 {
+                meters_json.push(',');
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(meters_json, r#"{{"meter":"{meter}","cost":{cost}}}"#);
+        }
+        meters_json.push(']');
+        Self {
+            name,
+            method,
+            path,
+            meters,
+            meters_json,
+        }
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+    }
+}
+
+/// What the filter does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched<'a> {
+    /// Exempt, or no route matched and there is no default route: not metered.
+    Unmetered,
+    /// Shared so a request can keep its route cheaply until its usage event is built.
+    Metered(&'a Rc<Route>),
+}
+
+/// Routes in configuration order; the first match wins.
+#[derive(Debug, Clone)]
+pub struct RequestMatcher {
+    routes: Vec<Rc<Route>>,
+    default_route: Option<Rc<Route>>,
+    exempt: Vec<(Option<String>, Option<PathMatch>)>,
+}
+
+impl RequestMatcher {
+    pub fn new(
+        routes: Vec<Route>,
+        default_route: Option<Route>,
+        exempt: Vec<(Option<String>, Option<PathMatch>)>,
+    ) -> Self {
+        Self {
+            routes: routes.into_iter().map(Rc::new).collect(),
+            default_route: default_route.map(Rc::new),
+            exempt,
+        }
+    }
+
+    /// `path` is the raw `:path` header; its query and fragment are dropped here.
+    pub fn classify(&self, method: &str, path: &str) -> Matched<'_> {
+        let path = strip_query(path);
+        let exempt = self.exempt.iter().any(|(m, p)| {
+            m.as_deref().is_none_or(|m| m == method) && p.as_ref().is_none_or(|p| p.matches(path))
+        });
+        if exempt {
+            return Matched::Unmetered;
+        }
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path))
+            .or(self.default_route.as_ref())
+            .map_or(Matched::Unmetered, Matched::Metered)
+    }
+
+    /// Every route name, the default route's included.
+    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .chain(self.default_route.as_ref())
+            .map(|r| r.name.as_str())
+    }
+}
+
+fn strip_query(path: &str) -> &str {
+    path.find(['?', '#'])
+        .and_then(|i| path.get(..i))
+        .unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(
+        name: &str,
+        method: Option<&str>,
+        path: Option<PathMatch>,
+        meters: &[(&str, u64)],
+    ) -> Route {
+        Route::new(
+            name.into(),
+            method.map(Into::into),
+            path,
+            meters.iter().map(|(m, c)| ((*m).to_owned(), *c)).collect(),
+        )
+    }
+
+    fn matcher(with_default: bool) -> RequestMatcher {
+        RequestMatcher::new(
+            vec![
+                route(
+                    "search",
+                    Some("GET"),
+                    Some(PathMatch::Prefix("/v1/search".into())),
+                    &[("requests", 1), ("search_units", 5)],
+                ),
+                route(
+                    "export",
+                    Some("POST"),
+                    Some(PathMatch::Exact("/v1/exports".into())),
+                    &[("exports", 1)],
+                ),
+            ],
+            with_default.then(|| route("api", None, None, &[("requests", 1)])),
+            vec![(None, Some(PathMatch::Exact("/healthz".into())))],
+        )
+    }
+
+    fn name(m: Matched<'_>) -> Option<&str> {
+        match m {
+            Matched::Metered(r) => Some(r.name.as_str()),
+            Matched::Unmetered => None,
+        }
+    }
+
+    #[test]
+    fn method_and_prefix_select_the_route() {
+        let m = matcher(true);
+        assert_eq!(name(m.classify("GET", "/v1/search/docs")), Some("search"));
+        assert_eq!(name(m.classify("POST", "/v1/search")), Some("api"));
+    }
+
+    #[test]
+    fn exact_path_ignores_query_string() {
+        let m = matcher(true);
+        assert_eq!(
+            name(m.classify("POST", "/v1/exports?format=csv")),
+            Some("export")
+        );
+        assert_eq!(name(m.classify("POST", "/v1/exports/1")), Some("api"));
+    }
+
+    #[test]
+    fn exempt_path_is_unmetered_even_with_a_query() {
+        let m = matcher(true);
+        assert_eq!(m.classify("GET", "/healthz?probe=1"), Matched::Unmetered);
+        assert_eq!(name(m.classify("GET", "/healthz/deep")), Some("api"));
+    }
+
+    #[test]
+    fn unmatched_request_without_default_route_is_unmetered() {
+        let m = matcher(false);
+        assert_eq!(m.classify("DELETE", "/v1/things"), Matched::Unmetered);
+    }
+
+    #[test]
+    fn query_cannot_smuggle_a_matching_prefix() {
+        let m = matcher(false);
+        assert_eq!(m.classify("GET", "/other?/v1/search"), Matched::Unmetered);
+    }
+
+    #[test]
+    fn meters_json_is_the_consume_request_array() {
+        let m = matcher(true);
+        let Matched::Metered(r) = m.classify("GET", "/v1/search") else {
+            panic!("not metered")
+        };
+        assert_eq!(
+            r.meters_json,
+            r#"[{"meter":"requests","cost":1},{"meter":"search_units","cost":5}]"#
+        );
+        let parsed: Vec<turnpike_wire::MeterCost> = serde_json::from_str(&r.meters_json).unwrap();
+        assert_eq!(parsed.len(), 2);
+    }
+}

@@ -1,0 +1,193 @@
+//! Root context: parses the plugin configuration, owns per-VM state handed to every
+//! request, and runs the usage-event flusher.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+
+use super::flusher::Flusher;
+use super::http::HttpFilter;
+use super::metrics::Metrics;
+use crate::config::Config;
+use crate::consume_id::{entropy_u64, IdMinter};
+use crate::events::{push_json_str, EventBuffer};
+use crate::log_budget::LogBudget;
+use crate::problem;
+
+/// Seconds between two log lines about failing counter callouts, per worker.
+const COUNTER_LOG_INTERVAL_SECS: u64 = 10;
+
+/// State that lives as long as the VM (one per worker): ids, stats, log budget, events.
+pub struct Vm {
+    pub minter: IdMinter,
+    pub metrics: Option<Metrics>,
+    pub counter_log: RefCell<LogBudget>,
+    /// Whether usage events are collected (a collector is configured).
+    pub events_on: Cell<bool>,
+    /// Usage events waiting for the collector: filled by HTTP contexts, drained by the
+    /// root context's flusher.
+    pub events: RefCell<EventBuffer>,
+}
+
+/// One configuration, compiled, with what is precomputed from it.
+pub struct Plugin {
+    pub config: Config,
+    pub missing_tenant_body: String,
+    pub unavailable_body: String,
+    /// The CloudEvents `source`, encoded as a JSON string.
+    pub source_json: String,
+}
+
+pub struct Root {
+    vm: Rc<Vm>,
+    plugin: Option<Rc<Plugin>>,
+    flusher: Option<Flusher>,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Self {
+            vm: Rc::new(Vm {
+                minter: IdMinter::from_entropy(),
+                metrics: Metrics::define(),
+                counter_log: RefCell::new(LogBudget::new(COUNTER_LOG_INTERVAL_SECS)),
+                events_on: Cell::new(false),
+                events: RefCell::new(EventBuffer::new(0)),
+            }),
+            plugin: None,
+            flusher: None,
+        }
+    }
+
+    fn start_events(&mut self, config: &Config) {
+        let Some(collector) = config.collector.clone() else {
+            // Events already buffered still go out to the previous collector.
+            self.vm.events_on.set(false);
+            return;
+        };
+        if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
+            buffer.set_capacity(collector.max_buffer);
+        }
+        self.vm.events_on.set(true);
+        let flusher = match self.flusher.take() {
+            Some(mut f) => {
+                f.reconfigure(collector);
+                f
+            }
+            // A random jitter seed per VM, so workers' retries spread apart.
+            None => Flusher::new(self.vm.clone(), collector, entropy_u64()),
+        };
+        if hostcalls::set_tick_period(flusher.tick_period()).is_err() {
+            error!("cannot set the tick period: usage events will not be sent");
+        }
+        self.flusher = Some(flusher);
+    }
+}
+
+/// `collector.source`, else `//turnpike/envoy/<node id>`, as a JSON string.
+fn source_json(config: &Config) -> String {
+    let source = match config.collector.as_ref().and_then(|c| c.source.clone()) {
+        Some(source) => source,
+        None => {
+            let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten();
+            let node = node.as_deref().and_then(|n| std::str::from_utf8(n).ok());
+            let node = node.filter(|n| !n.is_empty()).unwrap_or("unknown");
+            format!("//turnpike/envoy/{node}")
+        }
+    };
+    let mut out = Vec::with_capacity(source.len() + 2);
+    push_json_str(&mut out, &source);
+    String::from_utf8(out).unwrap_or_else(|_| "\"//turnpike/envoy/unknown\"".to_owned())
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let Some(flusher) = &mut self.flusher else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        if flusher.on_response(token, status) == Some(true) && flusher.stopping() {
+            let _ = hostcalls::done();
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        match &mut self.flusher {
+            Some(flusher) => flusher.on_stop(),
+            None => true,
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(Some(raw)) => raw,
+            _ => {
+                error!("invalid plugin configuration: missing (expected a JSON object)");
+                return false;
+            }
+        };
+        let config = match Config::parse(&raw) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("invalid plugin configuration: {e}");
+                return false;
+            }
+        };
+        let routes: Vec<&str> = config.matcher.route_names().collect();
+        info!(
+            "configured: counter cluster {:?} ({:?}), routes {:?}, usage events {}",
+            config.counter.cluster,
+            config.counter.failure_mode,
+            routes,
+            config
+                .collector
+                .as_ref()
+                .map_or("off".to_owned(), |c| format!("to {:?}", c.cluster))
+        );
+        if config.collector.is_none() && self.flusher.is_some() {
+            warn!("collector section removed: no new usage events");
+        }
+        self.start_events(&config);
+        self.plugin = Some(Rc::new(Plugin {
+            missing_tenant_body: problem::missing_tenant(config.tenant.tenant.claim()),
+            unavailable_body: problem::counter_unavailable(),
+            source_json: source_json(&config),
+            config,
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(flusher) = &mut self.flusher {
+            flusher.on_tick();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // The SDK traps on None, so an unconfigured plugin still gets a context, one
+        // that refuses requests.
+        Some(Box::new(HttpFilter::new(
+            self.vm.clone(),
+            self.plugin.clone(),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
