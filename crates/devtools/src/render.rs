@@ -15,6 +15,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("COLLECTOR_CLUSTER", "turnpike_collector"),
     ("JWT_ISSUER", crate::token::DEFAULT_ISSUER),
     ("JWT_AUDIENCE", crate::token::DEFAULT_AUDIENCE),
+    // Where jwt_authn puts the verified payload and the filter reads it (Istio: "payload").
+    ("JWT_PAYLOAD_KEY", "jwt_payload"),
+    ("NODE_ID", "turnpike-envoy"),
 ];
 
 /// Placeholder values: defaults first, then whatever the caller sets.

@@ -1,0 +1,50 @@
+# Turnpike: one entry point for building, testing, the demo and the benchmark.
+#   make test    install what the tests need, build everything, run every test
+#   make demo    run the whole stack locally with sample tenants and tokens
+#   make bench   Envoy without vs with Turnpike, same run, ratios printed
+SHELL := /bin/bash
+CARGO ?= cargo
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+WASM := $(TARGET_DIR)/wasm32-wasip1/wasm/turnpike.wasm
+BINS := -p turnpike-counter -p turnpike-collector -p turnpike-devtools
+
+.PHONY: all tools build wasm bins test unit lint fmt demo bench clean
+
+all: build
+
+tools:
+	scripts/ensure-tools.sh
+
+wasm:
+	$(CARGO) build --target wasm32-wasip1 --profile wasm -p turnpike
+	@ls -l $(WASM)
+
+bins:
+	$(CARGO) build $(BINS) --bins
+
+build: wasm bins
+
+# The README's test command. Integration tests find the binaries and the .wasm that
+# `build` made, and Envoy/Redis/PostgreSQL that `tools` installed.
+test: tools build
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p turnpike --target wasm32-wasip1 -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo: tools
+	scripts/demo.sh
+
+bench: tools
+	bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Turnpike benchmark: the same Envoy, in the same run, with and without metering.
+#   bare      Envoy, direct_response, no filter
+#   jwt       + jwt_authn (what users run before Turnpike anyway)
+#   turnpike  + jwt_authn + the Turnpike filter, one counter callout per request
+# Envoy --concurrency 1, wrk 1 thread / 32 connections on loopback, the counter (release
+# build) over Redis. Prints req/s, p50/p99 latency, Envoy CPU µs per request, counter
+# CPU and RSS, and the ratios. Never asserts timings: it measures.
+#
+#   bench/run.sh                # 10 s per variant
+#   DURATION=30 bench/run.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+WARMUP=${WARMUP:-2}
+run="$root/.run/bench"
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
+envoy="$root/.tools/bin/envoy"
+[ -x "$envoy" ] || die "Envoy missing: run scripts/ensure-tools.sh"
+
+say "building the filter and a release build of the counter"
+make --no-print-directory wasm >/dev/null
+cargo build -q --release -p turnpike-counter -p turnpike-devtools
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+wasm="$target/wasm32-wasip1/wasm/turnpike.wasm"
+dev="$target/release/turnpike-dev"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rm -rf "$run"; mkdir -p "$run"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+wait_http() {
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+  die "not ready: $1 (logs in $run)"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+REDIS_PORT=$(free_port); COUNTER_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$run/redis.log" 2>&1 &
+redis_pid=$!; pids+=($redis_pid)
+for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+"$target/release/turnpike-counter" --listen "127.0.0.1:$COUNTER_PORT" \
+  --redis "redis://127.0.0.1:$REDIS_PORT" --plans bench/plans.toml >"$run/counter.log" 2>&1 &
+counter_pid=$!; pids+=($counter_pid)
+wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
+
+token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
+results="$run/results.tsv"
+printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us_per_req\tcounter_us_per_req\tredis_us_per_req\tcounter_rss_kb\tnon2xx\n' >"$results"
+
+for variant in bare jwt turnpike; do
+  LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  "$dev" render-envoy --template envoy/envoy.yaml.tmpl --filter-config envoy/filter-config.json \
+    --set ADMIN_ADDRESS=127.0.0.1 --set ADMIN_PORT="$ADMIN_PORT" \
+    --set LISTEN_ADDRESS=127.0.0.1 --set LISTEN_PORT="$LISTEN_PORT" \
+    --set JWKS_PATH="$root/config/demo/jwks.json" --set WASM_PATH="$wasm" \
+    --set UPSTREAM_HOST=127.0.0.1 --set UPSTREAM_PORT=1 \
+    --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT="$COUNTER_PORT" \
+    --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT=1 \
+    --set INGEST_SECRET=bench \
+    --out "$run/rendered.yaml"
+  python3 bench/derive.py "$variant" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
+  "$envoy" -c "$run/envoy-$variant.yaml" --concurrency 1 --base-id $((9000 + RANDOM % 1000)) \
+    -l warning >"$run/envoy-$variant.log" 2>&1 &
+  envoy_pid=$!; pids+=($envoy_pid)
+  wait_http "http://127.0.0.1:$ADMIN_PORT/ready"
+  url="http://127.0.0.1:$LISTEN_PORT/v1/items/1"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")
+  [ "$code" = 200 ] || die "$variant: a single request got $code, not 200 (see $run/envoy-$variant.log)"
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Authorization: Bearer $token" "$url" >/dev/null
+  e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
+  say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s"
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$url" \
+    >"$run/wrk-$variant.txt"
+  e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
+  python3 bench/summarize.py row "$variant" "$run/wrk-$variant.txt" \
+    $((e1 - e0)) $((c1 - c0)) $((r1 - r0)) "$rss" "$(getconf CLK_TCK)" >>"$results"
+  kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
+done
+
+python3 bench/summarize.py table "$results"
