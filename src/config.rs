@@ -686,7 +686,9 @@ mod tests {
     fn shipped_filter_config_is_valid_once_rendered() {
         let text = include_str!("../envoy/filter-config.json")
             .replace("${COUNTER_CLUSTER}", "turnpike_counter")
-            .replace("${COLLECTOR_CLUSTER}", "turnpike_collector");
+            .replace("${COLLECTOR_CLUSTER}", "turnpike_collector")
+            .replace("${JWT_PAYLOAD_KEY}", "jwt_payload")
+            .replace("${INGEST_SECRET}", "s3cret");
         assert!(
             !text.contains("${"),
             "unknown placeholder in envoy/filter-config.json"

@@ -55,7 +55,10 @@ impl Envoy {
             ("COUNTER_PORT", options.counter_port.to_string()),
             ("COLLECTOR_HOST", "127.0.0.1".to_owned()),
             ("COLLECTOR_PORT", options.collector_port.to_string()),
-            ("INGEST_SECRET", crate::collector::TEST_INGEST_SECRET.to_owned()),
+            (
+                "INGEST_SECRET",
+                crate::collector::TEST_INGEST_SECRET.to_owned(),
+            ),
         ]);
         let yaml = render_envoy(
             &read("envoy/envoy.yaml.tmpl"),

@@ -283,8 +283,12 @@ mod tests {
             "COUNTER_PORT",
             "COLLECTOR_HOST",
             "COLLECTOR_PORT",
+            "INGEST_SECRET",
         ];
         let err = render_envoy(&template, &config, &vals(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("INGEST_SECRET"), "{err}");
+        let err =
+            render_envoy(&template, &config, &vals(&[("INGEST_SECRET", "s")]), None).unwrap_err();
         assert!(err.to_string().contains("ADMIN_PORT"), "{err}");
         let values = vals(&given.iter().map(|n| (*n, "1")).collect::<Vec<_>>());
         let out = render_envoy(&template, &config, &values, None).unwrap();

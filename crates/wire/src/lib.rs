@@ -204,10 +204,16 @@ mod tests {
             id: "abc".into(),
             tenant: "acme".into(),
             plan: None,
-            meters: vec![MeterCost { meter: "requests".into(), cost: 1 }],
+            meters: vec![MeterCost {
+                meter: "requests".into(),
+                cost: 1,
+            }],
         };
         let json = serde_json::to_string(&req).unwrap();
-        assert_eq!(json, r#"{"id":"abc","tenant":"acme","meters":[{"meter":"requests","cost":1}]}"#);
+        assert_eq!(
+            json,
+            r#"{"id":"abc","tenant":"acme","meters":[{"meter":"requests","cost":1}]}"#
+        );
     }
 
     #[test]
