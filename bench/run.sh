@@ -55,7 +55,7 @@ token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
 printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us_per_req\tcounter_us_per_req\tredis_us_per_req\tcounter_rss_kb\tnon2xx\n' >"$results"
 
-for variant in bare jwt turnpike; do
+for variant in ${VARIANTS:-bare jwt turnpike}; do
   LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
   "$dev" render-envoy --template envoy/envoy.yaml.tmpl --filter-config envoy/filter-config.json \
     --set ADMIN_ADDRESS=127.0.0.1 --set ADMIN_PORT="$ADMIN_PORT" \
@@ -64,7 +64,7 @@ for variant in bare jwt turnpike; do
     --set UPSTREAM_HOST=127.0.0.1 --set UPSTREAM_PORT=1 \
     --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT="$COUNTER_PORT" \
     --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT=1 \
-    --set INGEST_SECRET=bench \
+    --set INGEST_SECRET=bench ${PATCH:+--patch-filter "$PATCH"} \
     --out "$run/rendered.yaml"
   python3 bench/derive.py "$variant" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
   "$envoy" -c "$run/envoy-$variant.yaml" --concurrency 1 --base-id $((9000 + RANDOM % 1000)) \

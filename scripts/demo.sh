@@ -103,6 +103,15 @@ echo
 say "the last answer in full:"
 curl -s -i -H "Authorization: Bearer $GLOBEX" "$api/v1/items/8" | sed 's/^/  /'
 echo
+say "the filter ships usage events to the collector; globex's day in the ledger:"
+for _ in $(seq 1 30); do
+  usage=$(curl -s "http://127.0.0.1:$COLLECTOR_PORT/v1/tenants/globex/usage?window=day")
+  [[ "$usage" == *'"requests"'* ]] && break
+  sleep 0.2
+done
+echo "  curl -s 'http://127.0.0.1:$COLLECTOR_PORT/v1/tenants/globex/usage?window=day'"
+echo "  $usage"
+echo
 cat <<MSG
 Try it yourself (tokens are also in .run/demo/tokens.env):
 

@@ -1,5 +1,6 @@
 //! Start-up, signal handling and graceful shutdown: the I/O shell around the router.
 
+use axum::serve::ListenerExt;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
@@ -56,7 +57,13 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(%addr, backend = ?ledger.backend(), "turnpike-collector listening");
     // axum::serve speaks HTTP/1.1 and detects the HTTP/2 prior-knowledge preface on the
-    // same port (h2c), which is what Envoy's collector cluster sends.
+    // same port (h2c), which is what Envoy's collector cluster sends. TCP_NODELAY: small
+    // answers on a long-lived h2 connection must not wait for delayed ACKs.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

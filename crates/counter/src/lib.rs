@@ -11,6 +11,7 @@ pub mod state;
 pub mod store;
 pub mod ticket;
 
+use axum::serve::ListenerExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,13 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             context: format!("cannot listen on {listen}"),
             source,
         })?;
+    // Envoy multiplexes every callout over one h2 connection: without TCP_NODELAY,
+    // Nagle's algorithm meets delayed ACKs and small answers wait up to 40 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     tracing::info!(%listen, plans = %cli.plans.display(), "turnpike-counter serving");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown())
