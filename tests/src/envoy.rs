@@ -17,8 +17,13 @@ use crate::process::Process;
 #[derive(Debug, Clone)]
 pub struct EnvoyOptions {
     pub concurrency: u32,
-    /// JSON merge patch for `envoy/filter-config.json`.
+    /// JSON merge patch for the filter config.
     pub filter_patch: Option<Value>,
+    /// The filter config to render instead of `envoy/filter-config.json` (e.g. the
+    /// pluginConfig of the Istio WasmPlugin manifest).
+    pub filter_config: Option<String>,
+    /// Template values that override the harness's own (cluster names, payload key).
+    pub values: Vec<(String, String)>,
     pub upstream_port: u16,
     pub counter_port: u16,
     pub collector_port: u16,
@@ -39,7 +44,7 @@ impl Envoy {
                 .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
         };
         let (port, admin_port) = (free_port(), free_port());
-        let values = values_with_defaults([
+        let mut values = values_with_defaults([
             ("ADMIN_ADDRESS", "127.0.0.1".to_owned()),
             ("ADMIN_PORT", admin_port.to_string()),
             ("LISTEN_ADDRESS", "127.0.0.1".to_owned()),
@@ -60,9 +65,14 @@ impl Envoy {
                 crate::collector::TEST_INGEST_SECRET.to_owned(),
             ),
         ]);
+        values.extend(options.values.iter().cloned());
+        let filter_config = match &options.filter_config {
+            Some(text) => text.clone(),
+            None => read("envoy/filter-config.json"),
+        };
         let yaml = render_envoy(
             &read("envoy/envoy.yaml.tmpl"),
-            &read("envoy/filter-config.json"),
+            &filter_config,
             &values,
             options.filter_patch.as_ref(),
         )

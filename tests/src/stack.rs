@@ -21,6 +21,8 @@ use crate::upstream::Upstream;
 pub struct StackBuilder {
     plans: String,
     filter_patch: Option<Value>,
+    filter_config: Option<String>,
+    values: Vec<(String, String)>,
     concurrency: u32,
     counter_args: Vec<String>,
     with_collector: bool,
@@ -30,6 +32,18 @@ impl StackBuilder {
     /// JSON merge patch applied to `envoy/filter-config.json`.
     pub fn filter_patch(mut self, patch: Value) -> Self {
         self.filter_patch = Some(patch);
+        self
+    }
+
+    /// Render this filter config (JSON text) instead of `envoy/filter-config.json`.
+    pub fn filter_config(mut self, json_text: &str) -> Self {
+        self.filter_config = Some(json_text.to_owned());
+        self
+    }
+
+    /// Fill the Envoy template's `${name}` with `value`, over the harness's own value.
+    pub fn template_value(mut self, name: &str, value: &str) -> Self {
+        self.values.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -67,6 +81,8 @@ impl StackBuilder {
         let options = EnvoyOptions {
             concurrency: self.concurrency,
             filter_patch: self.filter_patch,
+            filter_config: self.filter_config,
+            values: self.values,
             upstream_port: upstream.port,
             counter_port: counter.port,
             // Without a collector the filter's event flushes go to a closed port.
@@ -129,6 +145,8 @@ impl Stack {
         StackBuilder {
             plans: plans_toml.to_owned(),
             filter_patch: None,
+            filter_config: None,
+            values: Vec::new(),
             concurrency: 1,
             counter_args: Vec::new(),
             with_collector: false,
