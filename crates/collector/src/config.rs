@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TURNPIKE_COLLECTOR_LISTEN",
-        default_value = "127.0.0.1:8081"
+        default_value = "127.0.0.1:8082"
     )]
     pub listen: SocketAddr,
 
