@@ -3,6 +3,9 @@
 #   bare      Envoy, direct_response, no filter
 #   jwt       + jwt_authn (what users run before Turnpike anyway)
 #   turnpike  + jwt_authn + the Turnpike filter, one counter callout per request
+#             (usage events off)
+#   turnpike+events  the same with usage events shipped to a collector (SQLite)
+# Then the collector's own ingest rate into SQLite and PostgreSQL (INGEST=0 skips it).
 # Envoy --concurrency 1, wrk 1 thread / 32 connections on loopback, the counter (release
 # build) over Redis. Prints req/s, p50/p99 latency, Envoy CPU µs per request, counter
 # CPU and RSS, and the ratios. Never asserts timings: it measures.
@@ -24,9 +27,9 @@ command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
 envoy="$root/.tools/bin/envoy"
 [ -x "$envoy" ] || die "Envoy missing: run scripts/ensure-tools.sh"
 
-say "building the filter and a release build of the counter"
+say "building the filter and release builds of the services"
 make --no-print-directory wasm >/dev/null
-cargo build -q --release -p turnpike-counter -p turnpike-devtools
+cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 wasm="$target/wasm32-wasip1/wasm/turnpike.wasm"
 dev="$target/release/turnpike-dev"
@@ -42,7 +45,7 @@ wait_http() {
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-REDIS_PORT=$(free_port); COUNTER_PORT=$(free_port)
+REDIS_PORT=$(free_port); COUNTER_PORT=$(free_port); COLLECTOR_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$run/redis.log" 2>&1 &
 redis_pid=$!; pids+=($redis_pid)
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -50,23 +53,32 @@ for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && brea
   --redis "redis://127.0.0.1:$REDIS_PORT" --plans bench/plans.toml >"$run/counter.log" 2>&1 &
 counter_pid=$!; pids+=($counter_pid)
 wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
+"$target/release/turnpike-collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
+  --database "sqlite://$run/ledger.db" --ingest-secret bench >"$run/collector.log" 2>&1 &
+collector_pid=$!; pids+=($collector_pid)
+wait_http "http://127.0.0.1:$COLLECTOR_PORT/healthz"
 
 token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
-printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us_per_req\tcounter_us_per_req\tredis_us_per_req\tcounter_rss_kb\tnon2xx\n' >"$results"
+printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us\tcounter_us\tredis_us\tcollector_us\tcounter_rss_kb\tnon2xx\n' >"$results"
 
-for variant in ${VARIANTS:-bare jwt turnpike}; do
+for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
   LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  case "$variant" in
+    turnpike+events) patch=${PATCH:-}; base=turnpike ;;
+    # Events off: no collector section in the filter config.
+    *) patch=${PATCH:-'{"collector":null}'}; base=$variant ;;
+  esac
   "$dev" render-envoy --template envoy/envoy.yaml.tmpl --filter-config envoy/filter-config.json \
     --set ADMIN_ADDRESS=127.0.0.1 --set ADMIN_PORT="$ADMIN_PORT" \
     --set LISTEN_ADDRESS=127.0.0.1 --set LISTEN_PORT="$LISTEN_PORT" \
     --set JWKS_PATH="$root/config/demo/jwks.json" --set WASM_PATH="$wasm" \
     --set UPSTREAM_HOST=127.0.0.1 --set UPSTREAM_PORT=1 \
     --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT="$COUNTER_PORT" \
-    --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT=1 \
-    --set INGEST_SECRET=bench ${PATCH:+--patch-filter "$PATCH"} \
+    --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT="$COLLECTOR_PORT" \
+    --set INGEST_SECRET=bench ${patch:+--patch-filter "$patch"} \
     --out "$run/rendered.yaml"
-  python3 bench/derive.py "$variant" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
+  python3 bench/derive.py "$base" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
   "$envoy" -c "$run/envoy-$variant.yaml" --concurrency 1 --base-id $((9000 + RANDOM % 1000)) \
     -l warning >"$run/envoy-$variant.log" 2>&1 &
   envoy_pid=$!; pids+=($envoy_pid)
@@ -76,14 +88,29 @@ for variant in ${VARIANTS:-bare jwt turnpike}; do
   [ "$code" = 200 ] || die "$variant: a single request got $code, not 200 (see $run/envoy-$variant.log)"
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Authorization: Bearer $token" "$url" >/dev/null
   e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
+  l0=$(cpu_ticks $collector_pid)
   say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s"
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$url" \
     >"$run/wrk-$variant.txt"
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
+  l1=$(cpu_ticks $collector_pid)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
   python3 bench/summarize.py row "$variant" "$run/wrk-$variant.txt" \
-    $((e1 - e0)) $((c1 - c0)) $((r1 - r0)) "$rss" "$(getconf CLK_TCK)" >>"$results"
+    $((e1 - e0)) $((c1 - c0)) $((r1 - r0)) $((l1 - l0)) "$rss" "$(getconf CLK_TCK)" >>"$results"
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
 done
 
+if [[ " ${VARIANTS:-turnpike+events} " == *" turnpike+events "* ]]; then
+  sleep 2 # the last flush
+  stored=$(curl -s "http://127.0.0.1:$COLLECTOR_PORT/metrics" | awk '/^turnpike_collector_events_accepted_total/ {s += $2} END {print s + 0}')
+  echo "events stored by the collector during the turnpike+events run: $stored" >"$run/events.txt"
+fi
 python3 bench/summarize.py table "$results"
+[ -f "$run/events.txt" ] && cat "$run/events.txt"
+
+if [ "${INGEST:-1}" = 1 ]; then
+  echo
+  say "collector ingest rate (batches of 500 over h2c; SQLite synchronous=FULL, PostgreSQL defaults)"
+  cargo test -q --release -p turnpike-collector --test ingest_bench -- --ignored --nocapture 2>&1 \
+    | grep -E 'events/s' || die "ingest measurement failed (see cargo test -p turnpike-collector --test ingest_bench)"
+fi

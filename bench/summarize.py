@@ -12,7 +12,7 @@ def parse_latency_ms(text: str, pct: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def row(variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, rss_kb, clk_tck):
+def row(variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, collector_ticks, rss_kb, clk_tck):
     text = open(wrk_file).read()
     total = re.search(r"^\s*(\d+) requests in", text, re.M)
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
@@ -20,6 +20,7 @@ def row(variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, rss_kb, clk_
         sys.exit(f"summarize.py: cannot read wrk output {wrk_file}")
     requests = int(total.group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    metered = variant.startswith("turnpike")
     us = lambda ticks: int(ticks) * 1e6 / int(clk_tck) / max(requests, 1)
     fields = [
         variant,
@@ -27,9 +28,10 @@ def row(variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, rss_kb, clk_
         f"{parse_latency_ms(text, '50'):.3f}",
         f"{parse_latency_ms(text, '99'):.3f}",
         f"{us(envoy_ticks):.1f}",
-        f"{us(counter_ticks):.1f}" if variant == "turnpike" else "-",
-        f"{us(redis_ticks):.1f}" if variant == "turnpike" else "-",
-        rss_kb if variant == "turnpike" else "-",
+        f"{us(counter_ticks):.1f}" if metered else "-",
+        f"{us(redis_ticks):.1f}" if metered else "-",
+        f"{us(collector_ticks):.1f}" if variant == "turnpike+events" else "-",
+        rss_kb if metered else "-",
         non2xx.group(1) if non2xx else "0",
     ]
     print("\t".join(fields))
@@ -42,21 +44,23 @@ def table(path):
     for r in [header, *rows.values()]:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)))
     print()
-    t = rows.get("turnpike")
-    for base in ("bare", "jwt"):
-        b = rows.get(base)
-        if not (t and b):
+    for name in ("turnpike", "turnpike+events"):
+        t = rows.get(name)
+        if not t:
             continue
-        print(
-            f"turnpike / {base}: throughput {float(t[1]) / float(b[1]):.2f}x, "
-            f"p99 {float(t[3]) / float(b[3]):.2f}x, "
-            f"Envoy CPU/request {float(t[4]) / float(b[4]):.2f}x "
-            f"(+{float(t[4]) - float(b[4]):.1f} µs)"
-        )
-    if t:
-        print(f"counter RSS after the run: {int(t[7]) / 1024:.1f} MiB")
-        if t[8] != "0":
-            print(f"WARNING: {t[8]} non-2xx answers in the turnpike run")
+        for base in ("bare", "jwt"):
+            b = rows.get(base)
+            if not b:
+                continue
+            print(
+                f"{name} / {base}: throughput {float(t[1]) / float(b[1]):.2f}x, "
+                f"p99 {float(t[3]) / float(b[3]):.2f}x, "
+                f"Envoy CPU/request {float(t[4]) / float(b[4]):.2f}x "
+                f"(+{float(t[4]) - float(b[4]):.1f} µs)"
+            )
+        print(f"{name}: counter RSS after the run {int(t[8]) / 1024:.1f} MiB")
+        if t[9] != "0":
+            print(f"WARNING: {t[9]} non-2xx answers in the {name} run")
 
 
 if __name__ == "__main__":
