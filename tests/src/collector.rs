@@ -1,8 +1,12 @@
-//! The real `turnpike-collector` binary with a SQLite ledger in the test's directory.
+//! The real `turnpike-collector` binary: by default with a SQLite ledger in the test's
+//! directory, or on a PostgreSQL URL (several replicas may share one database).
 
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::Value;
+
+use crate::counter::prometheus_sum;
 use crate::http::client;
 use crate::paths::collector_bin;
 use crate::ports::free_port;
@@ -11,28 +15,44 @@ use crate::wait::eventually;
 
 pub const TEST_INGEST_SECRET: &str = "test-ingest-secret";
 
+/// Events per page when [`Collector::all_events`] walks the listing.
+const PAGE: usize = 50;
+
 pub struct Collector {
     pub port: u16,
+    database: String,
     process: Process,
     http: reqwest::Client,
 }
 
 impl Collector {
+    /// One collector named `collector`, with a SQLite ledger at `<dir>/collector.db`.
     pub async fn start(dir: &Path) -> Collector {
+        Self::start_with(dir, "collector", None).await
+    }
+
+    /// A collector whose logs are `<dir>/<name>.stdout|.stderr`, on `database_url`
+    /// (e.g. a PostgreSQL URL from [`crate::postgres::Postgres::url`]) or, when `None`,
+    /// on its own SQLite ledger `<dir>/<name>.db`. Waits until `/healthz` answers 200.
+    pub async fn start_with(dir: &Path, name: &str, database_url: Option<&str>) -> Collector {
         let port = free_port();
-        let database = format!("sqlite://{}", dir.join("ledger.db").display());
+        let database = match database_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+        };
         let args = [
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
             "--database".to_owned(),
-            database,
+            database.clone(),
             "--ingest-secret".to_owned(),
             TEST_INGEST_SECRET.to_owned(),
         ];
         let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
-        let process = Process::spawn_with_env("collector", &collector_bin(), args, envs, dir);
+        let process = Process::spawn_with_env(name, &collector_bin(), args, envs, dir);
         let mut collector = Collector {
             port,
+            database,
             process,
             http: client(),
         };
@@ -42,6 +62,11 @@ impl Collector {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The `--database` URL this collector runs on.
+    pub fn database_url(&self) -> &str {
+        &self.database
     }
 
     pub async fn wait_healthy(&mut self) {
@@ -61,6 +86,13 @@ impl Collector {
         .await;
     }
 
+    /// SIGKILL: a crash, possibly in the middle of a batch.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// (Kills it if running and) starts it again on the same port and database; waits
+    /// for health.
     pub async fn restart(&mut self) {
         self.process.restart();
         self.wait_healthy().await;
@@ -68,5 +100,67 @@ impl Collector {
 
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("collector /metrics: {e}"));
+        response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("collector /metrics body: {e}"))
+    }
+
+    /// Batches this process stored since it started.
+    pub async fn batches_stored(&self) -> u64 {
+        prometheus_sum(
+            &self.metrics().await,
+            "turnpike_collector_batches_stored_total",
+        )
+    }
+
+    /// Every event of `tenant` in the ledger, in the listing's order, walking all
+    /// pages of `/v1/tenants/{tenant}/events` by their cursors; `None` if any page
+    /// cannot be read (the collector may be restarting).
+    pub async fn all_events(&self, tenant: &str) -> Option<Vec<Value>> {
+        let mut events = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", PAGE.to_string())];
+            if let Some(cursor) = &after {
+                query.push(("after", cursor.clone()));
+            }
+            let response = self
+                .http
+                .get(self.url(&format!("/v1/tenants/{tenant}/events")))
+                .query(&query)
+                .send()
+                .await
+                .ok()?;
+            if response.status().as_u16() != 200 {
+                return None;
+            }
+            let page: Value = response.json().await.ok()?;
+            let batch = page["events"].as_array()?;
+            assert!(
+                batch.len() <= PAGE,
+                "a page of {} events, asked for {PAGE}",
+                batch.len()
+            );
+            events.extend(batch.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => after = Some(cursor.to_owned()),
+                None => return Some(events),
+            }
+        }
     }
 }

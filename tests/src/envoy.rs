@@ -26,7 +26,9 @@ pub struct EnvoyOptions {
     pub values: Vec<(String, String)>,
     pub upstream_port: u16,
     pub counter_port: u16,
-    pub collector_port: u16,
+    /// The collector cluster's endpoints (round robin); at least one. The template has
+    /// one endpoint; more are added to the rendered YAML.
+    pub collector_ports: Vec<u16>,
 }
 
 pub struct Envoy {
@@ -44,6 +46,10 @@ impl Envoy {
                 .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
         };
         let (port, admin_port) = (free_port(), free_port());
+        let (&first_collector_port, more_collector_ports) = options
+            .collector_ports
+            .split_first()
+            .unwrap_or_else(|| panic!("EnvoyOptions::collector_ports is empty"));
         let mut values = values_with_defaults([
             ("ADMIN_ADDRESS", "127.0.0.1".to_owned()),
             ("ADMIN_PORT", admin_port.to_string()),
@@ -59,7 +65,7 @@ impl Envoy {
             ("COUNTER_HOST", "127.0.0.1".to_owned()),
             ("COUNTER_PORT", options.counter_port.to_string()),
             ("COLLECTOR_HOST", "127.0.0.1".to_owned()),
-            ("COLLECTOR_PORT", options.collector_port.to_string()),
+            ("COLLECTOR_PORT", first_collector_port.to_string()),
             (
                 "INGEST_SECRET",
                 crate::collector::TEST_INGEST_SECRET.to_owned(),
@@ -77,6 +83,15 @@ impl Envoy {
             options.filter_patch.as_ref(),
         )
         .unwrap_or_else(|e| panic!("cannot render the Envoy config: {e}"));
+        let collector_cluster = values
+            .get("COLLECTOR_CLUSTER")
+            .unwrap_or_else(|| panic!("no COLLECTOR_CLUSTER template value"));
+        let yaml = add_endpoints(
+            &yaml,
+            collector_cluster,
+            first_collector_port,
+            more_collector_ports,
+        );
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, yaml)
             .unwrap_or_else(|e| panic!("cannot write envoy.yaml: {e}"));
@@ -168,5 +183,110 @@ impl Envoy {
 
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+}
+
+/// Adds an endpoint on each of `more_ports` to `cluster`'s load assignment in rendered
+/// Envoy YAML, next to the existing endpoint on `port` (same host, same indentation).
+/// Panics unless that endpoint is found exactly once inside the cluster's
+/// `load_assignment`, so a changed template cannot silently leave one endpoint.
+pub fn add_endpoints(yaml: &str, cluster: &str, port: u16, more_ports: &[u16]) -> String {
+    if more_ports.is_empty() {
+        return yaml.to_owned();
+    }
+    let anchor = format!("cluster_name: {cluster}\n");
+    let starts: Vec<usize> = yaml.match_indices(&anchor).map(|(i, _)| i).collect();
+    let [start] = starts.as_slice() else {
+        panic!(
+            "expected one `{}` in the Envoy config, found {}",
+            anchor.trim(),
+            starts.len()
+        );
+    };
+    let section = &yaml[*start..];
+    // The cluster's load assignment ends where the next top-level list item starts.
+    let section_end = section
+        .find("\n  - name:")
+        .map_or(yaml.len(), |i| start + i + 1);
+    let port_text = format!("port_value: {port} }}");
+    let hits: Vec<usize> = yaml[*start..section_end]
+        .match_indices(&port_text)
+        .map(|(i, _)| start + i)
+        .collect();
+    let [hit] = hits.as_slice() else {
+        panic!(
+            "expected one endpoint with `{port_text}` in cluster {cluster}, found {}:\n{}",
+            hits.len(),
+            &yaml[*start..section_end]
+        );
+    };
+    // The endpoint block: from its `- endpoint:` line to the end of its address line.
+    let block_start = yaml[..*hit]
+        .rfind("- endpoint:")
+        .and_then(|i| yaml[..i].rfind('\n').map(|nl| nl + 1))
+        .filter(|&i| i > *start)
+        .unwrap_or_else(|| panic!("no `- endpoint:` before {port_text} in cluster {cluster}"));
+    let block_end = yaml[*hit..].find('\n').map_or(yaml.len(), |i| hit + i + 1);
+    let block = &yaml[block_start..block_end];
+    let mut out = String::with_capacity(yaml.len() + more_ports.len() * block.len());
+    out.push_str(&yaml[..block_end]);
+    for more in more_ports {
+        out.push_str(&block.replace(&port_text, &format!("port_value: {more} }}")));
+    }
+    out.push_str(&yaml[block_end..]);
+    let added = out.matches("- endpoint:").count() - yaml.matches("- endpoint:").count();
+    assert_eq!(added, more_ports.len(), "endpoints added to {cluster}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_endpoints;
+
+    const YAML: &str = "\
+  clusters:
+  - name: counter
+    load_assignment:
+      cluster_name: counter
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: 7000 }
+
+  - name: collector
+    load_assignment:
+      cluster_name: collector
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: 7000 }
+";
+
+    #[test]
+    fn more_endpoints_are_added_to_the_named_cluster_only() {
+        let out = add_endpoints(YAML, "collector", 7000, &[7001, 7002]);
+        let (counter, collector) = out.split_once("- name: collector").unwrap();
+        assert_eq!(counter.matches("- endpoint:").count(), 1, "{out}");
+        assert_eq!(collector.matches("- endpoint:").count(), 3, "{out}");
+        for port in [7000, 7001, 7002] {
+            let line = format!(
+                "        - endpoint:\n            address:\n              \
+                 socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+            );
+            assert!(collector.contains(&line), "{port} in {out}");
+        }
+    }
+
+    #[test]
+    fn no_more_ports_leaves_the_config_alone() {
+        assert_eq!(add_endpoints(YAML, "collector", 7000, &[]), YAML);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected one endpoint")]
+    fn an_endpoint_that_is_not_in_the_cluster_is_an_error() {
+        add_endpoints(YAML, "collector", 7999, &[7001]);
     }
 }

@@ -19,6 +19,7 @@ pub mod fields;
 pub mod http;
 pub mod paths;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod stack;

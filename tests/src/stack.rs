@@ -1,6 +1,6 @@
 //! One whole Turnpike deployment per test: Redis, the counter, the echo upstream and
-//! Envoy with the filter (optionally the collector), all on fresh 127.0.0.1 ports, in
-//! a fresh temp dir. Nothing is shared between tests. On a panic, every process's log
+//! Envoy with the filter (optionally one or more collectors, on SQLite or on a
+//! throwaway PostgreSQL), all on fresh 127.0.0.1 ports, in a fresh temp dir. Nothing is shared between tests. On a panic, every process's log
 //! tail is printed and the directory is kept for inspection.
 
 use std::path::Path;
@@ -15,6 +15,7 @@ use crate::envoy::{Envoy, EnvoyOptions};
 use crate::http::{client, Reply};
 use crate::paths::repo_root;
 use crate::ports::free_port;
+use crate::postgres::{Durability, Postgres};
 use crate::redis::Redis;
 use crate::upstream::Upstream;
 
@@ -25,7 +26,8 @@ pub struct StackBuilder {
     values: Vec<(String, String)>,
     concurrency: u32,
     counter_args: Vec<String>,
-    with_collector: bool,
+    collectors: usize,
+    collector_postgres: bool,
 }
 
 impl StackBuilder {
@@ -58,9 +60,25 @@ impl StackBuilder {
         self
     }
 
+    /// One collector (SQLite ledger in the test's directory) behind Envoy's collector
+    /// cluster.
     pub fn with_collector(mut self) -> Self {
-        self.with_collector = true;
+        self.collectors = self.collectors.max(1);
         self
+    }
+
+    /// `n` collector replicas, all endpoints of Envoy's collector cluster (round
+    /// robin). More than one needs a shared ledger: see [`StackBuilder::collector_postgres`].
+    pub fn collector_replicas(mut self, n: usize) -> Self {
+        self.collectors = n;
+        self
+    }
+
+    /// The collectors' ledger is a fresh PostgreSQL database (started for this stack,
+    /// [`Stack::postgres`]) instead of SQLite. Implies [`StackBuilder::with_collector`].
+    pub fn collector_postgres(mut self) -> Self {
+        self.collector_postgres = true;
+        self.with_collector()
     }
 
     pub async fn start(self) -> Stack {
@@ -74,10 +92,29 @@ impl StackBuilder {
         let redis = Redis::start(dir.path()).await;
         let counter =
             Counter::start(dir.path(), &redis.url(), &self.plans, &self.counter_args).await;
-        let collector = match self.with_collector {
-            true => Some(Collector::start(dir.path()).await),
-            false => None,
-        };
+        assert!(
+            self.collectors <= 1 || self.collector_postgres,
+            "{} collector replicas need a shared ledger: use collector_postgres()",
+            self.collectors
+        );
+        let postgres = self.collector_postgres.then(|| {
+            let pg = Postgres::start(Durability::Fast)
+                .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+            pg.create_database(LEDGER_DATABASE)
+                .unwrap_or_else(|e| panic!("cannot create the ledger database: {e}"));
+            pg
+        });
+        let database_url = postgres.as_ref().map(|pg| pg.url(LEDGER_DATABASE));
+        let mut collectors = Vec::new();
+        // One after the other: the first one runs the ledger's migrations.
+        for i in 0..self.collectors {
+            let name = match i {
+                0 => "collector".to_owned(),
+                _ => format!("collector-{}", i + 1),
+            };
+            collectors
+                .push(Collector::start_with(dir.path(), &name, database_url.as_deref()).await);
+        }
         let options = EnvoyOptions {
             concurrency: self.concurrency,
             filter_patch: self.filter_patch,
@@ -86,7 +123,10 @@ impl StackBuilder {
             upstream_port: upstream.port,
             counter_port: counter.port,
             // Without a collector the filter's event flushes go to a closed port.
-            collector_port: collector.as_ref().map(|c| c.port).unwrap_or_else(free_port),
+            collector_ports: match collectors.is_empty() {
+                true => vec![free_port()],
+                false => collectors.iter().map(|c| c.port).collect(),
+            },
         };
         let envoy = Envoy::start(dir.path(), &options).await;
         let key_pem = std::fs::read(repo_root().join("config/demo/jwt-signing-key.pem"))
@@ -94,7 +134,8 @@ impl StackBuilder {
         Stack {
             envoy,
             counter,
-            collector,
+            collectors,
+            postgres,
             redis,
             upstream,
             http: client(),
@@ -104,11 +145,17 @@ impl StackBuilder {
     }
 }
 
+/// The PostgreSQL database the collectors share.
+pub const LEDGER_DATABASE: &str = "ledger";
+
 /// Field order is drop order: Envoy goes first, the temp dir last.
 pub struct Stack {
     pub envoy: Envoy,
     pub counter: Counter,
-    pub collector: Option<Collector>,
+    /// In the order of the collector cluster's endpoints; empty without collectors.
+    pub collectors: Vec<Collector>,
+    /// The collectors' ledger server, with [`StackBuilder::collector_postgres`].
+    pub postgres: Option<Postgres>,
     pub redis: Redis,
     pub upstream: Upstream,
     pub http: reqwest::Client,
@@ -149,8 +196,32 @@ impl Stack {
             values: Vec::new(),
             concurrency: 1,
             counter_args: Vec::new(),
-            with_collector: false,
+            collectors: 0,
+            collector_postgres: false,
         }
+    }
+
+    /// The (first) collector; panics if the stack has none.
+    pub fn collector(&self) -> &Collector {
+        self.collectors
+            .first()
+            .unwrap_or_else(|| panic!("this stack has no collector: use with_collector()"))
+    }
+
+    pub fn collector_mut(&mut self) -> &mut Collector {
+        self.collectors
+            .first_mut()
+            .unwrap_or_else(|| panic!("this stack has no collector: use with_collector()"))
+    }
+
+    /// Runs `sql` on the collectors' PostgreSQL ledger; its rows (`psql -At`).
+    pub fn ledger_sql(&self, sql: &str) -> String {
+        let pg = self
+            .postgres
+            .as_ref()
+            .unwrap_or_else(|| panic!("this stack has no PostgreSQL: use collector_postgres()"));
+        pg.psql(LEDGER_DATABASE, sql)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn dir(&self) -> &Path {

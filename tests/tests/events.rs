@@ -29,7 +29,7 @@ async fn start() -> Stack {
 
 /// The ledger's events for `tenant`, once there are `n` of them.
 async fn ledger_events(stack: &Stack, tenant: &str, n: usize) -> Vec<Value> {
-    let collector = stack.collector.as_ref().expect("stack has a collector");
+    let collector = stack.collector();
     let url = collector.url(&format!("/v1/tenants/{tenant}/events?limit=1000"));
     let (http, url) = (&stack.http, &url);
     eventually(
@@ -89,20 +89,14 @@ async fn events_made_while_the_collector_is_down_are_delivered_once_it_is_back()
     consume_id_of_allowed_request(&stack, &token).await;
     ledger_events(&stack, "acme", 1).await;
 
-    let collector = stack.collector.as_mut().expect("stack has a collector");
-    collector.process().kill();
+    stack.collector_mut().kill();
     let mut during_outage = BTreeSet::new();
     for _ in 0..2 {
         during_outage.insert(consume_id_of_allowed_request(&stack, &token).await);
     }
     // Long enough for several failed flushes.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stack
-        .collector
-        .as_mut()
-        .expect("stack has a collector")
-        .restart()
-        .await;
+    stack.collector_mut().restart().await;
 
     let events = ledger_events(&stack, "acme", 3).await;
     let ids: BTreeSet<String> = events

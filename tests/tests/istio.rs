@@ -90,7 +90,7 @@ async fn wasmplugin_config_with_istio_cluster_names_meters_requests() {
         "callouts through {counter_cluster}: {stats:#?}"
     );
 
-    let collector = stack.collector.as_ref().expect("stack has a collector");
+    let collector = stack.collector();
     let url = collector.url("/v1/tenants/istio-tenant/usage?window=day");
     let http = &stack.http;
     let requests = eventually(

@@ -3,9 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod postgres;
-
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use turnpike_collector::ledger::Ledger;
 
-pub use postgres::{Durability, Postgres};
+pub use turnpike_tests::ports::free_port;
+pub use turnpike_tests::postgres::{Durability, Postgres};
 
 pub const SECRET: &str = "test-ingest-secret";
 pub const BATCH: &str = "application/cloudevents-batch+json";
@@ -159,14 +157,6 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A valid usage event.

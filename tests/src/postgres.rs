@@ -3,9 +3,16 @@
 //! test panics). PostgreSQL refuses to run as root, so as root every command runs as
 //! the `postgres` user through `runuser`.
 //!
-//! Self-contained (std + tempfile + libc) so it can move into the shared test harness.
+//! The one launcher for every test that needs PostgreSQL: the end-to-end stacks here
+//! and the collector's own tests (through a dev-dependency on this crate). The binaries
+//! come from `$TURNPIKE_PG_BIN`, else the newest `/usr/lib/postgresql/<version>/bin`.
+//!
+//! ```ignore
+//! let pg = Postgres::start(Durability::Fast).unwrap_or_else(|e| panic!("{e}"));
+//! pg.create_database("ledger").unwrap_or_else(|e| panic!("{e}"));
+//! let url = pg.url("ledger"); // postgres://postgres@127.0.0.1:<port>/ledger
+//! ```
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -67,7 +74,7 @@ impl Postgres {
             .output()
             .map_err(|e| format!("running initdb: {e}"))
             .and_then(|o| check(o, "initdb"))?;
-        pg.port = free_port()?;
+        pg.port = crate::ports::free_port();
         let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             pg.port,
@@ -119,6 +126,39 @@ impl Postgres {
             .and_then(|o| check(o, "createdb"))
     }
 
+    /// Runs one SQL statement through `psql` against `database`; returns its rows,
+    /// unaligned without headers (`-At`, fields separated by `|`), or why it failed.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let output = self
+            .command("psql")
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        check(output, "psql").map(|()| stdout)
+    }
+
+    /// The server's log so far (to explain a failure).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         if self.as_postgres_user {
@@ -140,6 +180,16 @@ impl Drop for Postgres {
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "-t", "30", "stop"])
             .output();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "==== postgres.log (last {} lines) ====\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -168,15 +218,6 @@ fn find_bin_dir() -> Result<PathBuf, String> {
         .pop()
         .map(|(_, bin)| bin)
         .ok_or_else(|| format!("no PostgreSQL with initdb under {}", root.display()))
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {
