@@ -59,9 +59,22 @@ impl Route {
         }
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.method.as_deref().is_none_or(|m| m == method)
-            && self.path.as_ref().is_none_or(|p| p.matches(path))
+    fn matches(&self, method: &mut LazyMethod<'_>, path: &str) -> bool {
+        self.path.as_ref().is_none_or(|p| p.matches(path))
+            && self.method.as_deref().is_none_or(|m| method.is(m))
+    }
+}
+
+/// The request method, read only when a rule whose path matched constrains it (each
+/// header read is a hostcall in the filter).
+struct LazyMethod<'a> {
+    read: &'a mut dyn FnMut() -> String,
+    value: Option<String>,
+}
+
+impl LazyMethod<'_> {
+    fn is(&mut self, method: &str) -> bool {
+        self.value.get_or_insert_with(&mut *self.read) == method
     }
 }
 
@@ -97,18 +110,34 @@ impl RequestMatcher {
 
     /// `path` is the raw `:path` header; its query and fragment are dropped here.
     pub fn classify(&self, method: &str, path: &str) -> Matched<'_> {
+        self.classify_lazy(&mut || method.to_owned(), path).0
+    }
+
+    /// [`RequestMatcher::classify`], calling `method` only if a rule whose path matched
+    /// constrains the method. Also hands back the method if it was read.
+    pub fn classify_lazy(
+        &self,
+        method: &mut dyn FnMut() -> String,
+        path: &str,
+    ) -> (Matched<'_>, Option<String>) {
         let path = strip_query(path);
+        let mut method = LazyMethod {
+            read: method,
+            value: None,
+        };
         let exempt = self.exempt.iter().any(|(m, p)| {
-            m.as_deref().is_none_or(|m| m == method) && p.as_ref().is_none_or(|p| p.matches(path))
+            p.as_ref().is_none_or(|p| p.matches(path)) && m.as_deref().is_none_or(|m| method.is(m))
         });
-        if exempt {
-            return Matched::Unmetered;
-        }
-        self.routes
-            .iter()
-            .find(|r| r.matches(method, path))
-            .or(self.default_route.as_ref())
-            .map_or(Matched::Unmetered, Matched::Metered)
+        let matched = if exempt {
+            Matched::Unmetered
+        } else {
+            self.routes
+                .iter()
+                .find(|r| r.matches(&mut method, path))
+                .or(self.default_route.as_ref())
+                .map_or(Matched::Unmetered, Matched::Metered)
+        };
+        (matched, method.value)
     }
 
     /// Every route name, the default route's included.
@@ -206,6 +235,23 @@ mod tests {
     fn query_cannot_smuggle_a_matching_prefix() {
         let m = matcher(false);
         assert_eq!(m.classify("GET", "/other?/v1/search"), Matched::Unmetered);
+    }
+
+    #[test]
+    fn method_is_read_only_when_a_matching_path_needs_it() {
+        let m = matcher(true);
+        let reads = std::cell::Cell::new(0);
+        let mut read = || {
+            reads.set(reads.get() + 1);
+            "GET".to_owned()
+        };
+        let (matched, method) = m.classify_lazy(&mut read, "/v1/items/1");
+        assert_eq!(name(matched), Some("api"));
+        assert_eq!(method, None);
+        let (matched, method) = m.classify_lazy(&mut read, "/v1/search/x");
+        assert_eq!(name(matched), Some("search"));
+        assert_eq!(method.as_deref(), Some("GET"));
+        assert_eq!(reads.get(), 1);
     }
 
     #[test]

@@ -87,9 +87,13 @@ impl HttpFilter {
     }
 
     fn start(&mut self, plugin: &Plugin) -> Action {
-        let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
-        let route = match plugin.config.matcher.classify(&method, &path) {
+        // The method is a hostcall away: read it only if a rule or the event needs it.
+        let (matched, method) = plugin
+            .config
+            .matcher
+            .classify_lazy(&mut || request_header(":method").unwrap_or_default(), &path);
+        let route = match matched {
             Matched::Unmetered => {
                 self.count(|m| m.exempt);
                 return Action::Continue;
@@ -137,7 +141,7 @@ impl HttpFilter {
                 // Until the counter answers; only fail_open keeps this.
                 decision: Decision::Unverified,
                 route,
-                method,
+                method: method.unwrap_or_else(|| request_header(":method").unwrap_or_default()),
                 plan: plan.map(str::to_owned),
                 started_ns,
                 status: None,
