@@ -32,6 +32,10 @@ pub struct Flusher {
     next_attempt_ns: u64,
     in_flight: Option<u32>,
     log: LogBudget,
+    /// Overflow has its own budget, so batch-failure lines cannot hold it back, and
+    /// drops not yet reported are summed until a line is allowed: never silent.
+    overflow_log: LogBudget,
+    unreported_drops: usize,
     /// This VM's share of the `buffer_depth` gauge. Every worker's VM (and the main
     /// thread's) has a buffer, all on one gauge: each adds its own changes.
     reported_depth: usize,
@@ -49,6 +53,8 @@ impl Flusher {
             next_attempt_ns: 0,
             in_flight: None,
             log: LogBudget::new(LOG_INTERVAL_SECS),
+            overflow_log: LogBudget::new(LOG_INTERVAL_SECS),
+            unreported_drops: 0,
             reported_depth: 0,
             stopping: false,
         }
@@ -73,11 +79,13 @@ impl Flusher {
             .events
             .try_borrow_mut()
             .map_or(0, |mut b| b.take_overflow());
-        if overflow > 0 {
-            self.warn(&format!(
-                "usage event buffer full ({} events): dropped {overflow}",
-                self.config.max_buffer
-            ));
+        self.unreported_drops = self.unreported_drops.saturating_add(overflow);
+        if self.unreported_drops > 0 && self.overflow_log.admit(now_ns()).is_some() {
+            warn!(
+                "usage event buffer full ({} events): dropped {}",
+                self.config.max_buffer, self.unreported_drops
+            );
+            self.unreported_drops = 0;
         }
         self.record_depth();
         self.send_if_due();
