@@ -97,16 +97,22 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
   python3 bench/summarize.py row "$variant" "$run/wrk-$variant.txt" \
     $((e1 - e0)) $((c1 - c0)) $((r1 - r0)) $((l1 - l0)) "$rss" "$(getconf CLK_TCK)" >>"$results"
+  if [ "$variant" = turnpike+events ]; then
+    sleep 3 # let the last batches flush
+    curl -s "http://127.0.0.1:$ADMIN_PORT/stats" \
+      | grep -E 'wasmcustom\.turnpike\.(events_(queued|sent|dropped)|buffer_depth):' \
+      | sed 's/^/  /' >"$run/events.txt"
+  fi
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
 done
 
-if [[ " ${VARIANTS:-turnpike+events} " == *" turnpike+events "* ]]; then
-  sleep 2 # the last flush
-  stored=$(curl -s "http://127.0.0.1:$COLLECTOR_PORT/metrics" | awk '/^turnpike_collector_events_accepted_total/ {s += $2} END {print s + 0}')
-  echo "events stored by the collector during the turnpike+events run: $stored" >"$run/events.txt"
-fi
 python3 bench/summarize.py table "$results"
-[ -f "$run/events.txt" ] && cat "$run/events.txt"
+if [ -f "$run/events.txt" ]; then
+  echo "usage events in the turnpike+events run (Envoy stats, warm-up included):"
+  cat "$run/events.txt"
+  echo "  stored by the collector: $(curl -s "http://127.0.0.1:$COLLECTOR_PORT/metrics" \
+    | awk '/^turnpike_collector_events_accepted_total/ {s += $2} END {print s + 0}')"
+fi
 
 if [ "${INGEST:-1}" = 1 ]; then
   echo
