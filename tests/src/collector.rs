@@ -2,7 +2,6 @@
 //! directory, or on a PostgreSQL URL (several replicas may share one database).
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -11,7 +10,6 @@ use crate::http::client;
 use crate::paths::collector_bin;
 use crate::ports::free_port;
 use crate::process::Process;
-use crate::wait::eventually;
 
 pub const TEST_INGEST_SECRET: &str = "test-ingest-secret";
 
@@ -71,19 +69,7 @@ impl Collector {
 
     pub async fn wait_healthy(&mut self) {
         self.process.assert_running();
-        let (http, url) = (self.http.clone(), self.url("/healthz"));
-        eventually(
-            "the collector's /healthz to answer 200",
-            Duration::from_secs(15),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let response = http.get(&url).send().await.ok()?;
-                    (response.status().as_u16() == 200).then_some(())
-                }
-            },
-        )
-        .await;
+        crate::wait::until_http_ok(&self.http, &self.url("/healthz"), "the collector").await;
     }
 
     /// SIGKILL: a crash, possibly in the middle of a batch.

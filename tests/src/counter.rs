@@ -1,7 +1,6 @@
 //! The real `turnpike-counter` binary with a plans file in the test's directory.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 use turnpike_wire::{ConsumeRequest, UsageResponse};
@@ -10,7 +9,6 @@ use crate::http::{client, Reply};
 use crate::paths::counter_bin;
 use crate::ports::free_port;
 use crate::process::Process;
-use crate::wait::eventually;
 
 pub struct Counter {
     pub port: u16,
@@ -59,19 +57,7 @@ impl Counter {
 
     pub async fn wait_healthy(&mut self) {
         self.process.assert_running();
-        let (http, url) = (self.http.clone(), self.url("/healthz"));
-        eventually(
-            "the counter's /healthz to answer 200",
-            Duration::from_secs(15),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let response = http.get(&url).send().await.ok()?;
-                    (response.status().as_u16() == 200).then_some(())
-                }
-            },
-        )
-        .await;
+        crate::wait::until_http_ok(&self.http, &self.url("/healthz"), "the counter").await;
     }
 
     /// Rewrites the plans file in place (as an operator's editor would).

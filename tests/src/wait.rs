@@ -43,3 +43,16 @@ pub async fn avoid_window_end(period: u64, margin: u64) {
         tokio::time::sleep(Duration::from_secs(left) + Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until `GET url` answers 200 (a service's `/healthz`), or panics naming `who`.
+pub async fn until_http_ok(http: &reqwest::Client, url: &str, who: &str) {
+    eventually(
+        &format!("{who}'s {url} to answer 200"),
+        Duration::from_secs(15),
+        || async move {
+            let response = http.get(url).send().await.ok()?;
+            (response.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await;
+}
