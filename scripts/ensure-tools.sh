@@ -74,4 +74,7 @@ if ! { [ -x "$envoy_bin" ] && [[ "$(envoy_version "$envoy_bin")" == *"/$ENVOY_VE
     || die "$envoy_bin is not Envoy $ENVOY_VERSION: $(envoy_version "$envoy_bin")"
 fi
 
+# --- the Istio manifest validator (pinned, from PyPI) ---------------------------------
+"$root/deploy/istio/validate.sh" --install || die "cannot install the Istio manifest validator"
+
 say "ok: $(cargo --version), wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), wrk, envoy $ENVOY_VERSION$([ "$want_postgres" = 1 ] && echo ", postgresql")"
