@@ -306,16 +306,37 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> {
-    if raw.cluster.trim().is_empty() {
-        return Err(ConfigError::new("collector.cluster", "must not be empty"));
-    }
-    if raw.authority.trim().is_empty() || raw.authority.chars().any(|c| c.is_whitespace()) {
+/// The checks every callout target shares: an Envoy cluster, an `:authority` and a
+/// timeout. `section` names the config section in errors.
+fn check_callout_target(
+    section: &str,
+    cluster: &str,
+    authority: &str,
+    timeout_ms: u64,
+) -> Result<(), ConfigError> {
+    if cluster.trim().is_empty() {
         return Err(ConfigError::new(
-            "collector.authority",
+            format!("{section}.cluster"),
+            "must not be empty",
+        ));
+    }
+    if authority.trim().is_empty() || authority.chars().any(|c| c.is_whitespace()) {
+        return Err(ConfigError::new(
+            format!("{section}.authority"),
             "must be a non-empty host[:port]",
         ));
     }
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            format!("{section}.timeout_ms"),
+            format!("must be in 1..={MAX_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> {
+    check_callout_target("collector", &raw.cluster, &raw.authority, raw.timeout_ms)?;
     if raw.secret.is_empty() || !raw.secret.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::new(
             "collector.secret",
@@ -338,12 +359,6 @@ fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> 
         return Err(ConfigError::new(
             "collector.max_buffer",
             "must be in max_batch..=1000000",
-        ));
-    }
-    if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(ConfigError::new(
-            "collector.timeout_ms",
-            format!("must be in 1..={MAX_TIMEOUT_MS}"),
         ));
     }
     if raw.source.as_deref().is_some_and(str::is_empty) {
@@ -376,21 +391,7 @@ fn compile_claim(raw: &RawTenant, claim: &str, field: &str) -> Result<ClaimPath,
 }
 
 fn compile_counter(raw: RawCounter) -> Result<CounterConfig, ConfigError> {
-    if raw.cluster.trim().is_empty() {
-        return Err(ConfigError::new("counter.cluster", "must not be empty"));
-    }
-    if raw.authority.trim().is_empty() || raw.authority.chars().any(|c| c.is_whitespace()) {
-        return Err(ConfigError::new(
-            "counter.authority",
-            "must be a non-empty host[:port]",
-        ));
-    }
-    if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(ConfigError::new(
-            "counter.timeout_ms",
-            format!("must be in 1..={MAX_TIMEOUT_MS}"),
-        ));
-    }
+    check_callout_target("counter", &raw.cluster, &raw.authority, raw.timeout_ms)?;
     Ok(CounterConfig {
         cluster: raw.cluster,
         authority: raw.authority,
