@@ -8,18 +8,19 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use turnpike_wire::{counter_paths, ConsumeResponse, Problem, RefundResponse, UsageResponse};
 
-use crate::clock::unix_now;
+use crate::clock::Clock;
+use crate::keys::TenantKeys;
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
-use crate::store::StoreError;
+use crate::store::{ConsumeCall, Consumed, RecordState, Refunded, StoreError};
 use crate::ticket::Ticket;
 
 const PROBLEM_BASE: &str = "https://turnpike.dev/problems/";
@@ -45,6 +46,8 @@ pub enum ApiError {
     Invalid(#[from] RequestError),
     #[error(transparent)]
     Unavailable(#[from] StoreError),
+    #[error("re-seeding windows: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error("no such resource")]
     NotFound,
 }
@@ -67,6 +70,11 @@ impl IntoResponse for ApiError {
                 "store-unavailable",
                 "Quota store unavailable",
             ),
+            ApiError::Ledger(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger-unavailable",
+                "Cannot re-seed quota windows from the ledger",
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
         };
         problem(status, kind, title, Some(self.to_string()))
@@ -88,9 +96,16 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: Option<String>) 
     response
 }
 
-async fn consume(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !state.service_tokens.allow(&headers) {
+        return unauthorized("the service token");
+    }
     let started = Instant::now();
-    let response = match consume_inner(&state, &body).await {
+    let outcome = match tokio::time::timeout(state.budget, consume_inner(&state, &body)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
+    };
+    let response = match outcome {
         Ok(answer) => {
             let counter = if answer.allowed {
                 &state.metrics.consumes_allowed
@@ -104,7 +119,7 @@ async fn consume(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             Json(answer).into_response()
         }
         Err(err) => {
-            if matches!(err, ApiError::Unavailable(_)) {
+            if matches!(err, ApiError::Unavailable(_) | ApiError::Ledger(_)) {
                 Metrics::inc(&state.metrics.consumes_error);
             }
             state.note_error(&err);
@@ -115,45 +130,160 @@ async fn consume(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     response
 }
 
+/// A consume goes round at most this often: a stale window (the counter's idea of
+/// Redis's time was off at a boundary) and a re-seed each cost one more.
+const MAX_CONSUME_ROUNDS: usize = 4;
+
 async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse, ApiError> {
     let req: turnpike_wire::ConsumeRequest = request::decode(body)?;
     request::check_consume(&req)?;
-    let now = unix_now();
-    let ticket = {
-        let plans = state.plans.load();
-        Ticket::for_request(
-            plans.resolve(&req.tenant, req.plan.as_deref()),
-            &req.meters,
-            now,
-        )
+    let plans = state.plans.load_full();
+    let plan = plans.resolve(&req.tenant, req.plan.as_deref());
+    let meters = request::meters_text(&req.meters);
+    let call = ConsumeCall {
+        tenant: &req.tenant,
+        id: &req.id,
+        meters: &meters,
+        require_seed: state.ledger.is_some(),
     };
-    let consumed = state.store.consume(&req.tenant, &req.id, &ticket).await?;
-    let answer = match &consumed.replayed_ticket {
-        Some(stored) => stored.answer(consumed.allowed, &consumed.used, true, now),
-        None => ticket.answer(consumed.allowed, &consumed.used, false, now),
-    };
-    tracing::debug!(
-        tenant = %req.tenant,
-        id = %req.id,
-        plan = %answer.plan,
-        allowed = answer.allowed,
-        replayed = answer.replayed,
-        "consume"
-    );
-    Ok(answer)
+    for _ in 0..MAX_CONSUME_ROUNDS {
+        let now = state.clock.now_secs();
+        let ticket = Ticket::for_request(plan, &req.meters, now);
+        if ticket.never_fits().is_some() {
+            // Refused without touching Redis: no wait would make it fit.
+            let used = state
+                .store
+                .read(&ticket.keys(&TenantKeys::new(&req.tenant)))
+                .await?;
+            return Ok(ticket.answer(false, &used, false, now));
+        }
+        let answer = match state.store.consume(&call, &ticket).await? {
+            Consumed::Decided {
+                allowed,
+                now_ms,
+                used,
+            } => {
+                state.clock.learn(now_ms);
+                let now = ms_to_secs(now_ms);
+                let mut answer = ticket.answer(allowed, &used, false, now);
+                answer.time_ms = Some(now_ms);
+                answer
+            }
+            Consumed::Replayed {
+                record,
+                now_ms,
+                used,
+            } => {
+                state.clock.learn(now_ms);
+                let allowed = record.state == RecordState::Allowed;
+                let mut answer = ticket.answer(allowed, &used, true, ms_to_secs(now_ms));
+                answer.time_ms = Some(record.time_ms);
+                answer
+            }
+            Consumed::Cancelled { now_ms } => {
+                state.clock.learn(now_ms);
+                let mut answer = ticket.answer(false, &[], true, ms_to_secs(now_ms));
+                answer.limits.clear();
+                answer.retry_after = None;
+                answer.time_ms = Some(now_ms);
+                answer
+            }
+            Consumed::Stale { now_ms } => {
+                state.clock.learn(now_ms);
+                Metrics::inc(&state.metrics.stale_tickets);
+                continue;
+            }
+            Consumed::NeedsSeed { now_ms } => {
+                state.clock.learn(now_ms);
+                seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms)).await?;
+                continue;
+            }
+        };
+        tracing::debug!(
+            tenant = %req.tenant,
+            id = %req.id,
+            plan = %answer.plan,
+            allowed = answer.allowed,
+            replayed = answer.replayed,
+            "consume"
+        );
+        return Ok(answer);
+    }
+    Err(ApiError::Unavailable(StoreError::Reply(format!(
+        "no decision after {MAX_CONSUME_ROUNDS} rounds (clock or seeding trouble)"
+    ))))
 }
 
-async fn refund(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+fn ms_to_secs(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
+}
+
+/// Bring back `tenant`'s hour, day and month windows from the ledger, once per billing
+/// month and plan (the seed marker says whether it was done). Only usage the ledger
+/// does not hold yet can be forgiven.
+async fn seed_from_ledger(
+    state: &AppState,
+    tenant: &str,
+    plan: turnpike_plans::ResolvedPlan<'_>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(ledger) = &state.ledger else {
+        return Ok(());
+    };
+    let _serialised = state.seed_lock(tenant).lock().await;
+    let ticket = Ticket::for_plan(plan, now);
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for slot in ticket.slots.iter().filter(|s| s.window.is_long()) {
+        if !ranges.contains(&(slot.start, slot.end)) {
+            ranges.push((slot.start, slot.end));
+        }
+    }
+    let totals = ledger.totals(tenant, &ranges).await.map_err(|e| {
+        Metrics::inc(&state.metrics.seed_errors);
+        ApiError::Ledger(e)
+    })?;
+    let units: Vec<u64> = ticket
+        .slots
+        .iter()
+        .map(|slot| {
+            ranges
+                .iter()
+                .position(|r| *r == (slot.start, slot.end))
+                .and_then(|i| totals.get(i))
+                .and_then(|meters| meters.iter().find(|(m, _)| *m == slot.meter))
+                .map_or(0, |(_, q)| *q)
+        })
+        .collect();
+    if let Some(added) = state.store.seed(tenant, &ticket, &units).await? {
+        Metrics::inc(&state.metrics.seeds);
+        Metrics::add(&state.metrics.seeded_units, added);
+        tracing::info!(tenant, plan = %ticket.plan, added, "windows re-seeded from the ledger");
+    }
+    Ok(())
+}
+
+async fn refund(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !state.service_tokens.allow(&headers) {
+        return unauthorized("the service token");
+    }
     let started = Instant::now();
-    let response = match refund_inner(&state, &body).await {
-        Ok(refunded) => {
-            let counter = if refunded {
-                &state.metrics.refunds_refunded
-            } else {
-                &state.metrics.refunds_noop
+    let outcome = match tokio::time::timeout(state.budget, refund_inner(&state, &body)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
+    };
+    let response = match outcome {
+        Ok(outcome) => {
+            let counter = match outcome {
+                Refunded::Refunded => &state.metrics.refunds_refunded,
+                Refunded::Cancelled => &state.metrics.refunds_cancelled,
+                Refunded::Nothing | Refunded::Changed => &state.metrics.refunds_noop,
             };
             Metrics::inc(counter);
-            Json(RefundResponse { refunded }).into_response()
+            Json(RefundResponse {
+                refunded: outcome == Refunded::Refunded,
+                cancelled: outcome == Refunded::Cancelled,
+            })
+            .into_response()
         }
         Err(err) => {
             if matches!(err, ApiError::Unavailable(_)) {
@@ -167,23 +297,23 @@ async fn refund(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     response
 }
 
-async fn refund_inner(state: &AppState, body: &[u8]) -> Result<bool, ApiError> {
+async fn refund_inner(state: &AppState, body: &[u8]) -> Result<Refunded, ApiError> {
     let req: turnpike_wire::RefundRequest = request::decode(body)?;
     request::check_refund(&req)?;
-    // Read first so the script can declare every key it touches (Redis Cluster);
-    // the script re-checks the record, so a concurrent refund still counts once.
-    let Some(record) = state.store.record(&req.tenant, &req.id).await? else {
-        return Ok(false);
-    };
-    if !record.allowed || record.refunded {
-        return Ok(false);
+    // Read first so the script can declare every key it touches (Redis Cluster); the
+    // script re-checks the record and says so if it changed in between.
+    for _ in 0..3 {
+        let record = state.store.record(&req.tenant, &req.id).await?;
+        let outcome = state
+            .store
+            .refund(&req.tenant, &req.id, record.as_ref())
+            .await?;
+        if outcome != Refunded::Changed {
+            tracing::debug!(tenant = %req.tenant, id = %req.id, ?outcome, "refund");
+            return Ok(outcome);
+        }
     }
-    let refunded = state
-        .store
-        .refund(&req.tenant, &req.id, &record.ticket)
-        .await?;
-    tracing::debug!(tenant = %req.tenant, id = %req.id, refunded, "refund");
-    Ok(refunded)
+    Ok(Refunded::Changed)
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,9 +323,13 @@ struct UsageQuery {
 
 async fn usage(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path(tenant): Path<String>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Response {
+    if !state.read_tokens.allow(&headers) {
+        return unauthorized("a read token");
+    }
     let started = Instant::now();
     let response = match usage_inner(&state, tenant, query).await {
         Ok(usage) => Json(usage).into_response(),
@@ -215,17 +349,34 @@ async fn usage_inner(
 ) -> Result<UsageResponse, ApiError> {
     let Query(query) = query.map_err(|e| RequestError::field("query", e.body_text()))?;
     request::check_tenant(&tenant)?;
-    let now = unix_now();
+    let now = state.clock.now_secs();
     let ticket = {
         let plans = state.plans.load();
         Ticket::for_plan(plans.resolve(&tenant, query.plan.as_deref()), now)
     };
-    let used = state.store.read(&ticket.keys(&tenant)).await?;
+    let used = state
+        .store
+        .read(&ticket.keys(&TenantKeys::new(&tenant)))
+        .await?;
     Ok(UsageResponse {
         limits: ticket.statuses(&used, now),
         plan: ticket.plan,
         tenant,
     })
+}
+
+fn unauthorized(what: &str) -> Response {
+    let mut response = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Missing or wrong credential",
+        Some(format!("send `Authorization: Bearer <token>` with {what}")),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
@@ -274,8 +425,13 @@ impl AppState {
         match err {
             ApiError::Unavailable(e) => {
                 Metrics::inc(&self.metrics.redis_errors);
-                if self.error_log.allow(unix_now()) {
+                if self.error_log.allow(Clock::default().now_secs()) {
                     tracing::warn!(error = %e, "redis call failed");
+                }
+            }
+            ApiError::Ledger(e) => {
+                if self.error_log.allow(Clock::default().now_secs()) {
+                    tracing::warn!(error = %e, "re-seeding from the ledger failed; answering 503");
                 }
             }
             ApiError::Invalid(e) => {

@@ -2,8 +2,11 @@
 //! Redis round trip; refunds, usage reads, health and metrics over HTTP/1.1 and h2c.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 mod clock;
+pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod reload;
 pub mod request;
@@ -29,6 +32,10 @@ pub enum StartError {
     Plans(#[from] PlanError),
     #[error("redis: {0}")]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
+    #[error("{0}")]
+    Config(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -42,12 +49,71 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
     let listen = cli.listen.ok_or(StartError::Missing("--listen"))?;
     let redis_url = cli.redis.as_deref().ok_or(StartError::Missing("--redis"))?;
     let plans = Plans::load(&cli.plans)?;
+    let password = secret_from(
+        "--redis-password-file",
+        cli.redis_password_file.as_deref(),
+        "TURNPIKE_REDIS_PASSWORD",
+    )?;
     let store = store::Store::new(
         redis_url,
+        password.as_deref(),
         Duration::from_millis(cli.redis_timeout_ms),
         cli.idempotency_ttl_secs,
     )?;
-    let state = Arc::new(state::AppState::new(plans, store));
+    let mut state = state::AppState::new(plans, store);
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let service = auth::Tokens::load(
+        "service token",
+        cli.service_token_file.as_deref(),
+        env("TURNPIKE_SERVICE_TOKEN"),
+    )?;
+    let read = auth::Tokens::load(
+        "read token",
+        cli.read_token_file.as_deref(),
+        env("TURNPIKE_READ_TOKEN"),
+    )?;
+    match (service, read, cli.allow_unauthenticated) {
+        (Some(service), Some(read), _) => {
+            state.service_tokens = service;
+            state.read_tokens = read;
+        }
+        (None, None, true) => tracing::warn!(
+            "--allow-unauthenticated: anyone who reaches this port can spend, refund and read quota"
+        ),
+        _ => {
+            return Err(StartError::Config(
+                "credentials: set both a service token (--service-token-file or \
+                 TURNPIKE_SERVICE_TOKEN) and a read token (--read-token-file or \
+                 TURNPIKE_READ_TOKEN), or pass --allow-unauthenticated on a laptop"
+                    .into(),
+            ))
+        }
+    }
+    if let Some(url) = &cli.ledger_url {
+        let token = match secret_from(
+            "--ledger-token-file",
+            cli.ledger_token_file.as_deref(),
+            "TURNPIKE_LEDGER_TOKEN",
+        )? {
+            Some(token) => token,
+            None => state.read_tokens.first().ok_or_else(|| {
+                StartError::Config(
+                    "--ledger-url: give the collector's read token (--ledger-token-file or \
+                     TURNPIKE_LEDGER_TOKEN)"
+                        .into(),
+                )
+            })?,
+        };
+        state.ledger = Some(
+            ledger::LedgerClient::new(url, token, Duration::from_millis(cli.budget_ms))
+                .map_err(StartError::Config)?,
+        );
+    } else {
+        tracing::warn!("no --ledger-url: if Redis loses its data, the usage it held is forgiven");
+    }
+    state.clock = clock::Clock::with_skew(cli.clock_skew_ms);
+    state.budget = Duration::from_millis(cli.budget_ms);
+    let state = Arc::new(state);
     let _reloader =
         reload::spawn(state.clone(), cli.plans.clone()).map_err(|source| StartError::Io {
             context: format!("cannot watch {}", cli.plans.display()),
@@ -92,6 +158,32 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A secret from `file` (trimmed), else from the environment variable `env`.
+fn secret_from(
+    flag: &str,
+    file: Option<&std::path::Path>,
+    env: &str,
+) -> Result<Option<String>, StartError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::Io {
+            context: format!("{flag} {}", path.display()),
+            source,
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(StartError::Config(format!(
+                "{flag} {}: the file is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(text.to_owned()));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().to_owned()))
 }
 
 /// `--validate`: print OK (stdout) or the error naming the field (stderr).

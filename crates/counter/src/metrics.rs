@@ -64,6 +64,11 @@ pub struct Metrics {
     pub refunds_refunded: AtomicU64,
     pub refunds_noop: AtomicU64,
     pub refunds_error: AtomicU64,
+    pub refunds_cancelled: AtomicU64,
+    pub stale_tickets: AtomicU64,
+    pub seeds: AtomicU64,
+    pub seeded_units: AtomicU64,
+    pub seed_errors: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -76,6 +81,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
     }
 
     pub fn observe(&self, endpoint: Endpoint, elapsed: Duration) {
@@ -122,9 +131,34 @@ impl Metrics {
             "Refund requests by result.",
             &[
                 ("result=\"refunded\"", &self.refunds_refunded),
+                ("result=\"cancelled\"", &self.refunds_cancelled),
                 ("result=\"noop\"", &self.refunds_noop),
                 ("result=\"error\"", &self.refunds_error),
             ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_stale_tickets_total",
+            "Consumes computed for a window Redis's clock had left; retried.",
+            &[("", &self.stale_tickets)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_seeds_total",
+            "Tenants whose long windows were re-seeded from the ledger.",
+            &[("", &self.seeds)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_seeded_units_total",
+            "Units put back into windows from the ledger after Redis lost them.",
+            &[("", &self.seeded_units)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_seed_errors_total",
+            "Re-seeds that failed (ledger unreachable): those consumes got 503.",
+            &[("", &self.seed_errors)],
         );
         counter(
             &mut out,

@@ -82,6 +82,21 @@ pub fn check_consume(req: &ConsumeRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// The request's meters as the usage stream and the idempotency record carry them:
+/// `meter=quantity,meter=quantity` (meter names are `[a-z0-9_]`, nothing to escape).
+pub fn meters_text(meters: &[turnpike_wire::MeterCost]) -> String {
+    let mut out = String::with_capacity(meters.len() * 16);
+    for (i, m) in meters.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&m.meter);
+        out.push('=');
+        out.push_str(&m.cost.to_string());
+    }
+    out
+}
+
 pub fn check_refund(req: &RefundRequest) -> Result<(), RequestError> {
     check_id(&req.id)?;
     check_tenant(&req.tenant)

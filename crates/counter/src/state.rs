@@ -1,9 +1,17 @@
 use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
 use turnpike_plans::Plans;
 
 use crate::api::LogThrottle;
+use crate::auth::Tokens;
+use crate::clock::Clock;
+use crate::ledger::LedgerClient;
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+/// Re-seeding a tenant is serialised per shard of tenants, so a burst of requests
+/// after Redis lost its data makes one ledger call per tenant, not one per request.
+const SEED_SHARDS: usize = 64;
 
 /// What every handler shares. `plans` is swapped whole on reload, so a request sees
 /// either the old or the new plans, never a mix.
@@ -11,6 +19,16 @@ pub struct AppState {
     pub plans: ArcSwap<Plans>,
     pub store: Store,
     pub metrics: Metrics,
+    pub clock: Clock,
+    /// Who may consume and refund (the proxies).
+    pub service_tokens: Tokens,
+    /// Who may read usage.
+    pub read_tokens: Tokens,
+    /// Where windows come back from after Redis lost them.
+    pub ledger: Option<LedgerClient>,
+    /// Upper bound on one consume, all Redis calls and a re-seed included.
+    pub budget: std::time::Duration,
+    pub(crate) seed_locks: Vec<Mutex<()>>,
     pub(crate) error_log: LogThrottle,
 }
 
@@ -20,7 +38,19 @@ impl AppState {
             plans: ArcSwap::from_pointee(plans),
             store,
             metrics: Metrics::default(),
+            clock: Clock::default(),
+            service_tokens: Tokens::default(),
+            read_tokens: Tokens::default(),
+            ledger: None,
+            budget: std::time::Duration::from_millis(150),
+            seed_locks: (0..SEED_SHARDS).map(|_| Mutex::new(())).collect(),
             error_log: LogThrottle::default(),
         }
+    }
+
+    pub(crate) fn seed_lock(&self, tenant: &str) -> &Mutex<()> {
+        let shard = crate::keys::bucket(tenant) as usize % SEED_SHARDS;
+        // SEED_SHARDS locks were made in `new`.
+        &self.seed_locks[shard]
     }
 }

@@ -1,4 +1,4 @@
-//! Redis I/O: the consume and refund scripts, usage reads, health. Every call is
+//! Redis I/O: the consume, refund and seed scripts, usage reads, health. Every call is
 //! bounded by the configured timeout so a dead Redis answers fast, and the
 //! `ConnectionManager` reconnects by itself in the background.
 
@@ -8,7 +8,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
-use crate::ticket::{idempotency_key, Ticket};
+use crate::keys::TenantKeys;
+use crate::ticket::{parse_record_slots, Ticket, EXPIRE_GRACE_SECS};
 
 /// A Redis operation failed or took too long.
 #[derive(Debug, thiserror::Error)]
@@ -21,59 +22,108 @@ pub enum StoreError {
     Reply(String),
 }
 
-/// What the consume script decided.
+/// What the consume script answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumed {
-    pub allowed: bool,
-    /// Per ticket slot: units used after this consume (as found, when denied).
-    pub used: Vec<u64>,
-    /// The stored ticket when this id was consumed before: answer from it, not
-    /// from the ticket just built.
-    pub replayed_ticket: Option<Ticket>,
+pub enum Consumed {
+    /// Decided now: `used` per ticket slot (after the increment when allowed).
+    Decided {
+        allowed: bool,
+        now_ms: u64,
+        used: Vec<u64>,
+    },
+    /// This id was consumed before: its record, and the slots' current values.
+    Replayed {
+        record: Record,
+        now_ms: u64,
+        used: Vec<u64>,
+    },
+    /// A window of the ticket does not contain Redis's time: build the ticket again
+    /// for `now_ms` and retry.
+    Stale { now_ms: u64 },
+    /// The tenant's seed marker is gone: re-seed from the ledger, then retry.
+    NeedsSeed { now_ms: u64 },
+    /// The id was refunded before its consume arrived: nothing was consumed.
+    Cancelled { now_ms: u64 },
 }
 
-/// An idempotency record: `AR|USED|TICKET` (see consume.lua).
+/// What a consume call writes besides the counters: the stream entry and the record.
+#[derive(Debug, Clone)]
+pub struct ConsumeCall<'a> {
+    pub tenant: &'a str,
+    pub id: &'a str,
+    /// Every meter of the request, `m=q,m=q` (also those no limit counts: the ledger
+    /// bills them).
+    pub meters: &'a str,
+    /// Whether the tenant's seed marker must exist (a ledger is configured).
+    pub require_seed: bool,
+}
+
+/// An idempotency record: `S|T|METERS|SLOTS` (see consume.lua).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub allowed: bool,
-    pub refunded: bool,
-    /// Counter values the consume answered with, in ticket slot order.
-    pub used: Vec<u64>,
-    pub ticket: Ticket,
+    pub state: RecordState,
+    /// When the consume was decided, unix ms.
+    pub time_ms: u64,
+    pub meters: String,
+    /// (window key suffix, cost) the consume took.
+    pub slots: Vec<(String, u64)>,
+    /// The record as stored, for the refund script's compare-and-set.
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    Allowed,
+    Refunded,
+    /// A refund arrived before the consume: the consume will be refused.
+    Cancelled,
 }
 
 impl Record {
-    fn parse(raw: &str) -> Result<Record, StoreError> {
+    pub fn parse(raw: &str) -> Result<Record, StoreError> {
         let bad = || StoreError::Reply(format!("malformed idempotency record {raw:?}"));
-        let mut parts = raw.splitn(3, '|');
-        let (flags, used, ticket) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(flags), Some(used), Some(ticket)) => (flags, used, ticket),
+        let mut parts = raw.splitn(4, '|');
+        let (state, time, meters, slots) =
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(s), Some(t), Some(m), Some(l)) => (s, t, m, l),
+                _ => return Err(bad()),
+            };
+        let state = match state {
+            "A" => RecordState::Allowed,
+            "R" => RecordState::Refunded,
+            "C" => RecordState::Cancelled,
             _ => return Err(bad()),
         };
-        let (allowed, refunded) = match flags.as_bytes() {
-            [a, r] => (*a == b'1', *r == b'1'),
-            _ => return Err(bad()),
-        };
-        let used = parse_csv(used).ok_or_else(bad)?;
-        let ticket = decode_ticket(ticket)?;
-        if ticket.slots.len() != used.len() {
-            return Err(bad());
-        }
         Ok(Record {
-            allowed,
-            refunded,
-            used,
-            ticket,
+            state,
+            time_ms: time.parse().map_err(|_| bad())?,
+            meters: meters.to_owned(),
+            slots: parse_record_slots(slots).ok_or_else(bad)?,
+            raw: raw.to_owned(),
         })
     }
+}
+
+/// What the refund script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refunded {
+    /// Units given back (and the refund recorded in the usage stream).
+    Refunded,
+    /// Already refunded or cancelled: nothing to do.
+    Nothing,
+    /// The consume had not arrived: a tombstone now refuses it.
+    Cancelled,
+    /// The record changed between the read and the script: read again.
+    Changed,
 }
 
 pub struct Store {
     conn: ConnectionManager,
     timeout: Duration,
-    idempotency_ttl_secs: u64,
+    record_ttl_secs: u64,
     consume: Script,
     refund: Script,
+    seed: Script,
 }
 
 impl Store {
@@ -81,10 +131,21 @@ impl Store {
     /// Redis is down.
     pub fn new(
         url: &str,
+        password: Option<&str>,
         timeout: Duration,
-        idempotency_ttl_secs: u64,
+        record_ttl_secs: u64,
     ) -> Result<Store, StoreError> {
-        let client = Client::open(url)?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        if let Some(secret) = password {
+            // `user password` for an ACL user, else the password of `default`.
+            let mut settings = info.redis_settings().clone();
+            settings = match secret.split_once(' ') {
+                Some((user, pass)) => settings.set_username(user).set_password(pass),
+                None => settings.set_password(secret),
+            };
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -97,9 +158,10 @@ impl Store {
         Ok(Store {
             conn,
             timeout,
-            idempotency_ttl_secs,
+            record_ttl_secs,
             consume: Script::new(include_str!("lua/consume.lua")),
             refund: Script::new(include_str!("lua/refund.lua")),
+            seed: Script::new(include_str!("lua/seed.lua")),
         })
     }
 
@@ -113,28 +175,63 @@ impl Store {
         }
     }
 
-    /// Run check-and-consume for `ticket` under consume id `id`.
+    /// Run check-and-consume for `ticket`.
     pub async fn consume(
         &self,
-        tenant: &str,
-        id: &str,
+        call: &ConsumeCall<'_>,
         ticket: &Ticket,
     ) -> Result<Consumed, StoreError> {
-        let ticket_json = serde_json::to_string(ticket)
-            .map_err(|e| StoreError::Reply(format!("cannot encode ticket: {e}")))?;
-        let mut call = self.consume.prepare_invoke();
-        call.key(idempotency_key(tenant, id))
-            .arg(self.idempotency_ttl_secs)
-            .arg(ticket_json);
-        for slot in &ticket.slots {
-            call.key(slot.key(tenant))
+        let keys = TenantKeys::new(call.tenant);
+        let mut invoke = self.consume.prepare_invoke();
+        invoke
+            .key(keys.record(call.id))
+            .key(keys.stream())
+            .key(keys.seed_marker(ticket.month.0, &ticket.plan))
+            .arg(self.record_ttl_secs)
+            .arg(u8::from(call.require_seed && ticket.has_long_windows()))
+            .arg(ticket.month.0)
+            .arg(ticket.month.1)
+            .arg(call.id)
+            .arg(call.tenant)
+            .arg(&ticket.plan)
+            .arg(call.meters)
+            .arg(ticket.record_slots())
+            .arg(EXPIRE_GRACE_SECS);
+        for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
+            invoke
+                .key(key)
                 .arg(slot.cost)
                 .arg(slot.max)
-                .arg(slot.expire_at());
+                .arg(slot.start)
+                .arg(slot.end);
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<Value> = self.bounded(invoke.invoke_async(&mut conn)).await?;
         parse_consume_reply(&reply, ticket.slots.len())
+    }
+
+    /// Re-seed the long windows of `ticket` (a [`Ticket::for_plan`]) with the ledger's
+    /// `units` per slot, unless another replica already did. Returns the units added.
+    pub async fn seed(
+        &self,
+        tenant: &str,
+        ticket: &Ticket,
+        units: &[u64],
+    ) -> Result<Option<u64>, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.seed.prepare_invoke();
+        invoke
+            .key(keys.seed_marker(ticket.month.0, &ticket.plan))
+            .arg(EXPIRE_GRACE_SECS)
+            .arg(ticket.month.1);
+        for ((slot, key), units) in ticket.slots.iter().zip(ticket.keys(&keys)).zip(units) {
+            if slot.window.is_long() {
+                invoke.key(key).arg(*units).arg(slot.end);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: (i64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok((reply.0 == 1).then(|| u64::try_from(reply.1).unwrap_or(0)))
     }
 
     /// Read the idempotency record of consume `id`, if it still exists.
@@ -143,38 +240,63 @@ impl Store {
         let raw: Option<String> = self
             .bounded(
                 redis::cmd("GET")
-                    .arg(idempotency_key(tenant, id))
+                    .arg(TenantKeys::new(tenant).record(id))
                     .query_async(&mut conn),
             )
             .await?;
         raw.map(|raw| Record::parse(&raw)).transpose()
     }
 
-    /// Give back the costs of an allowed, not yet refunded consume. The script
-    /// re-checks the record, so concurrent refunds give back once.
+    /// Give back what consume `id` took, as its `record` (read just before) says;
+    /// with no record, leave a tombstone that refuses the consume if it comes later.
     pub async fn refund(
         &self,
         tenant: &str,
         id: &str,
-        ticket: &Ticket,
-    ) -> Result<bool, StoreError> {
-        let mut call = self.refund.prepare_invoke();
-        call.key(idempotency_key(tenant, id));
-        for slot in &ticket.slots {
-            call.key(slot.key(tenant)).arg(slot.cost);
+        record: Option<&Record>,
+    ) -> Result<Refunded, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.refund.prepare_invoke();
+        invoke
+            .key(keys.record(id))
+            .key(keys.stream())
+            .arg(record.map_or("", |r| r.raw.as_str()))
+            .arg(self.record_ttl_secs)
+            .arg(id)
+            .arg(tenant);
+        for (suffix, cost) in record.map_or(&[][..], |r| &r.slots[..]) {
+            invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
         }
         let mut conn = self.conn.clone();
-        let refunded: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
-        Ok(refunded == 1)
+        let code: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        match code {
+            1 => Ok(Refunded::Refunded),
+            0 => Ok(Refunded::Nothing),
+            2 => Ok(Refunded::Cancelled),
+            3 => Ok(Refunded::Changed),
+            other => Err(StoreError::Reply(format!("refund script returned {other}"))),
+        }
     }
 
     /// Current values of window counters (0 for absent keys), without writing.
     pub async fn read(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         let values: Vec<Option<u64>> = self
             .bounded(redis::cmd("MGET").arg(keys).query_async(&mut conn))
             .await?;
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Redis's clock, unix milliseconds.
+    pub async fn time_ms(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = self
+            .bounded(redis::cmd("TIME").query_async(&mut conn))
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -186,29 +308,35 @@ impl Store {
     }
 }
 
-/// `{0, allowed, used csv}` or `{1, allowed, record}` (see consume.lua).
+/// `{code, now_ms, payload[, used]}` (see consume.lua).
 fn parse_consume_reply(reply: &[Value], slots: usize) -> Result<Consumed, StoreError> {
     let bad = || StoreError::Reply(format!("consume script returned {reply:?}"));
+    let used = |value: &Value| -> Result<Vec<u64>, StoreError> {
+        let used = parse_csv(as_str(value).ok_or_else(bad)?).ok_or_else(bad)?;
+        if used.len() == slots {
+            Ok(used)
+        } else {
+            Err(bad())
+        }
+    };
+    let now_ms = match reply.get(1) {
+        Some(Value::Int(ms)) => u64::try_from(*ms).map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
     match reply {
-        [Value::Int(0), Value::Int(allowed), csv] => {
-            let used = parse_csv(as_str(csv).ok_or_else(bad)?).ok_or_else(bad)?;
-            if used.len() != slots {
-                return Err(bad());
-            }
-            Ok(Consumed {
-                allowed: *allowed == 1,
-                used,
-                replayed_ticket: None,
-            })
-        }
-        [Value::Int(1), Value::Int(_), record] => {
-            let record = Record::parse(as_str(record).ok_or_else(bad)?)?;
-            Ok(Consumed {
-                allowed: record.allowed,
-                used: record.used,
-                replayed_ticket: Some(record.ticket),
-            })
-        }
+        [Value::Int(code @ (0 | 1)), _, csv] => Ok(Consumed::Decided {
+            allowed: *code == 1,
+            now_ms,
+            used: used(csv)?,
+        }),
+        [Value::Int(2), _, record, csv] => Ok(Consumed::Replayed {
+            record: Record::parse(as_str(record).ok_or_else(bad)?)?,
+            now_ms,
+            used: used(csv)?,
+        }),
+        [Value::Int(3), _] => Ok(Consumed::Stale { now_ms }),
+        [Value::Int(4), _] => Ok(Consumed::NeedsSeed { now_ms }),
+        [Value::Int(5), _] => Ok(Consumed::Cancelled { now_ms }),
         _ => Err(bad()),
     }
 }
@@ -228,10 +356,6 @@ fn parse_csv(csv: &str) -> Option<Vec<u64>> {
     csv.split(',').map(|v| v.parse().ok()).collect()
 }
 
-fn decode_ticket(json: &str) -> Result<Ticket, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Reply(format!("stored ticket: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,53 +365,73 @@ mod tests {
     }
 
     #[test]
-    fn fresh_reply_yields_used_values_in_slot_order() {
-        let reply = [Value::Int(0), Value::Int(1), bulk("3,4503599627370496")];
-        let c = parse_consume_reply(&reply, 2).unwrap();
-        assert!(c.allowed);
-        assert_eq!(c.used, [3, 4_503_599_627_370_496]);
-        assert_eq!(c.replayed_ticket, None);
+    fn decided_reply_yields_used_values_in_slot_order() {
+        let reply = [Value::Int(1), Value::Int(7), bulk("3,4503599627370496")];
+        assert_eq!(
+            parse_consume_reply(&reply, 2).unwrap(),
+            Consumed::Decided {
+                allowed: true,
+                now_ms: 7,
+                used: vec![3, 4_503_599_627_370_496]
+            }
+        );
+        let denied = [Value::Int(0), Value::Int(7), bulk("")];
+        assert!(matches!(
+            parse_consume_reply(&denied, 0).unwrap(),
+            Consumed::Decided { allowed: false, .. }
+        ));
     }
 
     #[test]
-    fn reply_with_no_slots_has_no_used_values() {
-        let c = parse_consume_reply(&[Value::Int(0), Value::Int(1), bulk("")], 0).unwrap();
-        assert!(c.used.is_empty());
-    }
-
-    const TICKET: &str =
-        r#"{"p":"free","l":[{"n":"pm","m":"requests","w":"minute","x":5,"b":60,"e":120,"c":1}]}"#;
-
-    #[test]
-    fn replayed_reply_carries_the_stored_ticket_and_used_values() {
+    fn replayed_reply_carries_the_stored_record_and_current_values() {
         let reply = [
-            Value::Int(1),
-            Value::Int(0),
-            bulk(&format!("00|5|{TICKET}")),
+            Value::Int(2),
+            Value::Int(9),
+            bulk("A|1700000000123|requests=1|requests:minute:60=1"),
+            bulk("5"),
         ];
-        let c = parse_consume_reply(&reply, 7).unwrap();
-        assert!(!c.allowed);
-        assert_eq!(c.used, [5]);
-        assert_eq!(c.replayed_ticket.unwrap().plan, "free");
+        let Consumed::Replayed { record, used, .. } = parse_consume_reply(&reply, 1).unwrap()
+        else {
+            panic!("not a replay");
+        };
+        assert_eq!(record.state, RecordState::Allowed);
+        assert_eq!(record.time_ms, 1_700_000_000_123);
+        assert_eq!(record.slots, [("requests:minute:60".to_owned(), 1)]);
+        assert_eq!(used, [5]);
     }
 
     #[test]
-    fn record_flags_say_allowed_and_refunded() {
-        let r = Record::parse(&format!("11|3|{TICKET}")).unwrap();
-        assert!(r.allowed && r.refunded);
-        let r = Record::parse(&format!("10|3|{TICKET}")).unwrap();
-        assert!(r.allowed && !r.refunded);
-        assert!(Record::parse("10|3").is_err());
-        assert!(Record::parse(&format!("1|3|{TICKET}")).is_err());
-        assert!(Record::parse(&format!("10|3,4|{TICKET}")).is_err());
+    fn control_replies_carry_redis_time() {
+        for (code, want) in [
+            (3, Consumed::Stale { now_ms: 42 }),
+            (4, Consumed::NeedsSeed { now_ms: 42 }),
+            (5, Consumed::Cancelled { now_ms: 42 }),
+        ] {
+            assert_eq!(
+                parse_consume_reply(&[Value::Int(code), Value::Int(42)], 3).unwrap(),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn records_parse_every_state_and_refuse_garbage() {
+        let r = Record::parse("R|5|requests=1|requests:day:0=1;search_units:day:0=5").unwrap();
+        assert_eq!(r.state, RecordState::Refunded);
+        assert_eq!(r.slots.len(), 2);
+        let tomb = Record::parse("C|0||").unwrap();
+        assert_eq!((tomb.state, tomb.slots.len()), (RecordState::Cancelled, 0));
+        for bad in ["", "A|x|m|", "X|1|m|", "A|1|m", "A|1|m|q:day:0=x"] {
+            assert!(Record::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
     fn malformed_replies_are_errors_not_panics() {
         assert!(parse_consume_reply(&[], 1).is_err());
-        assert!(parse_consume_reply(&[Value::Int(0), Value::Int(1), bulk("x")], 1).is_err());
-        assert!(parse_consume_reply(&[Value::Int(0), Value::Int(1), bulk("1,2")], 1).is_err());
-        assert!(parse_consume_reply(&[Value::Int(1), Value::Int(1), bulk("1")], 1).is_err());
-        assert!(parse_consume_reply(&[Value::Int(2), Value::Int(1), bulk("1")], 1).is_err());
+        assert!(parse_consume_reply(&[Value::Int(1), Value::Int(1), bulk("x")], 1).is_err());
+        assert!(parse_consume_reply(&[Value::Int(1), Value::Int(1), bulk("1,2")], 1).is_err());
+        assert!(parse_consume_reply(&[Value::Int(6), Value::Int(1)], 1).is_err());
+        assert!(parse_consume_reply(&[Value::Int(1), Value::Int(-1), bulk("1")], 1).is_err());
     }
 }

@@ -1,47 +1,40 @@
-//! The pure core of check-and-consume: which limits a request touches, their Redis
-//! keys and window bounds, and how the script's `used` values become an answer.
+//! The pure core of check-and-consume: which limits a request touches, their windows
+//! and Redis keys, and how the script's `used` values become an answer.
 //!
-//! A [`Ticket`] holds every fixed part of an answer. It is stored (as compact JSON)
-//! in the idempotency record, so a replay gets the same answer even after the plans
-//! changed, and a refund knows exactly which keys and costs to give back.
+//! A [`Ticket`] is computed for one request at one instant (Redis's clock, as the
+//! counter last learned it); the consume script re-checks that every window still
+//! contains Redis's own time and asks for a new ticket when not.
 
-use serde::{Deserialize, Serialize};
 use turnpike_plans::{window_bounds, Limit, ResolvedPlan, Window};
 use turnpike_wire::{ConsumeResponse, LimitStatus, MeterCost};
 
-/// How long a window counter outlives its window. Redis deletes a key at once when
-/// EXPIREAT is in the past, so this also absorbs clock skew between replicas.
+use crate::keys::{window_suffix, TenantKeys};
+
+/// How long a window counter outlives its window: a consume computed just before
+/// the window ended may still read it.
 pub const EXPIRE_GRACE_SECS: i64 = 10;
 
 /// One limit a consume is checked against, in its current window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
-    #[serde(rename = "n")]
     pub name: String,
-    #[serde(rename = "m")]
     pub meter: String,
-    #[serde(rename = "w")]
     pub window: Window,
-    #[serde(rename = "x")]
     pub max: u64,
-    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub soft: Option<u64>,
     /// Window start, unix seconds (part of the Redis key).
-    #[serde(rename = "b")]
     pub start: i64,
     /// Window end (exclusive), unix seconds.
-    #[serde(rename = "e")]
     pub end: i64,
-    #[serde(rename = "c")]
     pub cost: u64,
 }
 
-/// The fixed parts of one consume's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The limits one request is checked against, with the plan and its billing month.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    #[serde(rename = "p")]
     pub plan: String,
-    #[serde(rename = "l")]
+    /// The tenant's billing month `[start, end)` at the ticket's instant.
+    pub month: (i64, i64),
     pub slots: Vec<Slot>,
 }
 
@@ -57,55 +50,96 @@ impl Ticket {
                 Some(Slot::new(limit, plan.anchor_day, now, cost))
             })
             .collect();
-        Ticket {
-            plan: plan.name.to_owned(),
-            slots,
-        }
+        Ticket::new(plan, now, slots)
     }
 
     /// Every limit of `plan` at cost 0: what a usage read reports.
     pub fn for_plan(plan: ResolvedPlan<'_>, now: i64) -> Ticket {
+        let slots = plan
+            .limits
+            .iter()
+            .map(|limit| Slot::new(limit, plan.anchor_day, now, 0))
+            .collect();
+        Ticket::new(plan, now, slots)
+    }
+
+    fn new(plan: ResolvedPlan<'_>, now: i64, slots: Vec<Slot>) -> Ticket {
         Ticket {
             plan: plan.name.to_owned(),
-            slots: plan
-                .limits
-                .iter()
-                .map(|limit| Slot::new(limit, plan.anchor_day, now, 0))
-                .collect(),
+            month: window_bounds(Window::Month, plan.anchor_day, now),
+            slots,
         }
     }
 
     /// The window counter keys, one per slot, in slot order.
-    pub fn keys(&self, tenant: &str) -> Vec<String> {
-        self.slots.iter().map(|s| s.key(tenant)).collect()
+    pub fn keys(&self, keys: &TenantKeys) -> Vec<String> {
+        self.slots
+            .iter()
+            .map(|s| keys.window(&s.meter, s.window, s.start))
+            .collect()
+    }
+
+    /// Whether any slot's window is long enough to be re-seeded from the ledger
+    /// after Redis loses it (hours and longer; shorter windows simply restart).
+    pub fn has_long_windows(&self) -> bool {
+        self.slots.iter().any(|s| s.window.is_long())
+    }
+
+    /// The slots as an idempotency record stores them: `suffix=cost;...`, so a refund
+    /// knows which counters to give back to, even after the plans changed.
+    pub fn record_slots(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.slots.iter().filter(|s| s.cost > 0).enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(&window_suffix(&s.meter, s.window, s.start));
+            out.push('=');
+            out.push_str(&s.cost.to_string());
+        }
+        out
+    }
+
+    /// The first limit whose maximum is below this request's cost: such a request can
+    /// never be allowed, however long the client waits.
+    pub fn never_fits(&self) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.cost > s.max)
     }
 
     /// The answer for the `used` values the script returned (after the increment
     /// when allowed; as found when denied).
     pub fn answer(&self, allowed: bool, used: &[u64], replayed: bool, now: i64) -> ConsumeResponse {
         let limits = self.statuses(used, now);
-        let (denied_by, retry_after) = if allowed {
-            (None, None)
-        } else {
-            let denying = || {
-                self.slots
-                    .iter()
-                    .zip(used)
-                    .filter(|(slot, &used)| used.saturating_add(slot.cost) > slot.max)
-                    .map(|(slot, _)| slot)
-            };
-            // Wait for the latest-ending denying window: only then do all have room.
-            let retry_after = denying().map(|s| secs_until(s.end, now)).max().unwrap_or(1);
-            (denying().next().map(|s| s.name.clone()), Some(retry_after))
-        };
-        ConsumeResponse {
+        let mut answer = ConsumeResponse {
             allowed,
             plan: self.plan.clone(),
             limits,
-            denied_by,
-            retry_after,
+            denied_by: None,
+            retry_after: None,
             replayed,
+            time_ms: None,
+            exceeds_limit: None,
+        };
+        if allowed {
+            return answer;
         }
+        if let Some(slot) = self.never_fits() {
+            // No Retry-After: waiting cannot help.
+            answer.denied_by = Some(slot.name.clone());
+            answer.exceeds_limit = Some(slot.name.clone());
+            return answer;
+        }
+        let denying = || {
+            self.slots
+                .iter()
+                .zip(used)
+                .filter(|(slot, &used)| used.saturating_add(slot.cost) > slot.max)
+                .map(|(slot, _)| slot)
+        };
+        // Wait for the latest-ending denying window: only then do all have room.
+        answer.retry_after = Some(denying().map(|s| secs_until(s.end, now)).max().unwrap_or(1));
+        answer.denied_by = denying().next().map(|s| s.name.clone());
+        answer
     }
 
     /// The per-limit status for `used` values in slot order.
@@ -133,22 +167,6 @@ impl Slot {
         }
     }
 
-    /// `tp:{TENANT}:q:METER:WINDOW:START`, hash-tagged so one script can touch all
-    /// of a tenant's keys on Redis Cluster.
-    pub fn key(&self, tenant: &str) -> String {
-        format!(
-            "tp:{{{tenant}}}:q:{}:{}:{}",
-            self.meter,
-            self.window.as_str(),
-            self.start
-        )
-    }
-
-    /// When Redis may drop this slot's counter.
-    pub fn expire_at(&self) -> i64 {
-        self.end + EXPIRE_GRACE_SECS
-    }
-
     fn status(&self, used: u64, now: i64) -> LimitStatus {
         LimitStatus {
             name: self.name.clone(),
@@ -165,9 +183,17 @@ impl Slot {
     }
 }
 
-/// `tp:{TENANT}:id:CONSUME_ID`: the idempotency record of one consume.
-pub fn idempotency_key(tenant: &str, id: &str) -> String {
-    format!("tp:{{{tenant}}}:id:{id}")
+/// Parse a record's `suffix=cost;...` slots (see [`Ticket::record_slots`]).
+pub fn parse_record_slots(text: &str) -> Option<Vec<(String, u64)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(';')
+        .map(|slot| {
+            let (suffix, cost) = slot.rsplit_once('=')?;
+            Some((suffix.to_owned(), cost.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Whole seconds from `now` to `end`, at least 1. `now` is truncated to the second,
@@ -220,7 +246,7 @@ limits = [
     }
 
     #[test]
-    fn keys_are_hash_tagged_by_tenant_with_window_start() {
+    fn keys_carry_the_window_start_and_the_record_lists_what_a_refund_gives_back() {
         let plans = plans();
         let t = Ticket::for_request(
             plans.resolve("acme", None),
@@ -228,18 +254,42 @@ limits = [
             NOW,
         );
         let minute_start = NOW - 42;
+        let keys = TenantKeys::new("acme");
+        let prefix = format!("tp:{{{:03}}}:acme", crate::keys::bucket("acme"));
         assert_eq!(
-            t.keys("acme"),
+            t.keys(&keys),
             [
-                format!("tp:{{acme}}:q:requests:minute:{minute_start}"),
-                "tp:{acme}:q:requests:month:1793491200".to_owned(), // 2026-11-01
+                format!("{prefix}:q:requests:minute:{minute_start}"),
+                format!("{prefix}:q:requests:month:1793491200"), // 2026-11-01
             ]
         );
-        assert_eq!(idempotency_key("acme", "c1"), "tp:{acme}:id:c1");
         assert_eq!(
-            t.slots[0].expire_at(),
-            minute_start + 60 + EXPIRE_GRACE_SECS
+            t.record_slots(),
+            format!("requests:minute:{minute_start}=1;requests:month:1793491200=1")
         );
+        assert_eq!(
+            parse_record_slots(&t.record_slots()).unwrap(),
+            [
+                (format!("requests:minute:{minute_start}"), 1),
+                ("requests:month:1793491200".to_owned(), 1)
+            ]
+        );
+        assert_eq!(t.month, (1_793_491_200, 1_796_083_200));
+        assert!(t.has_long_windows());
+    }
+
+    #[test]
+    fn a_cost_above_a_maximum_never_fits_and_gets_no_retry_after() {
+        let plans = plans();
+        let t = Ticket::for_request(
+            plans.resolve("acme", None),
+            &meters(&[("requests", 61)]),
+            NOW,
+        );
+        assert_eq!(t.never_fits().map(|s| s.name.as_str()), Some("per-minute"));
+        let r = t.answer(false, &[0, 0], false, NOW);
+        assert_eq!(r.exceeds_limit.as_deref(), Some("per-minute"));
+        assert_eq!(r.retry_after, None);
     }
 
     #[test]
@@ -318,19 +368,6 @@ limits = [
         // A replay after the window ended still says at least 1.
         let later = t.answer(false, &[60, 0], true, end_of_minute + 30);
         assert_eq!((later.limits[0].reset, later.retry_after), (1, Some(1)));
-    }
-
-    #[test]
-    fn ticket_survives_its_compact_json_form() {
-        let plans = plans();
-        let t = Ticket::for_request(
-            plans.resolve("acme", None),
-            &meters(&[("requests", 1), ("search_units", 5)]),
-            NOW,
-        );
-        let json = serde_json::to_string(&t).unwrap();
-        assert!(json.len() < 120 * t.slots.len(), "{json}");
-        assert_eq!(serde_json::from_str::<Ticket>(&json).unwrap(), t);
     }
 
     #[test]

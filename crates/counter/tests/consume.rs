@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{unix_now, Api, Counter, Redis};
+use common::{tenant_keys, unix_now, window_key, Api, Counter, Redis};
 use serde_json::Value;
 
 const PLANS: &str = r#"
@@ -52,10 +52,7 @@ fn limit<'a>(answer: &'a Value, name: &str) -> &'a Value {
 }
 
 fn daily_key(tenant: &str, meter: &str) -> String {
-    format!(
-        "tp:{{{tenant}}}:q:{meter}:day:{}",
-        day_end(unix_now()) - 86_400
-    )
+    window_key(tenant, meter, "day", day_end(unix_now()) - 86_400)
 }
 
 /// Sleep past the end of the current window of `len` seconds if fewer than `margin`
@@ -125,14 +122,14 @@ async fn a_denial_by_one_limit_consumes_nothing_from_the_others() {
     assert_eq!(denied["denied_by"], "per-minute");
     assert!(denied["retry_after"].as_u64().unwrap() <= 60, "{denied}");
 
-    let month_keys = redis.keys("tp:{ticker}:q:requests:month:*");
+    let month_keys = redis.keys(&tenant_keys("ticker", "q:requests:month:*"));
     assert_eq!(month_keys.len(), 1);
     assert_eq!(
         redis.get(&month_keys[0]),
         Some(3),
         "monthly was charged by a denied consume"
     );
-    let minute_keys = redis.keys("tp:{ticker}:q:requests:minute:*");
+    let minute_keys = redis.keys(&tenant_keys("ticker", "q:requests:minute:*"));
     assert_eq!(redis.get(&minute_keys[0]), Some(3));
 
     // Two meters at once: search_units has no room, so requests is not charged either.
@@ -141,7 +138,7 @@ async fn a_denial_by_one_limit_consumes_nothing_from_the_others() {
         .await;
     assert_eq!(denied["denied_by"], "search-daily", "{denied}");
     assert!(
-        redis.keys("tp:{acme}:q:*").is_empty(),
+        redis.keys(&tenant_keys("acme", "q:*")).is_empty(),
         "{:?}",
         redis.keys("*")
     );
@@ -176,17 +173,19 @@ async fn the_same_consume_id_twice_is_counted_once_with_the_same_answer() {
     }
     assert_eq!(redis.get(&daily_key("acme", "requests")), Some(2));
 
-    // A denied consume replays as denied, even after room appears elsewhere.
+    // A denied consume leaves nothing behind (a flood of 429s costs no Redis memory):
+    // the same id again is decided afresh, and still counts nothing while full.
     for i in 0..3 {
         api.consume(&format!("fill{i}"), "acme", &[("requests", 1)])
             .await;
     }
     let (_, denied) = api.consume("late", "acme", &[("requests", 1)]).await;
     assert_eq!(denied["allowed"], false);
+    assert!(redis.keys(&tenant_keys("acme", "id:late")).is_empty());
     let (_, again) = api.consume("late", "acme", &[("requests", 1)]).await;
     assert_eq!(
         (again["allowed"].clone(), again["replayed"].clone()),
-        (Value::Bool(false), Value::Bool(true))
+        (Value::Bool(false), Value::Bool(false))
     );
     assert_eq!(again["denied_by"], "daily");
     assert_eq!(redis.get(&daily_key("acme", "requests")), Some(5));
@@ -261,7 +260,7 @@ async fn concurrent_consumes_never_exceed_the_limit() {
         allowed += task.await.unwrap();
     }
     assert_eq!(allowed, 500);
-    let keys = redis.keys("tp:{bulk}:q:requests:hour:*");
+    let keys = redis.keys(&tenant_keys("bulk", "q:requests:hour:*"));
     assert_eq!(keys.len(), 1);
     assert_eq!(redis.get(&keys[0]), Some(500));
 }

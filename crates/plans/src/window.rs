@@ -51,6 +51,12 @@ impl Window {
             Window::Month => None,
         }
     }
+
+    /// Hours and longer: windows whose usage the ledger can give back after Redis
+    /// loses it. Seconds and minutes simply start again.
+    pub fn is_long(self) -> bool {
+        matches!(self, Window::Hour | Window::Day | Window::Month)
+    }
 }
 
 impl std::fmt::Display for Window {

@@ -18,6 +18,9 @@ pub mod counter_paths {
 
 /// HTTP paths of the collector's API.
 pub mod collector_paths {
+    /// `POST /v1/tenants/{tenant}/totals` a [`super::TotalsRequest`], answered by a
+    /// [`super::TotalsResponse`] (read credential): how the counter re-seeds windows.
+    pub const TOTALS_SUFFIX: &str = "/totals";
     /// `POST` a batch (`application/cloudevents-batch+json`, a JSON array of
     /// [`super::UsageEvent`]) or one event (`application/cloudevents+json`).
     pub const EVENTS: &str = "/v1/events";
@@ -67,6 +70,14 @@ pub struct ConsumeResponse {
     /// True when this answer was replayed from an earlier consume with the same id.
     #[serde(default)]
     pub replayed: bool,
+    /// When the counter decided, unix milliseconds by the counter's clock (Redis's):
+    /// the time the usage is billed at and the windows were chosen by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+    /// When denied because a limit's maximum is below this request's cost: that
+    /// limit's name. Such a request can never be allowed; there is no `retry_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exceeds_limit: Option<String>,
 }
 
 /// The state of one limit after a consume (or a usage read).
@@ -106,9 +117,46 @@ pub struct RefundRequest {
 /// The counter's answer to a [`RefundRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundResponse {
-    /// True when this call gave units back; false when the id was unknown, denied,
-    /// or already refunded (refunds are idempotent too).
+    /// True when this call gave units back; false when the id was denied or already
+    /// refunded (refunds are idempotent too).
     pub refunded: bool,
+    /// True when the consume had not arrived yet: it is now cancelled, and refused
+    /// (nothing consumed, nothing billed) if it arrives later.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+/// Billable units per meter in time ranges of one tenant, from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsRequest {
+    pub ranges: Vec<TimeRange>,
+}
+
+/// `[start_ms, end_ms)`, unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeRange {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// The ledger's answer to a [`TotalsRequest`]: one entry per range, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotalsResponse {
+    pub ranges: Vec<RangeTotals>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeTotals {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Billable quantity per meter (meters with none are omitted).
+    pub meters: Vec<MeterQuantity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterQuantity {
+    pub meter: String,
+    pub quantity: i64,
 }
 
 /// A tenant's current usage against its plan, without consuming anything.

@@ -1,49 +1,97 @@
--- Check and consume, atomically, in one round trip.
--- KEYS[1]    idempotency record, a string "AR|USED|TICKET": A = allowed (0/1),
---            R = refunded (0/1), USED = comma-separated counters, TICKET = JSON.
---            (A string, not a hash: the ticket is too long for a listpack hash,
---            and a real hashtable per consume costs twice the memory.)
--- KEYS[2..]  one window counter per selected limit (all hash-tagged by tenant)
--- ARGV[1]    idempotency TTL, seconds
--- ARGV[2]    ticket: the answer's fixed parts, kept for replays and refunds
--- ARGV[3i], ARGV[3i+1], ARGV[3i+2]   for counter i (1-based): cost, max, expire-at (unix s)
--- Returns {0, allowed, used csv} for a fresh consume, {1, allowed, record} for a replay.
+-- Check and consume, atomically, in one round trip, on Redis's clock (TIME), so every
+-- counter replica agrees on which window "now" is in.
+-- KEYS[1]    idempotency record of this consume id (see "Records" below)
+-- KEYS[2]    the bucket's usage stream: every admitted consume is appended here in the
+--            same atomic step, so the ledger can never miss one
+-- KEYS[3]    the tenant's seed marker for this billing month and plan
+-- KEYS[4..]  one window counter per selected limit
+-- ARGV[1]    record TTL, seconds
+-- ARGV[2]    1 when the marker must exist (the counter re-seeds from the ledger first)
+-- ARGV[3..4] the marker's billing month [start, end), unix seconds
+-- ARGV[5..8] stream entry: consume id, tenant, plan, meters ("m=q,m=q")
+-- ARGV[9]    record: the window slots a refund gives back ("suffix=cost;...")
+-- ARGV[10]   seconds a window counter outlives its window
+-- ARGV[11 + 4(i-1) ..] for window i: cost, max, start, end (unix seconds)
+--
+-- Records: "S|T|METERS|SLOTS", S = A (allowed), R (refunded), C (cancelled: refunded
+-- before the consume arrived), T = consume time, unix ms. Denied consumes write
+-- nothing at all: a flood of 429s costs no memory.
+--
+-- Replies {code, now_ms, payload[, used]}:
+--   1 allowed (payload: used after, csv)   0 denied (payload: used as found, csv)
+--   2 replay of this id (payload: record; 4th: current used csv)
+--   3 stale: a window or the month does not contain now_ms; recompute and retry
+--   4 seed: the marker is gone; re-seed from the ledger, then retry
+--   5 cancelled: this id was refunded before it arrived; nothing consumed
+
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS - 3
+
+local function used_csv()
+  local parts = {}
+  for i = 1, n do
+    parts[i] = string.format('%d', tonumber(redis.call('GET', KEYS[i + 3]) or '0'))
+  end
+  return table.concat(parts, ',')
+end
 
 local rec = redis.call('GET', KEYS[1])
 if rec then
-  -- A retried consume: the stored answer, even if the plans changed since.
-  return {1, tonumber(string.sub(rec, 1, 1)), rec}
+  if string.sub(rec, 1, 1) == 'C' then
+    return {5, now_ms}
+  end
+  return {2, now_ms, rec, used_csv()}
 end
 
-local n = #KEYS - 1
+for i = 1, n do
+  local base = 11 + 4 * (i - 1)
+  if now < tonumber(ARGV[base + 2]) or now >= tonumber(ARGV[base + 3]) then
+    return {3, now_ms}
+  end
+end
+if ARGV[2] == '1' then
+  if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
+    return {3, now_ms}
+  end
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    return {4, now_ms}
+  end
+end
+
 local used = {}
-local allowed = 1
+local allowed = true
 for i = 1, n do
-  local cur = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  local base = 11 + 4 * (i - 1)
+  local cur = tonumber(redis.call('GET', KEYS[i + 3]) or '0')
   used[i] = cur
-  if cur + tonumber(ARGV[3 * i]) > tonumber(ARGV[3 * i + 1]) then
-    allowed = 0
+  if cur + tonumber(ARGV[base]) > tonumber(ARGV[base + 1]) then
+    allowed = false
   end
 end
 
--- All or nothing: a denied consume increments no counter.
-if allowed == 1 then
-  for i = 1, n do
-    local cost = tonumber(ARGV[3 * i])
-    local v = redis.call('INCRBY', KEYS[i + 1], cost)
-    if v == cost then
-      -- A new counter: it lives until its window ends (plus grace).
-      redis.call('EXPIREAT', KEYS[i + 1], ARGV[3 * i + 2])
-    end
-    used[i] = v
-  end
-end
-
--- %d, not tostring: Lua 5.1 prints large numbers in exponent form.
 local parts = {}
-for i = 1, n do
-  parts[i] = string.format('%d', used[i])
+if not allowed then
+  for i = 1, n do
+    parts[i] = string.format('%d', used[i])
+  end
+  return {0, now_ms, table.concat(parts, ',')}
 end
-local csv = table.concat(parts, ',')
-redis.call('SET', KEYS[1], allowed .. '0|' .. csv .. '|' .. ARGV[2], 'EX', ARGV[1])
-return {0, allowed, csv}
+
+-- All or nothing: every window had room, so every window is incremented.
+local grace = tonumber(ARGV[10])
+for i = 1, n do
+  local base = 11 + 4 * (i - 1)
+  local cost = tonumber(ARGV[base])
+  local v = redis.call('INCRBY', KEYS[i + 3], cost)
+  if v == cost then
+    -- A new counter lives until its window ends, by Redis's clock (relative expiry).
+    redis.call('EXPIRE', KEYS[i + 3], tonumber(ARGV[base + 3]) - now + grace)
+  end
+  -- %d, not tostring: Lua 5.1 prints large numbers in exponent form.
+  parts[i] = string.format('%d', v)
+end
+redis.call('SET', KEYS[1], 'A|' .. now_ms .. '|' .. ARGV[8] .. '|' .. ARGV[9], 'EX', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'k', 'a', 'i', ARGV[5], 't', ARGV[6], 'p', ARGV[7], 'm', ARGV[8])
+return {1, now_ms, table.concat(parts, ',')}

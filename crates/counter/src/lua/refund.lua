@@ -1,17 +1,32 @@
--- Give back what an allowed consume took, once.
--- KEYS[1]    idempotency record of the consume ("AR|USED|TICKET", see consume.lua)
--- KEYS[2..]  the window counters it incremented
--- ARGV[i]    the cost taken from KEYS[i + 1]
--- Returns 1 when units were given back, 0 when the consume was unknown, denied or
--- already refunded.
+-- Give back what an allowed consume took, once, and record the refund in the usage
+-- stream. A refund that arrives before its consume (a client gone while the consume
+-- callout was in flight) leaves a tombstone, so the late consume is refused, not billed.
+-- KEYS[1]    idempotency record ("S|T|METERS|SLOTS", see consume.lua)
+-- KEYS[2]    the bucket's usage stream
+-- KEYS[3..]  the window counters the consume incremented (from the record's slots)
+-- ARGV[1]    the record as the caller read it ("" if absent): if it changed since,
+--            the caller's KEYS may be wrong; answer 3 so it reads again
+-- ARGV[2]    record TTL for a tombstone, seconds
+-- ARGV[3..4] stream entry: consume id, tenant
+-- ARGV[5..]  the cost taken from KEYS[3..]
+-- Replies: 1 refunded, 0 nothing to give back (already refunded or cancelled),
+--          2 tombstone written (the consume had not arrived), 3 record changed: retry
 
--- Allowed and not yet refunded; a missing record reads as "".
-if redis.call('GETRANGE', KEYS[1], 0, 1) ~= '10' then
+local rec = redis.call('GET', KEYS[1])
+if (rec or '') ~= ARGV[1] then
+  return 3
+end
+if not rec then
+  redis.call('SET', KEYS[1], 'C|0||', 'EX', ARGV[2])
+  redis.call('XADD', KEYS[2], '*', 'k', 'c', 'i', ARGV[3], 't', ARGV[4])
+  return 2
+end
+if string.sub(rec, 1, 1) ~= 'A' then
   return 0
 end
 
-for i = 2, #KEYS do
-  local cost = tonumber(ARGV[i - 1])
+for i = 3, #KEYS do
+  local cost = tonumber(ARGV[i + 2])
   local cur = redis.call('GET', KEYS[i])
   -- A counter that is gone belongs to a finished window: nothing to give back.
   if cur and cost > 0 then
@@ -24,5 +39,6 @@ for i = 2, #KEYS do
 end
 
 -- SETRANGE keeps the record's TTL.
-redis.call('SETRANGE', KEYS[1], 1, '1')
+redis.call('SETRANGE', KEYS[1], 0, 'R')
+redis.call('XADD', KEYS[2], '*', 'k', 'r', 'i', ARGV[3], 't', ARGV[4])
 return 1

@@ -13,6 +13,23 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// What the harness's counters accept for consume/refund, and for reads.
+pub const SERVICE_TOKEN: &str = "test-service-token-0123456789";
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
+
+/// The Redis key of `tenant`'s `meter` counter in the `window` starting at `start`.
+pub fn window_key(tenant: &str, meter: &str, window: &str, start: i64) -> String {
+    let window = window.parse().expect("a window name");
+    turnpike_counter::keys::TenantKeys::new(tenant).window(meter, window, start)
+}
+
+/// A glob for every key of `tenant` matching `rest` (e.g. `q:requests:month:*`).
+pub fn tenant_keys(tenant: &str, rest: &str) -> String {
+    format!(
+        "tp:{{{:03}}}:{tenant}:{rest}",
+        turnpike_counter::keys::bucket(tenant)
+    )
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -164,6 +181,8 @@ impl Counter {
             .arg("--plans")
             .arg(&plans)
             .args(extra)
+            .env("TURNPIKE_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env("TURNPIKE_READ_TOKEN", READ_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -296,6 +315,7 @@ impl Api {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(SERVICE_TOKEN)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -312,6 +332,7 @@ impl Api {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
+            .bearer_auth(READ_TOKEN)
             .send()
             .await
             .expect("request sent");
