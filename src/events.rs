@@ -67,6 +67,7 @@ pub fn encode_event(source_json: &str, r: &UsageRecord<'_>) -> Vec<u8> {
         Decision::Allowed => "allowed",
         Decision::Denied => "denied",
         Decision::Unverified => "unverified",
+        Decision::Cancelled => "cancelled",
     };
     let _ = write!(
         out,

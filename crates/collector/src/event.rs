@@ -1,15 +1,17 @@
 //! Decoding and validation of incoming usage events: pure logic, no I/O.
 //!
-//! A request body becomes a list of [`LedgerEvent`]s or one [`IngestError`] that names
-//! the event index and the field, so the client can fix the exact thing that is wrong.
+//! A request body becomes a list of events, each validated on its own: ready for the
+//! ledger, or quarantined with the index and field that is wrong. Only a body that is
+//! not JSON at all, or too long, is refused whole.
 
 use std::collections::HashSet;
 
-use serde::de::DeserializeOwned;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use turnpike_plans::ids;
-use turnpike_wire::{Decision, UsageEvent, USAGE_EVENT_TYPE};
+use turnpike_wire::{Decision as WireDecision, UsageEvent, USAGE_EVENT_TYPE};
+
+use crate::merge::{Decision, Reported};
 
 /// Longest accepted `id`, `source`, `route` (bytes). These are keys and labels, not payloads.
 const MAX_TEXT_LEN: usize = 256;
@@ -40,135 +42,97 @@ impl Framing {
     }
 }
 
-/// Why a body was refused. Each maps to one HTTP status and problem type.
+/// Why a whole body was refused. Problems with single events never refuse the body:
+/// those events are quarantined (see [`Decoded`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IngestError {
-    /// Not JSON at all (syntax error, truncated).
+    /// Not JSON at all (syntax error, truncated), or not the framing's shape.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
     /// More events than the configured maximum.
     #[error("batch has {len} events; at most {max} are accepted per request")]
     BatchTooLong { len: usize, max: usize },
-    /// JSON, but an event does not have the expected shape or values.
-    #[error("{field}: {reason}")]
-    InvalidEvent { field: String, reason: String },
 }
 
-/// One validated event, ready for the ledger. Integers are already range-checked to
-/// fit the signed 64-bit columns of both SQLite and PostgreSQL.
+/// An event that cannot go into the ledger: where, why, and its raw JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerEvent {
-    pub source: String,
-    pub id: String,
-    pub tenant: String,
-    pub time_ms: i64,
-    pub plan: Option<String>,
-    pub method: String,
-    pub route: String,
-    pub status: i32,
-    pub request_bytes: i64,
-    pub response_bytes: i64,
-    pub duration_ms: i64,
-    pub decision: Decision,
-    pub billable: bool,
-    /// (meter, quantity), in event order, names unique.
-    pub meters: Vec<(String, i64)>,
+pub struct Quarantined {
+    /// `events[3].data.status`
+    pub field: String,
+    pub reason: String,
+    pub raw: String,
+    /// The event's id, when it has a readable one.
+    pub id: Option<String>,
 }
 
-impl LedgerEvent {
-    /// The ledger's primary key.
-    pub fn key(&self) -> (&str, &str) {
-        (&self.source, &self.id)
-    }
+/// One event of a body: ready for the ledger, or kept aside.
+pub type Decoded = Result<Reported, Quarantined>;
 
-    /// The meters as stored in the ledger's `meters` JSON column (for listings).
-    pub fn meters_json(&self) -> String {
-        let list: Vec<serde_json::Value> = self
-            .meters
-            .iter()
-            .map(|(meter, quantity)| serde_json::json!({ "meter": meter, "quantity": quantity }))
-            .collect();
-        serde_json::Value::Array(list).to_string()
-    }
-}
-
-/// The ledger's name for a decision.
-pub fn decision_str(decision: Decision) -> &'static str {
-    match decision {
-        Decision::Allowed => "allowed",
-        Decision::Denied => "denied",
-        Decision::Unverified => "unverified",
-    }
-}
-
-/// Decode a body framed as `framing` and validate every event. All or nothing: one bad
-/// event refuses the whole body.
+/// Decode a body framed as `framing` and validate each event on its own: a bad event is
+/// quarantined and its neighbours go on.
 pub fn decode_body(
     body: &[u8],
     framing: Framing,
     max_events: usize,
-) -> Result<Vec<LedgerEvent>, IngestError> {
-    let (events, prefix) = match framing {
-        Framing::Batch => (decode::<Vec<UsageEvent>>(body, "events")?, "events"),
+) -> Result<Vec<Decoded>, IngestError> {
+    let values: Vec<serde_json::Value> = match framing {
+        Framing::Batch => {
+            serde_json::from_slice(body).map_err(|e| IngestError::MalformedJson(e.to_string()))?
+        }
         Framing::Single => {
-            // serde would also read a struct from an array; say what was meant instead.
-            if body.trim_ascii_start().first() == Some(&b'[') {
-                return Err(IngestError::InvalidEvent {
-                    field: "event".to_owned(),
-                    reason:
-                        "must be one JSON object; send arrays as application/cloudevents-batch+json"
-                            .to_owned(),
-                });
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| IngestError::MalformedJson(e.to_string()))?;
+            if value.is_array() {
+                return Err(IngestError::MalformedJson(
+                    "application/cloudevents+json takes one JSON object; send arrays as \
+                     application/cloudevents-batch+json"
+                        .to_owned(),
+                ));
             }
-            (vec![decode::<UsageEvent>(body, "event")?], "event")
+            vec![value]
         }
     };
-    if events.len() > max_events {
+    if values.len() > max_events {
         return Err(IngestError::BatchTooLong {
-            len: events.len(),
+            len: values.len(),
             max: max_events,
         });
     }
-    events
+    Ok(values
         .into_iter()
         .enumerate()
-        .map(|(index, event)| {
+        .map(|(index, value)| {
             let at = match framing {
-                Framing::Batch => format!("{prefix}[{index}]"),
-                Framing::Single => prefix.to_owned(),
+                Framing::Batch => format!("events[{index}]"),
+                Framing::Single => "event".to_owned(),
             };
-            validate(event).map_err(|(field, reason)| IngestError::InvalidEvent {
-                field: format!("{at}.{field}"),
-                reason,
-            })
+            decode_one(value, &at)
         })
-        .collect()
+        .collect())
 }
 
-/// Deserialize with the path of the offending field in the error.
-fn decode<T: DeserializeOwned>(body: &[u8], root: &str) -> Result<T, IngestError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+fn decode_one(value: serde_json::Value, at: &str) -> Decoded {
+    let raw = value.to_string();
+    let id = value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .filter(|id| id.len() <= MAX_TEXT_LEN)
+        .map(str::to_owned);
+    let quarantine = |field: String, reason: String| Quarantined {
+        field,
+        reason,
+        raw: raw.clone(),
+        id: id.clone(),
+    };
+    let event: UsageEvent = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return IngestError::MalformedJson(inner.to_string());
-        }
-        // serde_path_to_error renders the root as "." and array items as "[3]".
         let field = match path.as_str() {
-            "." => root.to_owned(),
-            p if p.starts_with('[') => format!("{root}{p}"),
-            p => format!("{root}.{p}"),
+            "." => at.to_owned(),
+            p => format!("{at}.{p}"),
         };
-        IngestError::InvalidEvent {
-            field,
-            reason: strip_position(&inner.to_string()),
-        }
+        quarantine(field, strip_position(&err.into_inner().to_string()))
     })?;
-    // Trailing bytes after the JSON value make the body malformed, not a valid batch.
-    de.end()
-        .map_err(|e| IngestError::MalformedJson(e.to_string()))?;
-    Ok(value)
+    validate(event).map_err(|(field, reason)| quarantine(format!("{at}.{field}"), reason))
 }
 
 /// serde_json appends " at line L column C" to data errors; the field path says more.
@@ -181,7 +145,13 @@ fn strip_position(message: &str) -> String {
 
 type FieldError = (&'static str, String);
 
-fn validate(event: UsageEvent) -> Result<LedgerEvent, FieldError> {
+/// Methods reported by name; anything else is reported as `OTHER`, so an unusual
+/// method costs nothing more than a label.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn validate(event: UsageEvent) -> Result<Reported, FieldError> {
     if event.specversion != "1.0" {
         return Err((
             "specversion",
@@ -245,12 +215,11 @@ fn validate(event: UsageEvent) -> Result<LedgerEvent, FieldError> {
         }
         meters.push((m.meter, to_i64("data.meters.cost", m.cost)?));
     }
-    if data.method.is_empty()
-        || data.method.len() > 32
-        || !data.method.bytes().all(|b| b.is_ascii_alphabetic())
-    {
-        return Err(("data.method", "must be an HTTP method name".to_owned()));
-    }
+    let method = KNOWN_METHODS
+        .iter()
+        .find(|known| data.method.eq_ignore_ascii_case(known))
+        .map_or("OTHER", |known| known)
+        .to_owned();
     check_text("data.route", &data.route, MAX_TEXT_LEN)?;
     if !(100..=599).contains(&data.status) {
         return Err((
@@ -258,20 +227,24 @@ fn validate(event: UsageEvent) -> Result<LedgerEvent, FieldError> {
             format!("must be an HTTP status 100..=599, got {}", data.status),
         ));
     }
-    Ok(LedgerEvent {
+    Ok(Reported {
         source: event.source,
         id: event.id,
         tenant: event.subject,
         time_ms,
         plan: data.plan,
-        method: data.method,
+        method,
         route: data.route,
         status: i32::from(data.status),
         request_bytes: to_i64("data.request_bytes", data.request_bytes)?,
         response_bytes: to_i64("data.response_bytes", data.response_bytes)?,
         duration_ms: to_i64("data.duration_ms", data.duration_ms)?,
-        billable: data.decision.billable(),
-        decision: data.decision,
+        decision: match data.decision {
+            WireDecision::Allowed => Decision::Allowed,
+            WireDecision::Denied => Decision::Denied,
+            WireDecision::Unverified => Decision::Unverified,
+            WireDecision::Cancelled => Decision::Cancelled,
+        },
         meters,
     })
 }
@@ -308,18 +281,6 @@ pub fn format_time_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Drop repeated keys inside one batch (first occurrence wins) and sort by key, so
-/// that concurrent transactions lock ledger rows in one global order and cannot
-/// deadlock each other. Returns the unique events and how many were dropped.
-pub fn dedup_sorted(mut events: Vec<LedgerEvent>) -> (Vec<LedgerEvent>, u64) {
-    let before = events.len();
-    // Stable sort keeps the first occurrence first among equal keys.
-    events.sort_by(|a, b| a.key().cmp(&b.key()));
-    events.dedup_by(|later, earlier| later.key() == earlier.key());
-    let dropped = (before - events.len()) as u64;
-    (events, dropped)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,10 +302,16 @@ mod tests {
         serde_json::to_vec(events).unwrap()
     }
 
-    fn invalid_field(result: Result<Vec<LedgerEvent>, IngestError>) -> String {
-        match result {
-            Err(IngestError::InvalidEvent { field, .. }) => field,
-            other => panic!("expected InvalidEvent, got {other:?}"),
+    fn only(result: Result<Vec<Decoded>, IngestError>) -> Decoded {
+        let mut all = result.unwrap();
+        assert_eq!(all.len(), 1);
+        all.remove(0)
+    }
+
+    fn invalid_field(result: Result<Vec<Decoded>, IngestError>) -> String {
+        match only(result) {
+            Err(q) => q.field,
+            Ok(e) => panic!("expected a quarantined event, got {e:?}"),
         }
     }
 
@@ -363,34 +330,29 @@ mod tests {
 
     #[test]
     fn valid_event_is_normalised_to_utc_millis() {
-        let events = decode_body(&batch(&[event("e1")]), Framing::Batch, 10).unwrap();
-        let e = &events[0];
+        let e = only(decode_body(&batch(&[event("e1")]), Framing::Batch, 10)).unwrap();
         // 01:00 at +02:00 is 23:00 UTC the day before.
         assert_eq!(format_time_ms(e.time_ms), "2026-02-27T23:00:00Z");
         assert_eq!(
             e.meters,
             vec![("requests".into(), 1), ("search_units".into(), 5)]
         );
-        assert!(e.billable);
-        assert_eq!(
-            e.meters_json(),
-            r#"[{"meter":"requests","quantity":1},{"meter":"search_units","quantity":5}]"#
-        );
+        assert_eq!(e.decision, Decision::Allowed);
     }
 
     #[test]
     fn single_event_framing_takes_one_object() {
         let body = serde_json::to_vec(&event("e1")).unwrap();
-        assert_eq!(decode_body(&body, Framing::Single, 10).unwrap().len(), 1);
+        assert!(only(decode_body(&body, Framing::Single, 10)).is_ok());
         // An array is not one event.
-        assert_eq!(
-            invalid_field(decode_body(&batch(&[event("e1")]), Framing::Single, 10)),
-            "event"
-        );
+        assert!(matches!(
+            decode_body(&batch(&[event("e1")]), Framing::Single, 10),
+            Err(IngestError::MalformedJson(_))
+        ));
     }
 
     #[test]
-    fn truncated_json_is_malformed_not_invalid() {
+    fn truncated_json_is_malformed() {
         let result = decode_body(b"[{\"specversion\":", Framing::Batch, 10);
         assert!(
             matches!(result, Err(IngestError::MalformedJson(_))),
@@ -404,17 +366,17 @@ mod tests {
     }
 
     #[test]
-    fn missing_nested_field_names_index_and_path() {
+    fn a_bad_event_is_quarantined_with_index_path_and_raw_and_neighbours_pass() {
         let mut bad = event("e2");
         bad["data"].as_object_mut().unwrap().remove("route");
-        let err = decode_body(&batch(&[event("e1"), bad]), Framing::Batch, 10).unwrap_err();
-        assert_eq!(
-            err,
-            IngestError::InvalidEvent {
-                field: "events[1].data".into(),
-                reason: "missing field `route`".into()
-            }
-        );
+        let all =
+            decode_body(&batch(&[event("e1"), bad, event("e3")]), Framing::Batch, 10).unwrap();
+        assert!(all[0].is_ok() && all[2].is_ok());
+        let q = all[1].clone().unwrap_err();
+        assert_eq!(q.field, "events[1].data");
+        assert_eq!(q.reason, "missing field `route`");
+        assert_eq!(q.id.as_deref(), Some("e2"));
+        assert!(q.raw.contains("\"e2\""), "{}", q.raw);
     }
 
     #[test]
@@ -425,6 +387,21 @@ mod tests {
             invalid_field(decode_body(&batch(&[bad]), Framing::Batch, 10)),
             "events[0].data.status"
         );
+    }
+
+    #[test]
+    fn unusual_methods_are_stored_as_other_not_refused() {
+        for (sent, stored) in [
+            ("X-FOO", "OTHER"),
+            ("get", "GET"),
+            ("PROPFIND", "OTHER"),
+            ("PATCH", "PATCH"),
+        ] {
+            let mut e = event("e1");
+            e["data"]["method"] = json!(sent);
+            let e = only(decode_body(&batch(&[e]), Framing::Batch, 10)).unwrap();
+            assert_eq!(e.method, stored, "{sent}");
+        }
     }
 
     #[test]
@@ -474,7 +451,6 @@ mod tests {
                 "events[0].data.meters.cost",
             ),
             ("status", json!(42), "events[0].data.status"),
-            ("method", json!(""), "events[0].data.method"),
             ("route", json!(""), "events[0].data.route"),
             ("plan", json!("p{x}"), "events[0].data.plan"),
             ("decision", json!("maybe"), "events[0].data.decision"),
@@ -491,35 +467,11 @@ mod tests {
     }
 
     #[test]
-    fn denied_events_are_valid_but_not_billable() {
-        let mut denied = event("e1");
-        denied["data"]["decision"] = json!("denied");
-        denied["data"]["meters"] = json!([]);
-        let events = decode_body(&batch(&[denied]), Framing::Batch, 10).unwrap();
-        assert!(!events[0].billable);
-        assert_eq!(decision_str(events[0].decision), "denied");
-    }
-
-    #[test]
     fn batch_longer_than_maximum_is_refused() {
         let body = batch(&[event("a"), event("b"), event("c")]);
         assert_eq!(
             decode_body(&body, Framing::Batch, 2).unwrap_err(),
             IngestError::BatchTooLong { len: 3, max: 2 }
         );
-    }
-
-    #[test]
-    fn dedup_keeps_first_occurrence_and_sorts_by_key() {
-        let mut first = event("b");
-        first["data"]["route"] = json!("first");
-        let mut second = event("b");
-        second["data"]["route"] = json!("second");
-        let body = batch(&[first, event("c"), second, event("a")]);
-        let (events, dropped) = dedup_sorted(decode_body(&body, Framing::Batch, 10).unwrap());
-        assert_eq!(dropped, 1);
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c"]);
-        assert_eq!(events[1].route, "first");
     }
 }

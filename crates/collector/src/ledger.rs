@@ -7,20 +7,26 @@
 //! options (WAL, `synchronous`, busy timeout, create-if-missing) that `Any` cannot
 //! express, and avoid `Any`'s runtime driver registry. Only the migrations differ.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, PgPool, QueryBuilder, Row as _, SqlitePool};
 
-use crate::event::{decision_str, LedgerEvent};
+use crate::event::Quarantined;
+use crate::merge::{merge, Decision, Fact, Row};
 
 /// Stay well under SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement.
 const MAX_BINDS_PER_STATEMENT: usize = 30_000;
-const EVENT_COLUMNS: usize = 15;
-const METER_COLUMNS: usize = 7;
+const EVENT_COLUMNS: usize = 20;
+const METER_COLUMNS: usize = 6;
+
+/// Columns of `usage_events`, in the order [`read_row`] expects.
+const ROW_COLUMNS: &str = "id, source, tenant, time_ms, plan, method, route, status, \
+    request_bytes, response_bytes, duration_ms, decision, billable, meters, received_at_ms, \
+    counted, reported, refunded, lease, seq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -30,6 +36,10 @@ pub enum LedgerError {
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Path(String),
+    #[error("ledger row unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// Which engine holds the ledger.
@@ -68,44 +78,48 @@ macro_rules! with_pool {
     };
 }
 
-/// Result of storing one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    /// Events new to the ledger.
+/// What applying a set of facts did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows new to the ledger.
     pub inserted: u64,
-    /// Events whose (source, id) was already stored.
-    pub already_stored: u64,
+    /// Existing rows that changed (enriched, counted, refunded).
+    pub updated: u64,
+    /// Facts the ledger already had: nothing changed.
+    pub unchanged: u64,
 }
 
-/// One event as listed by the query API.
+/// One ledger row as the query API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
-    pub source: String,
-    pub id: String,
-    pub time_ms: i64,
-    pub plan: Option<String>,
-    pub method: String,
-    pub route: String,
-    pub status: i32,
-    pub request_bytes: i64,
-    pub response_bytes: i64,
-    pub duration_ms: i64,
-    pub decision: String,
+    pub row: Row,
     pub billable: bool,
-    pub meters_json: String,
-    pub received_at_ms: i64,
+    pub seq: i64,
 }
 
-/// A position in a tenant's event listing: the last row already returned.
+/// One quarantined event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventKey {
-    pub time_ms: i64,
-    pub source: String,
-    pub id: String,
+pub struct QuarantineEntry {
+    pub qid: i64,
+    pub received_at_ms: i64,
+    pub origin: String,
+    pub field: String,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// Billable quantity of one tenant and meter in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourTotal {
+    pub tenant: String,
+    pub meter: String,
+    pub hour_start_ms: i64,
+    pub quantity: i64,
 }
 
 impl Ledger {
-    /// Connect (creating a missing SQLite file) and apply pending migrations.
+    /// Connect (creating a missing SQLite file and its directory) and apply pending
+    /// migrations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
         let ledger = match Backend::from_url(url)? {
             Backend::Sqlite => {
@@ -118,11 +132,13 @@ impl Ledger {
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5));
+                crate::sqlite_path::prepare(options.get_filename())?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await?;
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(|e| crate::sqlite_path::explain(options.get_filename(), e))?;
                 sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
                 Ledger::Sqlite(pool)
             }
@@ -161,80 +177,186 @@ impl Ledger {
         with_pool!(self, pool => pool.close().await)
     }
 
-    /// Store `events` (unique keys, sorted by key: see [`crate::event::dedup_sorted`])
-    /// in one transaction. Keys already in the ledger are skipped, not overwritten.
-    /// Returns after the commit, i.e. once the batch is durable.
-    pub async fn store(
-        &self,
-        events: &[LedgerEvent],
-        received_at_ms: i64,
-    ) -> Result<Stored, LedgerError> {
-        if events.is_empty() {
-            return Ok(Stored {
-                inserted: 0,
-                already_stored: 0,
-            });
+    /// Merge `facts` into the ledger in one transaction; returns after the commit, i.e.
+    /// once durable. Writers serialise on `ledger_seq`, so rows take change sequence
+    /// numbers in commit order and a reader of `seq > N` never misses a commit.
+    pub async fn apply(&self, facts: &[Fact], received_at_ms: i64) -> Result<Applied, LedgerError> {
+        if facts.is_empty() {
+            return Ok(Applied::default());
         }
-        let inserted: HashSet<(String, String)> = with_pool!(self, pool => {
+        // Ids in first-seen order, sorted, so concurrent writers never deadlock.
+        let mut ids: Vec<&str> = facts.iter().map(Fact::id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let reserve = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+        with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut inserted = HashSet::with_capacity(events.len());
-            for chunk in events.chunks(MAX_BINDS_PER_STATEMENT / EVENT_COLUMNS) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO usage_events (source, id, tenant, time_ms, plan, method, route, \
-                     status, request_bytes, response_bytes, duration_ms, decision, billable, \
-                     meters, received_at_ms) ",
-                );
-                qb.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.source.as_str())
-                        .push_bind(e.id.as_str())
-                        .push_bind(e.tenant.as_str())
-                        .push_bind(e.time_ms)
-                        .push_bind(e.plan.as_deref())
-                        .push_bind(e.method.as_str())
-                        .push_bind(e.route.as_str())
-                        .push_bind(e.status)
-                        .push_bind(e.request_bytes)
-                        .push_bind(e.response_bytes)
-                        .push_bind(e.duration_ms)
-                        .push_bind(decision_str(e.decision))
-                        .push_bind(e.billable)
-                        .push_bind(e.meters_json())
-                        .push_bind(received_at_ms);
-                });
-                // Only rows this transaction inserted come back; a concurrent writer of
-                // the same key makes us wait for its commit, then skip.
-                qb.push(" ON CONFLICT (source, id) DO NOTHING RETURNING source, id");
-                for row in qb.build().fetch_all(&mut *tx).await? {
-                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+            let next: i64 = sqlx::query_scalar(
+                "UPDATE ledger_seq SET next = next + $1 WHERE one = 1 RETURNING next",
+            )
+            .bind(reserve)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut seq = next - reserve;
+            let mut existing: HashMap<String, Row> = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(MAX_BINDS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(format!("SELECT {ROW_COLUMNS} FROM usage_events WHERE id IN ("));
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let stored = read_row(&r)?;
+                    existing.insert(stored.row.id.clone(), stored.row);
                 }
             }
-            let meter_rows: Vec<(&LedgerEvent, &str, i64)> = events
+            let mut applied = Applied::default();
+            let mut merged: HashMap<String, Row> = HashMap::with_capacity(ids.len());
+            for fact in facts {
+                let before = merged
+                    .remove(fact.id())
+                    .or_else(|| existing.get(fact.id()).cloned());
+                let after = merge(before, fact, received_at_ms);
+                merged.insert(after.id.clone(), after);
+            }
+            let mut changed: Vec<(Row, i64)> = Vec::new();
+            for id in &ids {
+                let Some(row) = merged.remove(*id) else { continue };
+                match existing.get(*id) {
+                    Some(old) if *old == row => applied.unchanged += 1,
+                    old => {
+                        if old.is_some() {
+                            applied.updated += 1;
+                        } else {
+                            applied.inserted += 1;
+                        }
+                        changed.push((row, seq));
+                        seq += 1;
+                    }
+                }
+            }
+            // Facts beyond one per id that changed nothing still count as seen.
+            applied.unchanged += (facts.len() - ids.len()) as u64;
+            for chunk in changed.chunks(MAX_BINDS_PER_STATEMENT / EVENT_COLUMNS) {
+                let mut qb = QueryBuilder::new(format!("INSERT INTO usage_events ({ROW_COLUMNS}) "));
+                qb.push_values(chunk, |mut b, (row, seq)| {
+                    b.push_bind(row.id.as_str())
+                        .push_bind(row.source.as_str())
+                        .push_bind(row.tenant.as_str())
+                        .push_bind(row.time_ms)
+                        .push_bind(row.plan.as_deref())
+                        .push_bind(row.method.as_str())
+                        .push_bind(row.route.as_str())
+                        .push_bind(row.status)
+                        .push_bind(row.request_bytes)
+                        .push_bind(row.response_bytes)
+                        .push_bind(row.duration_ms)
+                        .push_bind(row.decision.as_str())
+                        .push_bind(row.billable())
+                        .push_bind(row.meters_json())
+                        .push_bind(row.received_at_ms)
+                        .push_bind(row.counted)
+                        .push_bind(row.reported)
+                        .push_bind(row.refunded)
+                        .push_bind(row.lease.as_deref())
+                        .push_bind(*seq);
+                });
+                qb.push(
+                    " ON CONFLICT (id) DO UPDATE SET source = excluded.source, \
+                     tenant = excluded.tenant, time_ms = excluded.time_ms, plan = excluded.plan, \
+                     method = excluded.method, route = excluded.route, status = excluded.status, \
+                     request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes, \
+                     duration_ms = excluded.duration_ms, decision = excluded.decision, \
+                     billable = excluded.billable, meters = excluded.meters, \
+                     counted = excluded.counted, reported = excluded.reported, \
+                     refunded = excluded.refunded, lease = excluded.lease, seq = excluded.seq",
+                );
+                qb.build().execute(&mut *tx).await?;
+            }
+            for chunk in changed.chunks(MAX_BINDS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new("DELETE FROM usage_meters WHERE id IN (");
+                let mut list = qb.separated(", ");
+                for (row, _) in chunk {
+                    list.push_bind(row.id.as_str());
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            let meter_rows: Vec<(&Row, &str, i64, bool)> = changed
                 .iter()
-                .filter(|e| inserted.contains(&(e.source.clone(), e.id.clone())))
-                .flat_map(|e| e.meters.iter().map(move |(m, q)| (e, m.as_str(), *q)))
+                .flat_map(|(row, _)| {
+                    let billable = row.billable();
+                    row.meters.iter().map(move |(m, q)| (row, m.as_str(), *q, billable))
+                })
                 .collect();
             for chunk in meter_rows.chunks(MAX_BINDS_PER_STATEMENT / METER_COLUMNS) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO usage_meters (source, id, meter, quantity, tenant, time_ms, billable) ",
+                    "INSERT INTO usage_meters (id, meter, quantity, tenant, time_ms, billable) ",
                 );
-                qb.push_values(chunk, |mut row, (e, meter, quantity)| {
-                    row.push_bind(e.source.as_str())
-                        .push_bind(e.id.as_str())
+                qb.push_values(chunk, |mut b, (row, meter, quantity, billable)| {
+                    b.push_bind(row.id.as_str())
                         .push_bind(*meter)
                         .push_bind(*quantity)
-                        .push_bind(e.tenant.as_str())
-                        .push_bind(e.time_ms)
-                        .push_bind(e.billable);
+                        .push_bind(row.tenant.as_str())
+                        .push_bind(row.time_ms)
+                        .push_bind(*billable);
                 });
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            inserted
+            Ok(applied)
+        })
+    }
+
+    /// Keep events that could not be taken aside, with why.
+    pub async fn quarantine(
+        &self,
+        origin: &str,
+        items: &[Quarantined],
+        received_at_ms: i64,
+    ) -> Result<(), LedgerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            for chunk in items.chunks(MAX_BINDS_PER_STATEMENT / 5) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO quarantine (received_at_ms, origin, field, reason, raw) ",
+                );
+                qb.push_values(chunk, |mut b, q| {
+                    b.push_bind(received_at_ms)
+                        .push_bind(origin)
+                        .push_bind(q.field.as_str())
+                        .push_bind(q.reason.as_str())
+                        .push_bind(q.raw.as_str());
+                });
+                qb.build().execute(pool).await?;
+            }
         });
-        let inserted = inserted.len() as u64;
-        Ok(Stored {
-            inserted,
-            already_stored: events.len() as u64 - inserted,
+        Ok(())
+    }
+
+    /// Up to `limit` quarantined events after `after_qid`, oldest first.
+    pub async fn quarantined_after(
+        &self,
+        after_qid: i64,
+        limit: u32,
+    ) -> Result<Vec<QuarantineEntry>, LedgerError> {
+        let sql = "SELECT qid, received_at_ms, origin, field, reason, raw FROM quarantine \
+                   WHERE qid > $1 ORDER BY qid LIMIT $2";
+        with_pool!(self, pool => {
+            let rows = sqlx::query(sql).bind(after_qid).bind(i64::from(limit)).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok(QuarantineEntry {
+                    qid: r.try_get(0)?,
+                    received_at_ms: r.try_get(1)?,
+                    origin: r.try_get(2)?,
+                    field: r.try_get(3)?,
+                    reason: r.try_get(4)?,
+                    raw: r.try_get(5)?,
+                }))
+                .collect()
         })
     }
 
@@ -263,54 +385,124 @@ impl Ledger {
         })
     }
 
-    /// Up to `limit` of `tenant`'s events after `after`, in (time, source, id) order.
-    pub async fn events_after(
+    /// Units of `meter` the counter counted and did not refund, for `tenant` with
+    /// `start_ms <= time < end_ms`: what its Redis window should hold.
+    pub async fn counted_total(
         &self,
         tenant: &str,
-        after: Option<&EventKey>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, LedgerError> {
-        // A key below every real one stands for "from the start", so one statement
-        // (and one query plan) serves every page.
-        let start = EventKey {
-            time_ms: i64::MIN,
-            source: String::new(),
-            id: String::new(),
-        };
-        let after = after.unwrap_or(&start);
-        let sql = "SELECT source, id, time_ms, plan, method, route, status, request_bytes, \
-                   response_bytes, duration_ms, decision, billable, meters, received_at_ms \
-                   FROM usage_events WHERE tenant = $1 AND (time_ms, source, id) > ($2, $3, $4) \
-                   ORDER BY time_ms, source, id LIMIT $5";
+        meter: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<i64, LedgerError> {
+        let sql = "SELECT CAST(COALESCE(SUM(m.quantity), 0) AS BIGINT) FROM usage_meters m \
+                   JOIN usage_events e ON e.id = m.id \
+                   WHERE m.tenant = $1 AND m.meter = $2 AND m.time_ms >= $3 AND m.time_ms < $4 \
+                   AND e.counted = $5 AND e.refunded = $6";
+        with_pool!(self, pool => {
+            Ok(sqlx::query_scalar(sql)
+                .bind(tenant)
+                .bind(meter)
+                .bind(start_ms)
+                .bind(end_ms)
+                .bind(true)
+                .bind(false)
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    /// Billable quantity per tenant, meter and hour with `start_ms <= time < end_ms`
+    /// (`tenant` alone when given), in (tenant, meter, hour) order.
+    pub async fn hourly_totals(
+        &self,
+        tenant: Option<&str>,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<HourTotal>, LedgerError> {
+        // Integer division floors for the non-negative times the ledger holds.
+        let sql = "SELECT tenant, meter, (time_ms / 3600000) * 3600000 AS hour, \
+                   CAST(SUM(quantity) AS BIGINT) FROM usage_meters \
+                   WHERE billable = $1 AND time_ms >= $2 AND time_ms < $3 \
+                   AND ($4 = '' OR tenant = $4) \
+                   GROUP BY tenant, meter, hour ORDER BY tenant, meter, hour";
         with_pool!(self, pool => {
             let rows = sqlx::query(sql)
-                .bind(tenant)
-                .bind(after.time_ms)
-                .bind(after.source.as_str())
-                .bind(after.id.as_str())
-                .bind(i64::from(limit))
+                .bind(true)
+                .bind(start_ms)
+                .bind(end_ms)
+                .bind(tenant.unwrap_or(""))
                 .fetch_all(pool)
                 .await?;
             rows.iter()
-                .map(|r| {
-                    Ok(StoredEvent {
-                        source: r.try_get(0)?,
-                        id: r.try_get(1)?,
-                        time_ms: r.try_get(2)?,
-                        plan: r.try_get(3)?,
-                        method: r.try_get(4)?,
-                        route: r.try_get(5)?,
-                        status: r.try_get(6)?,
-                        request_bytes: r.try_get(7)?,
-                        response_bytes: r.try_get(8)?,
-                        duration_ms: r.try_get(9)?,
-                        decision: r.try_get(10)?,
-                        billable: r.try_get(11)?,
-                        meters_json: r.try_get(12)?,
-                        received_at_ms: r.try_get(13)?,
-                    })
-                })
+                .map(|r| Ok(HourTotal {
+                    tenant: r.try_get(0)?,
+                    meter: r.try_get(1)?,
+                    hour_start_ms: r.try_get(2)?,
+                    quantity: r.try_get(3)?,
+                }))
                 .collect()
+        })
+    }
+
+    /// Up to `limit` rows changed after change sequence `after_seq`, in commit order;
+    /// `tenant` alone when given. A row changed twice is listed at its last change.
+    pub async fn changes_after(
+        &self,
+        tenant: Option<&str>,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, LedgerError> {
+        let sql = match tenant {
+            Some(_) => format!(
+                "SELECT {ROW_COLUMNS} FROM usage_events WHERE tenant = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ),
+            None => format!(
+                "SELECT {ROW_COLUMNS} FROM usage_events WHERE $1 = '' AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ),
+        };
+        with_pool!(self, pool => {
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(tenant.unwrap_or(""))
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(read_row).collect()
+        })
+    }
+
+    /// Rows with `start_ms <= time < end_ms` (`tenant` alone when given), for
+    /// reconciliation.
+    pub async fn rows_between(
+        &self,
+        tenant: Option<&str>,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<StoredEvent>, LedgerError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM usage_events WHERE ($1 = '' OR tenant = $1) \
+             AND time_ms >= $2 AND time_ms < $3 ORDER BY tenant, time_ms, id"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(tenant.unwrap_or(""))
+                .bind(start_ms)
+                .bind(end_ms)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(read_row).collect()
+        })
+    }
+
+    /// The highest change sequence committed so far (0 for an empty ledger).
+    pub async fn last_seq(&self) -> Result<i64, LedgerError> {
+        with_pool!(self, pool => {
+            let next: i64 = sqlx::query_scalar("SELECT next FROM ledger_seq WHERE one = 1")
+                .fetch_one(pool)
+                .await?;
+            Ok(next - 1)
         })
     }
 
@@ -325,11 +517,75 @@ impl Ledger {
         })
     }
 
-    /// Number of events stored (all tenants). For tests and operators.
+    /// Number of rows stored (all tenants). For tests and operators.
     pub async fn count_events(&self) -> Result<i64, LedgerError> {
         with_pool!(self, pool => {
             let row = sqlx::query("SELECT COUNT(*) FROM usage_events").fetch_one(pool).await?;
             Ok(row.try_get::<i64, _>(0)?)
         })
     }
+}
+
+/// A `usage_events` row selected with [`ROW_COLUMNS`].
+fn read_row<R>(r: &R) -> Result<StoredEvent, LedgerError>
+where
+    R: Row2,
+{
+    r.stored_event()
+}
+
+/// Reading a row the same way from both drivers.
+trait Row2 {
+    fn stored_event(&self) -> Result<StoredEvent, LedgerError>;
+}
+
+macro_rules! impl_row2 {
+    ($row:ty) => {
+        impl Row2 for $row {
+            fn stored_event(&self) -> Result<StoredEvent, LedgerError> {
+                let decision: String = self.try_get(11)?;
+                let meters: String = self.try_get(13)?;
+                let row = Row {
+                    id: self.try_get(0)?,
+                    source: self.try_get(1)?,
+                    tenant: self.try_get(2)?,
+                    time_ms: self.try_get(3)?,
+                    plan: self.try_get(4)?,
+                    method: self.try_get(5)?,
+                    route: self.try_get(6)?,
+                    status: self.try_get(7)?,
+                    request_bytes: self.try_get(8)?,
+                    response_bytes: self.try_get(9)?,
+                    duration_ms: self.try_get(10)?,
+                    decision: Decision::parse(&decision)
+                        .ok_or_else(|| LedgerError::Corrupt(format!("decision {decision:?}")))?,
+                    meters: parse_meters(&meters)
+                        .ok_or_else(|| LedgerError::Corrupt(format!("meters {meters:?}")))?,
+                    received_at_ms: self.try_get(14)?,
+                    counted: self.try_get(15)?,
+                    reported: self.try_get(16)?,
+                    refunded: self.try_get(17)?,
+                    lease: self.try_get(18)?,
+                };
+                Ok(StoredEvent {
+                    billable: self.try_get(12)?,
+                    seq: self.try_get(19)?,
+                    row,
+                })
+            }
+        }
+    };
+}
+impl_row2!(sqlx::sqlite::SqliteRow);
+impl_row2!(sqlx::postgres::PgRow);
+
+/// The `meters` JSON column back into (meter, quantity) pairs.
+fn parse_meters(json: &str) -> Option<Vec<(String, i64)>> {
+    #[derive(serde::Deserialize)]
+    struct M {
+        meter: String,
+        quantity: i64,
+    }
+    let list: Vec<M> = serde_json::from_str(json).ok()?;
+    Some(list.into_iter().map(|m| (m.meter, m.quantity)).collect())
 }

@@ -1,6 +1,6 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use turnpike_collector::config::Args;
+use turnpike_collector::config::{Args, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -9,12 +9,21 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    match turnpike_collector::server::run(args).await {
+    let result = match args.command {
+        Some(Command::Reconcile(reconcile)) => turnpike_collector::reconcile::main(reconcile)
+            .await
+            .map_err(|e| e.to_string()),
+        None => turnpike_collector::server::run(args.serve)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "turnpike-collector failed");
+            // Once, on stderr: the log line and the message were the same words twice.
             eprintln!("turnpike-collector: {err}");
             std::process::ExitCode::FAILURE
         }

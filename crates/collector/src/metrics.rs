@@ -5,6 +5,7 @@ use std::fmt::Write;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -45,6 +46,11 @@ struct RejectLabels {
     reason: RejectReason,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
 /// All collector metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +59,15 @@ pub struct Metrics {
     batches_stored: Counter,
     rejected: Family<RejectLabels, Counter>,
     ingest_seconds: Histogram,
+    quarantined: Family<OriginLabels, Counter>,
+    stream_entries: Counter,
+    stream_rows_changed: Counter,
+    stream_errors: Counter,
+    stream_backlog: Gauge,
+    /// Units the counter's windows and the ledger disagree on, last reconciliation.
+    pub reconcile_drift_units: Gauge,
+    /// Consume ids found on one side only, last reconciliation.
+    pub reconcile_differences: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +110,48 @@ impl Metrics {
             "Time from request to commit of a stored batch",
             ingest_seconds.clone(),
         );
+        let quarantined = Family::<OriginLabels, Counter>::default();
+        registry.register(
+            "events_quarantined",
+            "Events kept aside because they were malformed, by origin (proxy events, usage stream)",
+            quarantined.clone(),
+        );
+        let stream_entries = Counter::default();
+        registry.register(
+            "stream_entries",
+            "Counter usage-stream entries committed to the ledger",
+            stream_entries.clone(),
+        );
+        let stream_rows_changed = Counter::default();
+        registry.register(
+            "stream_rows_changed",
+            "Ledger rows created or changed by usage-stream entries",
+            stream_rows_changed.clone(),
+        );
+        let stream_errors = Counter::default();
+        registry.register(
+            "stream_errors",
+            "Usage-stream rounds that failed (Redis or ledger away); retried",
+            stream_errors.clone(),
+        );
+        let stream_backlog = Gauge::default();
+        registry.register(
+            "stream_backlog_entries",
+            "Usage-stream entries not yet committed to the ledger (pending + undelivered)",
+            stream_backlog.clone(),
+        );
+        let reconcile_drift_units = Gauge::default();
+        registry.register(
+            "reconcile_drift_units",
+            "Units on which the counter's windows and the ledger disagreed at the last reconciliation",
+            reconcile_drift_units.clone(),
+        );
+        let reconcile_differences = Gauge::default();
+        registry.register(
+            "reconcile_differences",
+            "Consumes the counter admitted but the ledger does not bill as such, or the reverse, at the last reconciliation",
+            reconcile_differences.clone(),
+        );
         Metrics {
             registry,
             events_accepted,
@@ -102,6 +159,13 @@ impl Metrics {
             batches_stored,
             rejected,
             ingest_seconds,
+            quarantined,
+            stream_entries,
+            stream_rows_changed,
+            stream_errors,
+            stream_backlog,
+            reconcile_drift_units,
+            reconcile_differences,
         }
     }
 
@@ -110,6 +174,27 @@ impl Metrics {
         self.events_duplicate.inc_by(duplicates);
         self.batches_stored.inc();
         self.ingest_seconds.observe(seconds);
+    }
+
+    pub fn quarantined(&self, origin: &'static str, n: u64) {
+        self.quarantined
+            .get_or_create(&OriginLabels { origin })
+            .inc_by(n);
+    }
+
+    pub fn stream_applied(&self, entries: u64, applied: crate::ledger::Applied) {
+        self.stream_entries.inc_by(entries);
+        self.stream_rows_changed
+            .inc_by(applied.inserted + applied.updated);
+    }
+
+    pub fn stream_error(&self) {
+        self.stream_errors.inc();
+    }
+
+    pub fn set_stream_backlog(&self, n: u64) {
+        self.stream_backlog
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn rejected(&self, reason: RejectReason) {

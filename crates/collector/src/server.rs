@@ -1,25 +1,34 @@
-//! Start-up, signal handling and graceful shutdown: the I/O shell around the router.
+//! Start-up, signal handling and graceful shutdown: the I/O shell around the router,
+//! the usage-stream consumer and the plans watcher.
 
 use axum::serve::ListenerExt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use turnpike_auth::Tokens;
 use turnpike_plans::Plans;
 
 use crate::api::{router, AppState};
-use crate::config::Args;
+use crate::config::{secret_from, ServeArgs, StoreArgs};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::usage_stream::{StreamConfig, UsageStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("--ingest-secret must not be empty")]
-    EmptySecret,
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Token(#[from] turnpike_auth::TokenError),
     #[error("--plans: {0}")]
     Plans(#[from] turnpike_plans::PlanError),
     #[error("--database: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error("--redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("--listen {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -29,31 +38,91 @@ pub enum StartError {
     Serve(std::io::Error),
 }
 
-/// Open the ledger, serve until SIGTERM or SIGINT, then drain in-flight requests and
-/// close the database.
-pub async fn run(args: Args) -> Result<(), StartError> {
-    if args.ingest_secret.is_empty() {
-        return Err(StartError::EmptySecret);
-    }
-    let plans = args.plans.as_deref().map(Plans::load).transpose()?;
-    let ledger = Ledger::open(&args.database, args.db_connections).await?;
+/// Open the ledger, consume the usage streams, serve until SIGTERM or SIGINT, then
+/// drain in-flight requests and close the database.
+pub async fn run(args: ServeArgs) -> Result<(), StartError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let ingest_tokens = Tokens::load(
+        "ingest secret",
+        args.ingest_secret_file.as_deref(),
+        env("TURNPIKE_INGEST_SECRET"),
+    )?
+    .ok_or_else(|| {
+        StartError::Config(
+            "ingest secret: set --ingest-secret-file FILE or TURNPIKE_INGEST_SECRET \
+             (what the proxies send as Authorization: Bearer)"
+                .into(),
+        )
+    })?;
+    let read_tokens = match (
+        Tokens::load(
+            "read token",
+            args.read_token_file.as_deref(),
+            env("TURNPIKE_READ_TOKEN"),
+        )?,
+        args.allow_unauthenticated_reads,
+    ) {
+        (Some(tokens), _) => tokens,
+        (None, true) => {
+            tracing::warn!("--allow-unauthenticated-reads: anyone who reaches this port reads every tenant's usage");
+            Tokens::default()
+        }
+        (None, false) => {
+            return Err(StartError::Config(
+                "read token: set --read-token-file FILE or TURNPIKE_READ_TOKEN (for the \
+                 query APIs and the counter's re-seeding), or pass \
+                 --allow-unauthenticated-reads on a laptop"
+                    .into(),
+            ))
+        }
+    };
+    let plans = args.store.plans.as_deref().map(Plans::load).transpose()?;
+    let ledger = Ledger::open(&args.store.database, args.store.db_connections).await?;
+    let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Listen {
             addr: args.listen,
             source,
         })?;
+    let consumer = args
+        .consumer
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", host_name(), args.listen.port()));
+    let stream = stream_config(&args.store, consumer)?;
+    let redis = match &stream {
+        Some(config) => Some(crate::usage_stream::connect(config).await?),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        redis,
         ledger: ledger.clone(),
-        plans: plans.map(RwLock::new),
-        ingest_secret: args.ingest_secret.into_bytes(),
+        plans: plans.map(ArcSwap::from_pointee),
+        ingest_tokens,
+        read_tokens,
         max_body_bytes: args.max_body_bytes,
         max_batch_events: args.max_batch_events,
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
     });
-    if let Some(path) = args.plans.clone() {
-        tokio::spawn(reload_plans_on_sighup(state.clone(), path));
-    }
+    let _watcher = match args.store.plans.clone() {
+        Some(path) => Some(watch_plans(state.clone(), path).map_err(StartError::Serve)?),
+        None => None,
+    };
+    let reconciler = tokio::spawn(reconcile_every(state.clone(), RECONCILE_EVERY));
+    let stream_task = match stream {
+        Some(config) => {
+            let stream = UsageStream::connect(&config, ledger.clone(), metrics.clone()).await?;
+            tracing::info!(consumer = %config.consumer, "consuming the counter's usage streams");
+            Some(tokio::spawn(stream.run()))
+        }
+        None => {
+            tracing::warn!(
+                "no --redis: the ledger bills from the proxies' usage events only; \
+                 events a proxy loses are lost"
+            );
+            None
+        }
+    };
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(%addr, backend = ?ledger.backend(), "turnpike-collector listening");
     // axum::serve speaks HTTP/1.1 and detects the HTTP/2 prior-knowledge preface on the
@@ -68,9 +137,65 @@ pub async fn run(args: Args) -> Result<(), StartError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(StartError::Serve)?;
+    reconciler.abort();
+    if let Some(task) = stream_task {
+        // A round in flight is cut short before its acknowledgement: its entries stay
+        // pending and are read again by the next collector with this name.
+        task.abort();
+    }
     ledger.close().await;
     tracing::info!("turnpike-collector stopped");
     Ok(())
+}
+
+pub fn stream_config(
+    store: &StoreArgs,
+    consumer: String,
+) -> Result<Option<StreamConfig>, StartError> {
+    let Some(url) = store.redis.clone() else {
+        return Ok(None);
+    };
+    let password = secret_from(
+        "--redis-password-file",
+        store.redis_password_file.as_deref(),
+        "TURNPIKE_REDIS_PASSWORD",
+    )
+    .map_err(StartError::Config)?;
+    Ok(Some(StreamConfig {
+        url,
+        password,
+        consumer,
+        timeout: Duration::from_secs(5),
+    }))
+}
+
+/// How often the drift gauges are refreshed (a day of ledger, minus the grace).
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+async fn reconcile_every(state: Arc<AppState>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let now = crate::api::now_ms();
+        let until = now - crate::reconcile::DEFAULT_GRACE_SECS * 1000;
+        match crate::api::run_reconcile(&state, None, until - 86_400_000, until).await {
+            Ok(report) => tracing::info!(
+                rows = report.rows,
+                drift_ids = report.drift_ids,
+                drift_units = report.drift_units,
+                "reconciled the last day"
+            ),
+            Err(err) => tracing::warn!(error = %err, "periodic reconciliation failed"),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "collector".to_owned())
 }
 
 async fn shutdown_signal() {
@@ -91,23 +216,24 @@ async fn shutdown_signal() {
     }
 }
 
-/// An invalid file is refused with the field named; the running plans stay.
-async fn reload_plans_on_sighup(state: Arc<AppState>, path: std::path::PathBuf) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP; plans will not reload");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match Plans::load(&path) {
-            Ok(new) => {
-                if let Some(lock) = &state.plans {
-                    *lock.write().unwrap_or_else(|p| p.into_inner()) = new;
-                    tracing::info!(path = %path.display(), "plans reloaded");
+/// Reload the plans on change and on SIGHUP; an invalid file is refused with the field
+/// named, and the running plans stay.
+fn watch_plans(
+    state: Arc<AppState>,
+    path: std::path::PathBuf,
+) -> std::io::Result<turnpike_plans::watch::Reloader> {
+    let file = path.clone();
+    turnpike_plans::watch::spawn(path, move |cause| match Plans::load(&file) {
+        Ok(new) => {
+            if let Some(plans) = &state.plans {
+                if **plans.load() != new {
+                    plans.store(Arc::new(new));
+                    tracing::info!(cause, path = %file.display(), "plans reloaded");
                 }
             }
-            Err(err) => {
-                tracing::error!(path = %path.display(), error = %err, "plans reload refused; keeping old plans")
-            }
         }
-    }
+        Err(err) => {
+            tracing::error!(cause, path = %file.display(), error = %err, "plans reload refused; keeping the running plans")
+        }
+    })
 }

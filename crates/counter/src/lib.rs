@@ -2,10 +2,10 @@
 //! Redis round trip; refunds, usage reads, health and metrics over HTTP/1.1 and h2c.
 
 pub mod api;
-pub mod auth;
+pub use turnpike_auth as auth;
 pub mod cli;
 mod clock;
-pub mod keys;
+pub use turnpike_plans::keys;
 pub mod ledger;
 pub mod metrics;
 pub mod reload;

@@ -14,8 +14,11 @@
 
 mod error;
 pub mod ids;
+pub mod keys;
 mod raw;
 mod validate;
+#[cfg(feature = "watch")]
+pub mod watch;
 mod window;
 
 use std::collections::HashMap;

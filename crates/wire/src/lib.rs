@@ -233,12 +233,15 @@ pub enum Decision {
     Denied,
     /// Let through by `fail_open` without the counter's answer: to reconcile.
     Unverified,
+    /// The client went away before the counter answered (or while a refund was
+    /// pending): the proxy asked the counter to refund it. Not billable.
+    Cancelled,
 }
 
 impl Decision {
     /// Whether usage with this decision is billed.
     pub fn billable(self) -> bool {
-        !matches!(self, Decision::Denied)
+        !matches!(self, Decision::Denied | Decision::Cancelled)
     }
 }
 
@@ -278,5 +281,6 @@ mod tests {
         assert!(Decision::Allowed.billable());
         assert!(Decision::Unverified.billable());
         assert!(!Decision::Denied.billable());
+        assert!(!Decision::Cancelled.billable());
     }
 }

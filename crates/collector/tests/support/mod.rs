@@ -13,7 +13,8 @@ use turnpike_collector::ledger::Ledger;
 pub use turnpike_tests::ports::free_port;
 pub use turnpike_tests::postgres::{Durability, Postgres};
 
-pub const SECRET: &str = "test-ingest-secret";
+pub const SECRET: &str = "test-ingest-secret-0123";
+pub const READ_TOKEN: &str = "test-read-token-0123456";
 pub const BATCH: &str = "application/cloudevents-batch+json";
 
 /// The ledger database one test uses.
@@ -89,8 +90,9 @@ impl Collector {
                 "--database",
                 db.url(),
             ])
-            .args(["--ingest-secret", SECRET])
             .args(extra_args)
+            .env("TURNPIKE_INGEST_SECRET", SECRET)
+            .env("TURNPIKE_READ_TOKEN", READ_TOKEN)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -227,7 +229,12 @@ pub async fn post_raw(
 }
 
 pub async fn get_json(client: &reqwest::Client, collector: &Collector, path: &str) -> (u16, Value) {
-    let response = client.get(collector.url(path)).send().await.expect("GET");
+    let response = client
+        .get(collector.url(path))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .expect("GET");
     let status = response.status().as_u16();
     (
         status,

@@ -11,7 +11,7 @@
 //! tp:{017}:acme:seeded:1793491200:pro           windows re-seeded from the ledger
 //! ```
 
-use turnpike_plans::Window;
+use crate::Window;
 
 /// Number of buckets (and usage streams). Fixed: changing it moves every tenant's
 /// keys. 256 spreads evenly enough over the 16384 slots of a cluster with tens of

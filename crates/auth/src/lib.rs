@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::http::{header, HeaderMap};
+use http::{header, HeaderMap};
 use subtle::ConstantTimeEq;
 
 /// Tokens accepted for one kind of access. Empty means the check is off (only when

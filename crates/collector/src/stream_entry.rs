@@ -1,0 +1,192 @@
+//! Entries of the counter's usage stream (`tp:{NNN}:log`, written by its consume and
+//! refund scripts) as ledger facts. Pure: no Redis here.
+//!
+//! ```text
+//! k=a i=<consume id> t=<tenant> p=<plan> m=requests=1,search_units=5   admitted
+//! k=r i=<consume id> t=<tenant>                                          refunded
+//! k=c i=<consume id> t=<tenant>                                          cancelled
+//! ```
+//! The entry's stream id is `<unix ms>-<seq>` on Redis's clock: the consume's time.
+
+use turnpike_plans::ids;
+
+use crate::merge::Fact;
+
+/// Parse one entry; the error says what is wrong with it (it is quarantined).
+pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Fact, String> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let time_ms = entry_id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<i64>().ok())
+        .ok_or_else(|| format!("stream id {entry_id:?} is not <ms>-<seq>"))?;
+    let id = field("i").ok_or("no consume id (field i)")?;
+    if !ids::is_valid_consume_id(id) {
+        return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
+    }
+    let tenant = field("t").ok_or("no tenant (field t)")?;
+    if !ids::is_valid_tenant(tenant) {
+        return Err(format!("tenant {tenant:?} is not a tenant id"));
+    }
+    let (id, tenant) = (id.to_owned(), tenant.to_owned());
+    match field("k") {
+        Some("a") => {
+            let plan = field("p").ok_or("no plan (field p)")?.to_owned();
+            let meters = parse_meters(field("m").ok_or("no meters (field m)")?)?;
+            Ok(Fact::Counted {
+                id,
+                tenant,
+                time_ms,
+                plan,
+                meters,
+            })
+        }
+        Some("r") => Ok(Fact::Refunded {
+            id,
+            tenant,
+            time_ms,
+        }),
+        Some("c") => Ok(Fact::Cancelled {
+            id,
+            tenant,
+            time_ms,
+        }),
+        other => Err(format!("unknown entry kind {other:?}")),
+    }
+}
+
+/// `meter=q,meter=q` into pairs.
+fn parse_meters(text: &str) -> Result<Vec<(String, i64)>, String> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| {
+            let (meter, quantity) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("meter {pair:?} is not name=quantity"))?;
+            if !ids::is_valid_meter(meter) {
+                return Err(format!("meter name {meter:?} is invalid"));
+            }
+            let quantity = quantity
+                .parse::<i64>()
+                .ok()
+                .filter(|q| *q >= 0)
+                .ok_or_else(|| format!("quantity {quantity:?} of {meter} is not a count"))?;
+            Ok((meter.to_owned(), quantity))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_admission_carries_redis_time_plan_and_meters() {
+        let fact = parse(
+            "1795737600123-4",
+            &fields(&[
+                ("k", "a"),
+                ("i", "c1"),
+                ("t", "acme"),
+                ("p", "pro"),
+                ("m", "requests=1,search_units=5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            fact,
+            Fact::Counted {
+                id: "c1".into(),
+                tenant: "acme".into(),
+                time_ms: 1_795_737_600_123,
+                plan: "pro".into(),
+                meters: vec![("requests".into(), 1), ("search_units".into(), 5)],
+            }
+        );
+    }
+
+    #[test]
+    fn refunds_and_cancellations_parse() {
+        let f = fields(&[("k", "r"), ("i", "c1"), ("t", "acme")]);
+        assert!(matches!(
+            parse("5-0", &f),
+            Ok(Fact::Refunded { time_ms: 5, .. })
+        ));
+        let f = fields(&[("k", "c"), ("i", "c1"), ("t", "acme")]);
+        assert!(matches!(parse("5-0", &f), Ok(Fact::Cancelled { .. })));
+    }
+
+    #[test]
+    fn broken_entries_say_what_is_wrong() {
+        let ok = [
+            ("k", "a"),
+            ("i", "c1"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+        ];
+        assert!(parse("1-0", &fields(&ok)).is_ok());
+        for (bad_id, list) in [
+            ("x", ok.to_vec()),
+            ("1-0", vec![("k", "z"), ("i", "c1"), ("t", "acme")]),
+            (
+                "1-0",
+                vec![
+                    ("k", "a"),
+                    ("i", "c 1"),
+                    ("t", "acme"),
+                    ("p", "x"),
+                    ("m", ""),
+                ],
+            ),
+            (
+                "1-0",
+                vec![
+                    ("k", "a"),
+                    ("i", "c1"),
+                    ("t", "ac:me"),
+                    ("p", "x"),
+                    ("m", ""),
+                ],
+            ),
+            (
+                "1-0",
+                vec![
+                    ("k", "a"),
+                    ("i", "c1"),
+                    ("t", "acme"),
+                    ("p", "x"),
+                    ("m", "requests=-1"),
+                ],
+            ),
+            (
+                "1-0",
+                vec![
+                    ("k", "a"),
+                    ("i", "c1"),
+                    ("t", "acme"),
+                    ("p", "x"),
+                    ("m", "Req=1"),
+                ],
+            ),
+            (
+                "1-0",
+                vec![("k", "a"), ("i", "c1"), ("t", "acme"), ("m", "requests=1")],
+            ),
+        ] {
+            assert!(parse(bad_id, &fields(&list)).is_err(), "{bad_id} {list:?}");
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Consumes the counter's usage streams (one per key bucket, `tp:{NNN}:log`) into the
+//! ledger with a Redis consumer group: an entry is acknowledged only after the ledger
+//! committed it, so a collector killed at any point loses nothing (its pending entries
+//! are read again when it restarts, or claimed by another collector), and the ledger's
+//! merge by consume id makes a second delivery change nothing. Acknowledged entries
+//! are trimmed, so the streams hold only what the ledger does not have yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{Client, RedisError, Value};
+use turnpike_plans::keys::all_stream_keys;
+
+use crate::event::Quarantined;
+use crate::ledger::Ledger;
+use crate::merge::Fact;
+use crate::metrics::Metrics;
+use crate::stream_entry;
+
+/// The consumer group every collector joins.
+pub const GROUP: &str = "turnpike-collector";
+/// Entries read per stream per round.
+const READ_COUNT: usize = 500;
+/// Wait between rounds that found nothing.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Entries another collector read but did not acknowledge for this long are claimed.
+const CLAIM_IDLE_MS: usize = 30_000;
+const CLAIM_EVERY: Duration = Duration::from_secs(10);
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub url: String,
+    /// `password` or `user password`.
+    pub password: Option<String>,
+    /// This collector's name in the group: stable across restarts, so a restarted
+    /// collector reads its own unacknowledged entries again at once.
+    pub consumer: String,
+    pub timeout: Duration,
+}
+
+pub struct UsageStream {
+    conn: ConnectionManager,
+    consumer: String,
+    keys: Vec<String>,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// A round's entries: the facts to apply, what to quarantine, what to acknowledge.
+#[derive(Default)]
+struct Round {
+    facts: Vec<Fact>,
+    bad: Vec<Quarantined>,
+    acks: HashMap<String, Vec<String>>,
+}
+
+impl Round {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    fn add(&mut self, key: &str, entry: &StreamId) {
+        let fields: Vec<(String, String)> = entry
+            .map
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::BulkString(b) => Some((k.clone(), String::from_utf8_lossy(b).into_owned())),
+                Value::SimpleString(s) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect();
+        match stream_entry::parse(&entry.id, &fields) {
+            Ok(fact) => self.facts.push(fact),
+            Err(reason) => self.bad.push(Quarantined {
+                field: format!("{key}/{}", entry.id),
+                reason,
+                raw: serde_json::to_string(&fields).unwrap_or_default(),
+                id: None,
+            }),
+        }
+        self.acks
+            .entry(key.to_owned())
+            .or_default()
+            .push(entry.id.clone());
+    }
+}
+
+impl UsageStream {
+    pub async fn connect(
+        config: &StreamConfig,
+        ledger: Ledger,
+        metrics: Arc<Metrics>,
+    ) -> Result<UsageStream, RedisError> {
+        let conn = connect(config).await?;
+        Ok(UsageStream {
+            conn,
+            consumer: config.consumer.clone(),
+            keys: all_stream_keys(),
+            ledger,
+            metrics,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Run until the task is dropped. Errors (Redis away, ledger away) are logged at a
+    /// bounded rate and retried; nothing is acknowledged that is not committed.
+    pub async fn run(mut self) {
+        let mut groups_ready = false;
+        let mut own_pending = true;
+        let mut last_claim = Instant::now();
+        let mut last_trim = Instant::now();
+        let mut last_log = Instant::now() - Duration::from_secs(60);
+        let mut backoff = IDLE_WAIT;
+        loop {
+            let result = async {
+                if !groups_ready {
+                    self.ensure_groups().await?;
+                    groups_ready = true;
+                }
+                // After a restart, first what this consumer read but never acknowledged.
+                let mut round = if own_pending {
+                    self.read("0").await?
+                } else {
+                    self.read(">").await?
+                };
+                if own_pending && round.is_empty() {
+                    own_pending = false;
+                    round = self.read(">").await?;
+                }
+                if last_claim.elapsed() >= CLAIM_EVERY {
+                    last_claim = Instant::now();
+                    let claimed = self.claim().await?;
+                    round.facts.extend(claimed.facts);
+                    round.bad.extend(claimed.bad);
+                    for (k, ids) in claimed.acks {
+                        round.acks.entry(k).or_default().extend(ids);
+                    }
+                }
+                let busy = !round.is_empty();
+                if busy {
+                    self.commit(round).await?;
+                }
+                if last_trim.elapsed() >= TRIM_EVERY {
+                    last_trim = Instant::now();
+                    self.trim().await?;
+                }
+                Ok::<bool, StreamError>(busy)
+            }
+            .await;
+            match result {
+                Ok(true) => backoff = IDLE_WAIT,
+                Ok(false) => tokio::time::sleep(IDLE_WAIT).await,
+                Err(err) => {
+                    self.metrics.stream_error();
+                    if matches!(&err, StreamError::Redis(e) if e.to_string().contains("NOGROUP")) {
+                        // Redis lost its data (restart, failover): make the groups again.
+                        groups_ready = false;
+                    }
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = Instant::now();
+                        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64,
+                            "usage stream: round failed; nothing acknowledged, retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StreamError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StreamError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Create the group on every stream (and the stream itself), reading from the start.
+    async fn ensure_groups(&mut self) -> Result<(), StreamError> {
+        let mut pipe = redis::pipe();
+        for key in &self.keys {
+            pipe.cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        // BUSYGROUP (the group exists) fails the pipeline's first such command only as
+        // an error value per command; run them one by one when the pipeline fails.
+        if self
+            .bounded(pipe.query_async::<()>(&mut conn))
+            .await
+            .is_err()
+        {
+            for key in &self.keys {
+                let created: Result<(), StreamError> = self
+                    .bounded(
+                        redis::cmd("XGROUP")
+                            .arg("CREATE")
+                            .arg(key)
+                            .arg(GROUP)
+                            .arg("0")
+                            .arg("MKSTREAM")
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                match created {
+                    Ok(()) => {}
+                    Err(StreamError::Redis(e)) if e.to_string().contains("BUSYGROUP") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One XREADGROUP per stream, pipelined: `>` for new entries, `0` for this
+    /// consumer's pending ones.
+    async fn read(&mut self, from: &str) -> Result<Round, StreamError> {
+        let mut pipe = redis::pipe();
+        for key in &self.keys {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("STREAMS")
+                .arg(key)
+                .arg(from);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Option<StreamReadReply>> =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut round = Round::default();
+        for reply in replies.into_iter().flatten() {
+            for stream in reply.keys {
+                for entry in &stream.ids {
+                    round.add(&stream.key, entry);
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// Take over entries another collector read and never acknowledged (it died).
+    async fn claim(&mut self) -> Result<Round, StreamError> {
+        let mut pipe = redis::pipe();
+        for key in &self.keys {
+            pipe.cmd("XAUTOCLAIM")
+                .arg(key)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(CLAIM_IDLE_MS)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(READ_COUNT);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<StreamAutoClaimReply> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut round = Round::default();
+        for (key, reply) in self.keys.iter().zip(replies) {
+            for entry in &reply.claimed {
+                round.add(key, entry);
+            }
+        }
+        if !round.is_empty() {
+            tracing::info!(
+                entries = round.acks.values().map(Vec::len).sum::<usize>(),
+                "usage stream: claimed entries another collector left unacknowledged"
+            );
+        }
+        Ok(round)
+    }
+
+    /// Commit to the ledger, then acknowledge. A crash in between re-delivers the
+    /// entries, and the ledger's merge makes the second delivery change nothing.
+    async fn commit(&mut self, round: Round) -> Result<(), StreamError> {
+        let now = crate::api::now_ms();
+        let applied = self
+            .ledger
+            .apply(&round.facts, now)
+            .await
+            .map_err(StreamError::Ledger)?;
+        if !round.bad.is_empty() {
+            tracing::warn!(
+                entries = round.bad.len(),
+                "usage stream: malformed entries quarantined"
+            );
+            self.ledger
+                .quarantine("usage-stream", &round.bad, now)
+                .await
+                .map_err(StreamError::Ledger)?;
+            self.metrics.quarantined("stream", round.bad.len() as u64);
+        }
+        self.metrics
+            .stream_applied(round.facts.len() as u64, applied);
+        let mut pipe = redis::pipe();
+        for (key, ids) in &round.acks {
+            pipe.cmd("XACK").arg(key).arg(GROUP).arg(ids).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Drop entries every collector has acknowledged, and report the backlog.
+    async fn trim(&mut self) -> Result<(), StreamError> {
+        let mut pipe = redis::pipe();
+        for key in &self.keys {
+            pipe.cmd("XPENDING").arg(key).arg(GROUP);
+            pipe.cmd("XINFO").arg("GROUPS").arg(key);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut trims = redis::pipe();
+        let mut backlog = 0u64;
+        for (key, pair) in self.keys.iter().zip(replies.chunks(2)) {
+            let [pending, groups] = pair else { continue };
+            let Some(group) = group_info(groups) else {
+                continue;
+            };
+            backlog += group.lag.unwrap_or(0) + group.pending;
+            // Everything before the oldest pending entry, else everything delivered.
+            let min_id = match first_pending(pending) {
+                Some(id) => id,
+                None => match next_id(&group.last_delivered) {
+                    Some(id) => id,
+                    None => continue,
+                },
+            };
+            trims
+                .cmd("XTRIM")
+                .arg(key)
+                .arg("MINID")
+                .arg(min_id)
+                .ignore();
+        }
+        self.bounded(trims.query_async::<()>(&mut conn)).await?;
+        self.metrics.set_stream_backlog(backlog);
+        Ok(())
+    }
+}
+
+/// A connection to the counter's Redis that reconnects by itself.
+pub async fn connect(config: &StreamConfig) -> Result<ConnectionManager, RedisError> {
+    let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
+    if let Some(secret) = &config.password {
+        let settings = info.redis_settings().clone();
+        let settings = match secret.split_once(' ') {
+            Some((user, pass)) => settings.set_username(user).set_password(pass),
+            None => settings.set_password(secret),
+        };
+        info = info.set_redis_settings(settings);
+    }
+    let client = Client::open(info)?;
+    let manager = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout));
+    ConnectionManager::new_lazy_with_config(client, manager)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("ledger: {0}")]
+    Ledger(crate::ledger::LedgerError),
+}
+
+struct GroupInfo {
+    pending: u64,
+    last_delivered: String,
+    /// Entries not yet delivered to the group (Redis 7+).
+    lag: Option<u64>,
+}
+
+/// Our group's line of `XINFO GROUPS` (a list of maps; RESP2 flat key/value lists).
+fn group_info(reply: &Value) -> Option<GroupInfo> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups.iter().find_map(|g| {
+        let Value::Array(kv) = g else { return None };
+        let mut name = None;
+        let mut pending = 0;
+        let mut last_delivered = None;
+        let mut lag = None;
+        for pair in kv.chunks(2) {
+            let [Value::BulkString(k), v] = pair else {
+                continue;
+            };
+            match (k.as_slice(), v) {
+                (b"name", Value::BulkString(n)) => name = Some(n.clone()),
+                (b"pending", Value::Int(n)) => pending = u64::try_from(*n).unwrap_or(0),
+                (b"last-delivered-id", Value::BulkString(id)) => {
+                    last_delivered = Some(String::from_utf8_lossy(id).into_owned())
+                }
+                (b"lag", Value::Int(n)) => lag = u64::try_from(*n).ok(),
+                _ => {}
+            }
+        }
+        (name.as_deref() == Some(GROUP.as_bytes())).then_some(GroupInfo {
+            pending,
+            last_delivered: last_delivered?,
+            lag,
+        })
+    })
+}
+
+/// The smallest pending id from the summary form of `XPENDING key group`.
+fn first_pending(reply: &Value) -> Option<String> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    match parts.as_slice() {
+        [Value::Int(n), Value::BulkString(first), ..] if *n > 0 => {
+            Some(String::from_utf8_lossy(first).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The id right after `ms-seq`, so MINID trims `ms-seq` itself.
+fn next_id(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    if ms == "0" && seq == 0 {
+        return None;
+    }
+    Some(format!("{ms}-{}", seq.checked_add(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn trimming_stops_at_the_oldest_pending_entry_or_after_the_last_delivered() {
+        assert_eq!(next_id("1700-4").as_deref(), Some("1700-5"));
+        assert_eq!(next_id("0-0"), None);
+        let pending = Value::Array(vec![Value::Int(2), bulk("5-1"), bulk("9-0"), Value::Nil]);
+        assert_eq!(first_pending(&pending).as_deref(), Some("5-1"));
+        let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert_eq!(first_pending(&none), None);
+    }
+
+    #[test]
+    fn our_groups_line_is_found_among_others() {
+        let group = |name: &str, pending: i64, last: &str| {
+            Value::Array(vec![
+                bulk("name"),
+                bulk(name),
+                bulk("pending"),
+                Value::Int(pending),
+                bulk("last-delivered-id"),
+                bulk(last),
+                bulk("lag"),
+                Value::Int(7),
+            ])
+        };
+        let reply = Value::Array(vec![group("other", 9, "1-0"), group(GROUP, 3, "42-1")]);
+        let info = group_info(&reply).unwrap();
+        assert_eq!(
+            (info.pending, info.last_delivered.as_str(), info.lag),
+            (3, "42-1", Some(7))
+        );
+    }
+}
