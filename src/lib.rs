@@ -21,6 +21,7 @@ pub mod consume_id;
 pub mod decision;
 pub mod events;
 pub mod log_budget;
+pub mod path;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;

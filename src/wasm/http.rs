@@ -89,10 +89,10 @@ impl HttpFilter {
     fn start(&mut self, plugin: &Plugin) -> Action {
         let path = request_header(":path").unwrap_or_default();
         // The method is a hostcall away: read it only if a rule or the event needs it.
-        let (matched, method) = plugin
-            .config
-            .matcher
-            .classify_lazy(&mut || request_header(":method").unwrap_or_default(), &path);
+        let (matched, method) = plugin.config.matcher.classify_lazy(
+            &mut || request_header(":method").unwrap_or_default(),
+            path.as_bytes(),
+        );
         let route = match matched {
             Matched::Unmetered => {
                 self.count(|m| m.exempt);
