@@ -87,12 +87,17 @@ impl HttpFilter {
     }
 
     fn start(&mut self, plugin: &Plugin) -> Action {
-        let path = request_header(":path").unwrap_or_default();
+        // As bytes: HTTP/2 lets any octet into `:path`, and the SDK's String read
+        // panics (trapping the VM) on one that is not UTF-8.
+        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         // The method is a hostcall away: read it only if a rule or the event needs it.
-        let (matched, method) = plugin.config.matcher.classify_lazy(
-            &mut || request_header(":method").unwrap_or_default(),
-            path.as_bytes(),
-        );
+        let (matched, method) = plugin
+            .config
+            .matcher
+            .classify_lazy(&mut || request_header(":method").unwrap_or_default(), &path);
         let route = match matched {
             Matched::Unmetered => {
                 self.count(|m| m.exempt);
