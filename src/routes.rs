@@ -1,6 +1,7 @@
 //! Which route a request is, and so what it costs: method + path matching, exempt
 //! paths, the default route. Rules match the normalised path ([`crate::path`]), so
 //! every spelling of a resource has its price; the query and fragment never take part.
+//! A rule for `GET` also matches `HEAD`: upstreams answer HEAD with the GET handler.
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -76,8 +77,12 @@ struct LazyMethod<'a> {
 }
 
 impl LazyMethod<'_> {
+    /// Whether a rule for `method` applies. HEAD is GET without the body: most upstreams
+    /// (axum, Go's ServeMux, Express, Flask, Rails) run the GET handler for it, so it
+    /// costs what GET costs, and is exempt where GET is.
     fn is(&mut self, method: &str) -> bool {
-        self.value.get_or_insert_with(&mut *self.read) == method
+        let actual = self.value.get_or_insert_with(&mut *self.read);
+        actual == method || (method == "GET" && actual == "HEAD")
     }
 }
 
@@ -294,6 +299,35 @@ mod tests {
             name(m.classify("GET", "/healthz/%2e%2e/v1/search")),
             Some("search")
         );
+    }
+
+    #[test]
+    fn head_costs_what_get_costs() {
+        let m = matcher(true);
+        assert_eq!(name(m.classify("HEAD", "/v1/search")), Some("search"));
+        // Only GET rules extend to HEAD.
+        assert_eq!(name(m.classify("HEAD", "/v1/exports")), Some("api"));
+        let exempt_get = RequestMatcher::new(
+            vec![],
+            Some(route("api", None, None, &[("requests", 1)])),
+            vec![(Some("GET".into()), Some(PathMatch::Exact("/status".into())))],
+        );
+        assert_eq!(exempt_get.classify("HEAD", "/status"), Matched::Unmetered);
+        assert_eq!(name(exempt_get.classify("POST", "/status")), Some("api"));
+        let head_only = RequestMatcher::new(
+            vec![route("probe", Some("HEAD"), None, &[("requests", 1)])],
+            None,
+            vec![],
+        );
+        assert_eq!(name(head_only.classify("HEAD", "/x")), Some("probe"));
+        assert_eq!(head_only.classify("GET", "/x"), Matched::Unmetered);
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_as_in_http() {
+        let m = matcher(true);
+        assert_eq!(name(m.classify("get", "/v1/search")), Some("api"));
+        assert_eq!(name(m.classify("head", "/v1/search")), Some("api"));
     }
 
     #[test]
