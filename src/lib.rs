@@ -24,6 +24,7 @@ pub mod log_budget;
 pub mod path;
 pub mod problem;
 pub mod ratelimit;
+pub mod reserved;
 pub mod routes;
 
 #[cfg(target_arch = "wasm32")]

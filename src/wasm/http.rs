@@ -18,6 +18,7 @@ use crate::decision::{decide, Verdict};
 use crate::events::{encode_event, UsageRecord, NO_RESPONSE_STATUS};
 use crate::problem;
 use crate::ratelimit::RateLimitHeaders;
+use crate::reserved;
 use crate::routes::{Matched, Route};
 
 /// Headers the filter owns towards the upstream; client-sent values are dropped.
@@ -397,6 +398,8 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // First, whatever follows: only the filter sets turnpike-* headers.
+        strip_reserved_headers();
         match self.plugin.clone() {
             Some(plugin) => self.start(&plugin),
             // on_configure failed, yet Envoy asked for a context: refuse rather than
@@ -439,6 +442,18 @@ impl HttpContext for HttpFilter {
             return Action::Pause;
         }
         Action::Continue
+    }
+}
+
+/// Drops every client-sent `turnpike-*` request header. Listing the names takes one
+/// hostcall (all headers, values as bytes: they may hold any octet); removing takes one
+/// per name found, usually none.
+fn strip_reserved_headers() {
+    let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        return;
+    };
+    for name in reserved::distinct_reserved(headers.iter().map(|(n, _)| n.as_str())) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 }
 
