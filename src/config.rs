@@ -433,14 +433,22 @@ fn compile_path(
     prefix: Option<String>,
 ) -> Result<Option<PathMatch>, ConfigError> {
     let check = |name: &str, p: &str| {
-        if p.starts_with('/') && !p.contains(['?', '#']) {
-            Ok(())
-        } else {
-            Err(ConfigError::new(
+        if !p.starts_with('/') || p.contains(['?', '#']) {
+            return Err(ConfigError::new(
                 format!("{field}.{name}"),
                 "must start with '/' and hold no query or fragment",
-            ))
+            ));
         }
+        // Requests are matched on their normalised path: a rule spelled otherwise
+        // could never match.
+        let normal = crate::path::normalize(p.as_bytes());
+        if normal != p {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                format!("must be a normalised path (`{p}` is matched as `{normal}`)"),
+            ));
+        }
+        Ok(())
     };
     match (exact, prefix) {
         (Some(_), Some(_)) => Err(ConfigError::new(
@@ -628,6 +636,40 @@ mod tests {
     fn lowercase_method_is_refused() {
         let json = with(|v| v["routes"][0]["method"] = serde_json::json!("get"));
         assert!(parse_err(&json).starts_with("routes[0].method: "));
+    }
+
+    #[test]
+    fn paths_that_are_not_normalised_are_refused_naming_the_field() {
+        let json = with(|v| v["routes"][0]["path_prefix"] = serde_json::json!("/v1//search"));
+        assert_eq!(
+            parse_err(&json),
+            "routes[0].path_prefix: must be a normalised path (`/v1//search` is matched as `/v1/search`)"
+        );
+        let json = with(|v| v["exempt"][0]["path_exact"] = serde_json::json!("/%68ealthz"));
+        assert_eq!(
+            parse_err(&json),
+            "exempt[0].path_exact: must be a normalised path (`/%68ealthz` is matched as `/healthz`)"
+        );
+        for bad in [
+            "/v1/./x",
+            "/v1/x/..",
+            "/v1;p",
+            "/v1\\x",
+            "/v1/%2fx",
+            "/v1/%c3%a9",
+            "/a b",
+        ] {
+            let json = with(|v| v["routes"][1]["path_exact"] = serde_json::json!(bad));
+            let err = parse_err(&json);
+            assert!(
+                err.starts_with("routes[1].path_exact: must be a normalised path"),
+                "{bad}: {err}"
+            );
+        }
+        for good in ["/v1/things:search", "/v1/search/", "/v1/%C3%A9", "/"] {
+            let json = with(|v| v["routes"][1]["path_exact"] = serde_json::json!(good));
+            assert_eq!(parse_err(&json), "parsed", "{good}");
+        }
     }
 
     #[test]

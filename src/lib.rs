@@ -21,8 +21,10 @@ pub mod consume_id;
 pub mod decision;
 pub mod events;
 pub mod log_budget;
+pub mod path;
 pub mod problem;
 pub mod ratelimit;
+pub mod reserved;
 pub mod routes;
 
 #[cfg(target_arch = "wasm32")]

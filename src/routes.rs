@@ -1,8 +1,12 @@
 //! Which route a request is, and so what it costs: method + path matching, exempt
-//! paths, the default route. The query string and fragment never take part.
+//! paths, the default route. Rules match the normalised path ([`crate::path`]), so
+//! every spelling of a resource has its price; the query and fragment never take part.
+//! A rule for `GET` also matches `HEAD`: upstreams answer HEAD with the GET handler.
 
 use std::fmt::Write as _;
 use std::rc::Rc;
+
+use crate::path;
 
 /// How a path is matched. A prefix is a plain string prefix, as in Envoy's routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +77,12 @@ struct LazyMethod<'a> {
 }
 
 impl LazyMethod<'_> {
+    /// Whether a rule for `method` applies. HEAD is GET without the body: most upstreams
+    /// (axum, Go's ServeMux, Express, Flask, Rails) run the GET handler for it, so it
+    /// costs what GET costs, and is exempt where GET is.
     fn is(&mut self, method: &str) -> bool {
-        self.value.get_or_insert_with(&mut *self.read) == method
+        let actual = self.value.get_or_insert_with(&mut *self.read);
+        actual == method || (method == "GET" && actual == "HEAD")
     }
 }
 
@@ -108,19 +116,22 @@ impl RequestMatcher {
         }
     }
 
-    /// `path` is the raw `:path` header; its query and fragment are dropped here.
+    /// `path` is the raw `:path` header; it is normalised here.
     pub fn classify(&self, method: &str, path: &str) -> Matched<'_> {
-        self.classify_lazy(&mut || method.to_owned(), path).0
+        self.classify_lazy(&mut || method.to_owned(), path.as_bytes())
+            .0
     }
 
     /// [`RequestMatcher::classify`], calling `method` only if a rule whose path matched
-    /// constrains the method. Also hands back the method if it was read.
+    /// constrains the method. Also hands back the method if it was read. `path` is the
+    /// raw `:path`, as bytes: it may hold anything a client sent.
     pub fn classify_lazy(
         &self,
         method: &mut dyn FnMut() -> String,
-        path: &str,
+        path: &[u8],
     ) -> (Matched<'_>, Option<String>) {
-        let path = strip_query(path);
+        let normalized = path::normalize(path);
+        let path: &str = &normalized;
         let mut method = LazyMethod {
             read: method,
             value: None,
@@ -147,12 +158,6 @@ impl RequestMatcher {
             .chain(self.default_route.as_ref())
             .map(|r| r.name.as_str())
     }
-}
-
-fn strip_query(path: &str) -> &str {
-    path.find(['?', '#'])
-        .and_then(|i| path.get(..i))
-        .unwrap_or(path)
 }
 
 #[cfg(test)]
@@ -245,13 +250,84 @@ mod tests {
             reads.set(reads.get() + 1);
             "GET".to_owned()
         };
-        let (matched, method) = m.classify_lazy(&mut read, "/v1/items/1");
+        let (matched, method) = m.classify_lazy(&mut read, b"/v1/items/1");
         assert_eq!(name(matched), Some("api"));
         assert_eq!(method, None);
-        let (matched, method) = m.classify_lazy(&mut read, "/v1/search/x");
+        let (matched, method) = m.classify_lazy(&mut read, b"/v1/search/x");
         assert_eq!(name(matched), Some("search"));
         assert_eq!(method.as_deref(), Some("GET"));
         assert_eq!(reads.get(), 1);
+    }
+
+    #[test]
+    fn every_spelling_of_a_path_has_its_price() {
+        let m = matcher(false);
+        for spelling in [
+            "//v1/search?q=a",
+            "/v1//search?q=a",
+            "/v1/./search?q=a",
+            "/x/../v1/search?q=a",
+            "/v1/%73earch?q=a",
+            "/v1/%2E%2e/v1/search",
+            "/v1%2Fsearch",
+            "/v1\\search",
+            "/v1;x/search",
+            "/x/..;/v1/search",
+        ] {
+            assert_eq!(
+                name(m.classify("GET", spelling)),
+                Some("search"),
+                "{spelling}"
+            );
+        }
+        assert_eq!(name(m.classify("POST", "/v1/./exports")), Some("export"));
+        assert_eq!(name(m.classify("POST", "/v1/exports/.")), None);
+    }
+
+    #[test]
+    fn exempt_rules_match_the_normalised_path_too() {
+        let m = matcher(true);
+        assert_eq!(m.classify("GET", "//healthz"), Matched::Unmetered);
+        assert_eq!(m.classify("GET", "/v1/../healthz"), Matched::Unmetered);
+        assert_eq!(m.classify("GET", "/%68ealthz"), Matched::Unmetered);
+        // Leaving the exempt path by `..` leaves the exemption.
+        assert_eq!(
+            name(m.classify("GET", "/healthz/../v1/search")),
+            Some("search")
+        );
+        assert_eq!(
+            name(m.classify("GET", "/healthz/%2e%2e/v1/search")),
+            Some("search")
+        );
+    }
+
+    #[test]
+    fn head_costs_what_get_costs() {
+        let m = matcher(true);
+        assert_eq!(name(m.classify("HEAD", "/v1/search")), Some("search"));
+        // Only GET rules extend to HEAD.
+        assert_eq!(name(m.classify("HEAD", "/v1/exports")), Some("api"));
+        let exempt_get = RequestMatcher::new(
+            vec![],
+            Some(route("api", None, None, &[("requests", 1)])),
+            vec![(Some("GET".into()), Some(PathMatch::Exact("/status".into())))],
+        );
+        assert_eq!(exempt_get.classify("HEAD", "/status"), Matched::Unmetered);
+        assert_eq!(name(exempt_get.classify("POST", "/status")), Some("api"));
+        let head_only = RequestMatcher::new(
+            vec![route("probe", Some("HEAD"), None, &[("requests", 1)])],
+            None,
+            vec![],
+        );
+        assert_eq!(name(head_only.classify("HEAD", "/x")), Some("probe"));
+        assert_eq!(head_only.classify("GET", "/x"), Matched::Unmetered);
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_as_in_http() {
+        let m = matcher(true);
+        assert_eq!(name(m.classify("get", "/v1/search")), Some("api"));
+        assert_eq!(name(m.classify("head", "/v1/search")), Some("api"));
     }
 
     #[test]

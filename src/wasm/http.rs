@@ -18,6 +18,7 @@ use crate::decision::{decide, Verdict};
 use crate::events::{encode_event, UsageRecord, NO_RESPONSE_STATUS};
 use crate::problem;
 use crate::ratelimit::RateLimitHeaders;
+use crate::reserved;
 use crate::routes::{Matched, Route};
 
 /// Headers the filter owns towards the upstream; client-sent values are dropped.
@@ -87,7 +88,12 @@ impl HttpFilter {
     }
 
     fn start(&mut self, plugin: &Plugin) -> Action {
-        let path = request_header(":path").unwrap_or_default();
+        // As bytes: HTTP/2 lets any octet into `:path`, and the SDK's String read
+        // panics (trapping the VM) on one that is not UTF-8.
+        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         // The method is a hostcall away: read it only if a rule or the event needs it.
         let (matched, method) = plugin
             .config
@@ -392,6 +398,8 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // First, whatever follows: only the filter sets turnpike-* headers.
+        strip_reserved_headers();
         match self.plugin.clone() {
             Some(plugin) => self.start(&plugin),
             // on_configure failed, yet Envoy asked for a context: refuse rather than
@@ -434,6 +442,18 @@ impl HttpContext for HttpFilter {
             return Action::Pause;
         }
         Action::Continue
+    }
+}
+
+/// Drops every client-sent `turnpike-*` request header. Listing the names takes one
+/// hostcall (all headers, values as bytes: they may hold any octet); removing takes one
+/// per name found, usually none.
+fn strip_reserved_headers() {
+    let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        return;
+    };
+    for name in reserved::distinct_reserved(headers.iter().map(|(n, _)| n.as_str())) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 }
 

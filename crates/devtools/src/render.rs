@@ -18,6 +18,11 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     // Where jwt_authn puts the verified payload and the filter reads it (Istio: "payload").
     ("JWT_PAYLOAD_KEY", "jwt_payload"),
     ("NODE_ID", "turnpike-envoy"),
+    // Envoy's path normalisation (docs/path-normalization.md). Only the tests turn it
+    // off, to show the filter prices every spelling of a path on its own.
+    ("NORMALIZE_PATH", "true"),
+    ("MERGE_SLASHES", "true"),
+    ("PATH_WITH_ESCAPED_SLASHES_ACTION", "REJECT_REQUEST"),
 ];
 
 /// Placeholder values: defaults first, then whatever the caller sets.
@@ -297,5 +302,12 @@ mod tests {
             .any(|l| !l.trim_start().starts_with('#') && l.contains("${"));
         assert!(!unfilled, "{out}");
         assert!(out.contains("\"cluster\":\"turnpike_counter\""));
+        for setting in [
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+        ] {
+            assert!(out.contains(setting), "{setting} in {out}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 4. Generated parts are current: the plans ConfigMap is config/plans.toml, the
    RequestAuthentication JWKS is config/demo/jwks.json, the WasmPlugin's pluginConfig is
    envoy/filter-config.json rendered with tools/plugin-config.istio.json.
+5. The workload the WasmPlugin meters normalises paths as envoy/envoy.yaml.tmpl does:
+   an EnvoyFilter merges the template's three path settings into its inbound HCM.
 
   validate.py             check; exit 1 listing every problem
   validate.py --write     first rewrite the generated parts, then check
@@ -25,12 +27,14 @@ import kubernetes_validate
 import yaml
 
 KUBERNETES_VERSION = "1.33.0"
-ISTIO_KINDS = {"WasmPlugin", "RequestAuthentication", "AuthorizationPolicy"}
+ISTIO_KINDS = {"WasmPlugin", "RequestAuthentication", "AuthorizationPolicy", "EnvoyFilter"}
 HERE = Path(__file__).resolve().parent
 ISTIO_DIR = HERE.parent
 ROOT = ISTIO_DIR.parent.parent
 PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)\}")
 CLUSTER = re.compile(r"^outbound\|(\d+)\|([^|]*)\|([a-z0-9.-]+)$")
+HCM = "envoy.filters.network.http_connection_manager"
+PATH_SETTINGS = ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action")
 
 
 def manifest_files():
@@ -213,16 +217,14 @@ def check_references(docs, errors):
 
     def selects_workload(doc):
         ns = doc["metadata"]["namespace"]
-        selector = doc["spec"].get("selector", {})
-        # A Service selects with a plain label map, Istio resources with matchLabels.
-        want = selector if doc["kind"] == "Service" else selector.get("matchLabels", {})
+        want = _selector_labels(doc)
         return any(_selects(want, labels) for (pns, _), labels in pods.items() if pns == ns)
 
     for svc in services.values():
         if not selects_workload(svc):
             errors.append(f"{name_of(svc)}: selector matches no Deployment")
     for d in objs:
-        if d.get("kind") in ISTIO_KINDS and "selector" in d.get("spec", {}):
+        if d.get("kind") in ISTIO_KINDS and _selector_labels(d):
             if not selects_workload(d):
                 errors.append(f"{name_of(d)}: selector matches no Deployment in deploy/istio")
 
@@ -281,6 +283,69 @@ def _selects(want, labels):
     return bool(want) and all(labels.get(k) == v for k, v in want.items())
 
 
+def _selector_labels(doc):
+    """The labels a resource selects workloads by ({} if it has no selector)."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "Service":
+        return spec.get("selector") or {}
+    if doc.get("kind") == "EnvoyFilter":
+        return (spec.get("workloadSelector") or {}).get("labels") or {}
+    return (spec.get("selector") or {}).get("matchLabels") or {}
+
+
+# --- path normalisation -------------------------------------------------------------
+
+
+def template_path_settings():
+    """The HCM path settings envoy/envoy.yaml.tmpl renders with by default: literal, or
+    a ${NAME} filled from turnpike-dev's defaults (crates/devtools/src/render.rs)."""
+    template = (ROOT / "envoy" / "envoy.yaml.tmpl").read_text()
+    defaults = (ROOT / "crates" / "devtools" / "src" / "render.rs").read_text()
+    settings = {}
+    for key in PATH_SETTINGS:
+        found = re.findall(rf"^[ \t]*{key}:[ \t]*(\S+)[ \t]*$", template, re.M)
+        if len(found) != 1:
+            raise SystemExit(f"envoy/envoy.yaml.tmpl: expected one `{key}:`, found {len(found)}")
+        value = found[0]
+        placeholder = PLACEHOLDER.fullmatch(value)
+        if placeholder:
+            name = placeholder.group(1)
+            default = re.findall(rf'\("{name}",\s*"([^"]*)"\)', defaults)
+            if len(default) != 1:
+                raise SystemExit(f"no default for ${{{name}}} in crates/devtools/src/render.rs")
+            value = default[0]
+        settings[key] = {"true": True, "false": False}.get(value, value)
+    return settings
+
+
+def check_path_normalization(docs, errors):
+    objs = [doc for _, doc in docs]
+    want = template_path_settings()
+    for plugin in (d for d in objs if d.get("kind") == "WasmPlugin"):
+        ns, labels = plugin["metadata"]["namespace"], _selector_labels(plugin)
+        patched = {}
+        for f in objs:
+            if f.get("kind") != "EnvoyFilter" or f["metadata"]["namespace"] != ns:
+                continue
+            if not _selects(_selector_labels(f), labels):
+                continue
+            for p in f["spec"]["configPatches"]:
+                match = p["match"]
+                if match.get("context") not in ("SIDECAR_INBOUND", "ANY"):
+                    continue
+                if match["listener"]["filterChain"]["filter"]["name"] != HCM:
+                    continue
+                if "portNumber" in match["listener"]:
+                    errors.append(f"{name_of(f)}: normalise every inbound port, not only {match['listener']['portNumber']}")
+                config = p["patch"]["value"].get("typed_config") or {}
+                patched.update({k: config[k] for k in PATH_SETTINGS if k in config})
+        if patched != want:
+            errors.append(
+                f"{name_of(plugin)}: its workload's inbound HCM path settings {patched} differ "
+                f"from envoy/envoy.yaml.tmpl's {want} (see path-normalization.yaml)"
+            )
+
+
 def main(argv):
     if "--print-plugin-config" in argv:
         plugins = [d for _, d in load_documents() if d.get("kind") == "WasmPlugin"]
@@ -298,6 +363,7 @@ def main(argv):
         check_schemas(docs, errors)
         check_references(docs, errors)
         check_generated(docs, errors)
+        check_path_normalization(docs, errors)
     for err in errors:
         print(f"validate: {err}", file=sys.stderr)
     kinds = sorted({d.get("kind", "?") for _, d in docs})
