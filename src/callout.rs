@@ -46,6 +46,12 @@ pub struct ConsumeAnswer<'a> {
     pub denied_by: Option<Cow<'a, str>>,
     #[serde(default)]
     pub retry_after: Option<u64>,
+    /// When the counter decided, unix ms on its clock: the time the usage is billed at.
+    #[serde(default)]
+    pub time_ms: Option<u64>,
+    /// Set when a limit's maximum is below the request's cost: it can never fit.
+    #[serde(default, borrow)]
+    pub exceeds_limit: Option<Cow<'a, str>>,
 }
 
 /// The parts of a `LimitStatus` the filter uses.
@@ -208,6 +214,8 @@ mod tests {
             denied_by: (!allowed).then(|| "monthly".into()),
             retry_after: (!allowed).then_some(123_456),
             replayed: false,
+            time_ms: Some(1_795_737_600_123),
+            exceeds_limit: None,
         }
     }
 
@@ -219,6 +227,7 @@ mod tests {
         assert!(matches!(a.plan, Cow::Borrowed("free")));
         assert_eq!(a.denied_by.as_deref(), Some("monthly"));
         assert_eq!(a.retry_after, Some(123_456));
+        assert_eq!(a.time_ms, Some(1_795_737_600_123));
         let l = &a.limits[0];
         assert_eq!(
             (l.max, l.used, l.remaining, l.reset, l.soft),

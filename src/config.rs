@@ -75,7 +75,13 @@ struct RawConfig {
 struct RawCollector {
     cluster: String,
     authority: String,
-    secret: String,
+    /// The ingest secret inline. Prefer `secret_env`: plugin configuration shows in
+    /// every Envoy's `/config_dump`.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Name of the VM environment variable holding the ingest secret.
+    #[serde(default)]
+    secret_env: Option<String>,
     #[serde(default = "default_flush_interval_ms")]
     flush_interval_ms: u64,
     #[serde(default = "default_max_batch")]
@@ -106,6 +112,10 @@ struct RawTenant {
 struct RawCounter {
     cluster: String,
     authority: String,
+    /// Name of the VM environment variable holding the counter's service token
+    /// (sent as `Authorization: Bearer`). Absent: no credential is sent.
+    #[serde(default)]
+    token_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_failure_mode")]
@@ -165,7 +175,7 @@ fn default_max_batch() -> usize {
     500
 }
 fn default_max_buffer() -> usize {
-    10_000
+    50_000
 }
 fn default_collector_timeout_ms() -> u64 {
     2000
@@ -188,6 +198,8 @@ pub struct TenantSource {
 pub struct CounterConfig {
     pub cluster: String,
     pub authority: String,
+    /// `Bearer <token>`, built once; `None`: the counter takes no credential.
+    pub authorization: Option<String>,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
 }
@@ -218,20 +230,30 @@ pub struct CollectorConfig {
     pub source: Option<String>,
 }
 
+/// Reads a VM environment variable (Envoy hands the VM the host variables listed in
+/// `vm_config.environment_variables`, so secrets stay out of `/config_dump`).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 impl Config {
-    /// Parse and validate the plugin configuration JSON.
+    /// Parse and validate the plugin configuration JSON, reading secrets from the
+    /// process environment.
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        Self::parse_with_env(json, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with secrets from `env`.
+    pub fn parse_with_env(json: &[u8], env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             ConfigError::new(field, e.into_inner().to_string())
         })?;
-        compile(raw)
+        compile(raw, env)
     }
 }
 
-fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
     let tenant = TenantSource {
         tenant: compile_claim(&raw.tenant, &raw.tenant.claim, "tenant.claim")?,
         plan: raw
@@ -241,7 +263,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(|c| compile_claim(&raw.tenant, c, "tenant.plan_claim"))
             .transpose()?,
     };
-    let counter = compile_counter(raw.counter)?;
+    let counter = compile_counter(raw.counter, env)?;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -302,7 +324,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         matcher: RequestMatcher::new(routes, default_route, exempt),
         refund_on_5xx: raw.refund_on_5xx,
         soft_warning_header: header,
-        collector: raw.collector.map(compile_collector).transpose()?,
+        collector: raw
+            .collector
+            .map(|c| compile_collector(c, env))
+            .transpose()?,
     })
 }
 
@@ -335,14 +360,56 @@ fn check_callout_target(
     Ok(())
 }
 
-fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> {
-    check_callout_target("collector", &raw.cluster, &raw.authority, raw.timeout_ms)?;
-    if raw.secret.is_empty() || !raw.secret.bytes().all(|b| b.is_ascii_graphic()) {
+/// A secret from the VM environment variable `name` (for `field`).
+fn secret_from_env(field: &str, name: &str, env: EnvLookup<'_>) -> Result<String, ConfigError> {
+    let value = env(name).map(|v| v.trim().to_owned()).unwrap_or_default();
+    if value.is_empty() {
         return Err(ConfigError::new(
-            "collector.secret",
-            "must be non-empty visible ASCII",
+            field,
+            format!(
+                "environment variable {name} is not set in the VM: set it for Envoy and list it \
+                 in vm_config.environment_variables.host_env_keys"
+            ),
         ));
     }
+    Ok(value)
+}
+
+fn check_secret(field: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(field, "must be non-empty visible ASCII"));
+    }
+    Ok(())
+}
+
+fn compile_collector(
+    raw: RawCollector,
+    env: EnvLookup<'_>,
+) -> Result<CollectorConfig, ConfigError> {
+    check_callout_target("collector", &raw.cluster, &raw.authority, raw.timeout_ms)?;
+    let secret = match (raw.secret, raw.secret_env) {
+        (Some(secret), None) => {
+            check_secret("collector.secret", &secret)?;
+            secret
+        }
+        (None, Some(name)) => {
+            let secret = secret_from_env("collector.secret_env", &name, env)?;
+            check_secret("collector.secret_env", &secret)?;
+            secret
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "collector.secret",
+                "give secret_env or secret, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "collector.secret_env",
+                "required: the VM environment variable holding the ingest secret",
+            ))
+        }
+    };
     if !(10..=60_000).contains(&raw.flush_interval_ms) {
         return Err(ConfigError::new(
             "collector.flush_interval_ms",
@@ -367,7 +434,7 @@ fn compile_collector(raw: RawCollector) -> Result<CollectorConfig, ConfigError> 
     Ok(CollectorConfig {
         cluster: raw.cluster,
         authority: raw.authority,
-        authorization: format!("Bearer {}", raw.secret),
+        authorization: format!("Bearer {secret}"),
         flush_interval: Duration::from_millis(raw.flush_interval_ms),
         max_batch: raw.max_batch,
         max_buffer: raw.max_buffer,
@@ -390,9 +457,18 @@ fn compile_claim(raw: &RawTenant, claim: &str, field: &str) -> Result<ClaimPath,
         .map_err(|reason| ConfigError::new(field, reason))
 }
 
-fn compile_counter(raw: RawCounter) -> Result<CounterConfig, ConfigError> {
+fn compile_counter(raw: RawCounter, env: EnvLookup<'_>) -> Result<CounterConfig, ConfigError> {
     check_callout_target("counter", &raw.cluster, &raw.authority, raw.timeout_ms)?;
+    let authorization = match &raw.token_env {
+        Some(name) => {
+            let token = secret_from_env("counter.token_env", name, env)?;
+            check_secret("counter.token_env", &token)?;
+            Some(format!("Bearer {token}"))
+        }
+        None => None,
+    };
     Ok(CounterConfig {
+        authorization,
         cluster: raw.cluster,
         authority: raw.authority,
         timeout: Duration::from_millis(raw.timeout_ms),
@@ -687,8 +763,22 @@ mod tests {
         let cfg = Config::parse(json.as_bytes()).unwrap();
         let c = cfg.collector.unwrap();
         assert_eq!(c.authorization, "Bearer s3cret");
-        assert_eq!((c.max_batch, c.max_buffer), (500, 10_000));
+        assert_eq!((c.max_batch, c.max_buffer), (500, 50_000));
         assert_eq!(c.flush_interval, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn the_collector_secret_comes_from_one_place() {
+        let both = with(
+            |v| v["collector"] = serde_json::json!({"cluster": "c", "authority": "a", "secret": "s", "secret_env": "X"}),
+        );
+        assert_eq!(
+            parse_err(&both),
+            "collector.secret: give secret_env or secret, not both"
+        );
+        let neither =
+            with(|v| v["collector"] = serde_json::json!({"cluster": "c", "authority": "a"}));
+        assert!(parse_err(&neither).starts_with("collector.secret_env: required"));
     }
 
     #[test]
@@ -730,15 +820,35 @@ mod tests {
         let text = include_str!("../envoy/filter-config.json")
             .replace("${COUNTER_CLUSTER}", "turnpike_counter")
             .replace("${COLLECTOR_CLUSTER}", "turnpike_collector")
-            .replace("${JWT_PAYLOAD_KEY}", "jwt_payload")
-            .replace("${INGEST_SECRET}", "s3cret");
+            .replace("${JWT_PAYLOAD_KEY}", "jwt_payload");
         assert!(
             !text.contains("${"),
             "unknown placeholder in envoy/filter-config.json"
         );
-        let cfg = Config::parse(text.as_bytes()).unwrap();
+        let env = |name: &str| match name {
+            "TURNPIKE_COUNTER_TOKEN" => Some("service-token-0123456789".to_owned()),
+            "TURNPIKE_INGEST_SECRET" => Some("ingest-secret-0123456789".to_owned()),
+            _ => None,
+        };
+        let cfg = Config::parse_with_env(text.as_bytes(), &env).unwrap();
         assert_eq!(cfg.counter.cluster, "turnpike_counter");
-        assert_eq!(cfg.collector.unwrap().cluster, "turnpike_collector");
+        assert_eq!(
+            cfg.counter.authorization.as_deref(),
+            Some("Bearer service-token-0123456789")
+        );
+        let collector = cfg.collector.unwrap();
+        assert_eq!(collector.cluster, "turnpike_collector");
+        assert_eq!(collector.authorization, "Bearer ingest-secret-0123456789");
+        // Without the variables, the error names the field and the fix.
+        let err = Config::parse_with_env(text.as_bytes(), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "counter.token_env: environment variable TURNPIKE_COUNTER_TOKEN is not set"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub enum Verdict {
         headers: RateLimitHeaders,
         plan: String,
     },
-    /// Reply 429 with `Retry-After`, the rate-limit headers and a problem body.
+    /// Reply `status` (429, or 403 when the request can never fit the plan) with the
+    /// rate-limit headers and a problem body; `Retry-After` only when waiting helps.
     Deny {
-        retry_after: u64,
+        status: u32,
+        retry_after: Option<u64>,
         headers: RateLimitHeaders,
         body: String,
         plan: String,
@@ -32,6 +34,16 @@ pub fn decide(outcome: Result<ConsumeAnswer<'_>, CounterError>, mode: FailureMod
             headers: RateLimitHeaders::from_limits(&answer.limits),
             plan: answer.plan.into_owned(),
         },
+        Ok(answer) if answer.exceeds_limit.is_some() => {
+            let limit = answer.exceeds_limit.as_deref().unwrap_or("quota");
+            Verdict::Deny {
+                status: 403,
+                retry_after: None,
+                headers: RateLimitHeaders::from_limits(&answer.limits),
+                body: problem::cost_exceeds_limit(limit, &answer.plan),
+                plan: answer.plan.into_owned(),
+            }
+        }
         Ok(answer) => {
             let retry_after = retry_after_secs(&answer);
             let limit = answer
@@ -46,7 +58,8 @@ pub fn decide(outcome: Result<ConsumeAnswer<'_>, CounterError>, mode: FailureMod
                 })
                 .unwrap_or("quota");
             Verdict::Deny {
-                retry_after,
+                status: 429,
+                retry_after: Some(retry_after),
                 headers: RateLimitHeaders::from_limits(&answer.limits),
                 body: problem::quota_exceeded(limit, &answer.plan, retry_after),
                 plan: answer.plan.into_owned(),
@@ -90,6 +103,7 @@ mod tests {
             FailureMode::FailOpen,
         );
         let Verdict::Deny {
+            status,
             retry_after,
             headers,
             body,
@@ -98,12 +112,32 @@ mod tests {
         else {
             panic!("{v:?}")
         };
-        assert_eq!(retry_after, 17);
+        assert_eq!((status, retry_after), (429, Some(17)));
         assert_eq!(headers.policy.as_deref(), Some(r#""per-minute";q=60;w=60"#));
         assert!(
             body.contains(r#"limit \"per-minute\" of plan \"free\""#),
             "{body}"
         );
+    }
+
+    #[test]
+    fn a_request_that_can_never_fit_is_403_without_retry_after() {
+        let json = br#"{"allowed":false,"plan":"free","limits":[{"name":"per-minute","meter":"requests","window":"minute","window_secs":60,"max":5,"used":0,"remaining":5,"reset":17}],"denied_by":"per-minute","exceeds_limit":"per-minute"}"#;
+        let v = decide(
+            parse_consume_answer(Some("200"), Some(json)),
+            FailureMode::FailOpen,
+        );
+        let Verdict::Deny {
+            status,
+            retry_after,
+            body,
+            ..
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!((status, retry_after), (403, None));
+        assert!(body.contains("cost-exceeds-limit"), "{body}");
     }
 
     #[test]

@@ -113,48 +113,58 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-/// Events waiting for the collector, oldest first, bounded. The batch in flight is the
-/// front of the queue and stays there until the collector acknowledges it, so a failed
-/// batch is retried with the same events (and ids: the collector dedups).
-#[derive(Debug)]
-pub struct EventBuffer {
-    events: VecDeque<Vec<u8>>,
-    capacity: usize,
-    in_flight: usize,
-    /// Dropped since the last [`EventBuffer::take_overflow`].
-    overflow: usize,
+/// Methods reported by name; anything else is reported as `OTHER` (a client's odd
+/// method must never make an event the collector cannot take).
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The method as usage events report it.
+pub fn report_method(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("OTHER")
 }
 
-impl EventBuffer {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            events: VecDeque::new(),
-            capacity,
-            in_flight: 0,
-            overflow: 0,
-        }
-    }
+/// Events waiting for the collector, bounded. Two kinds: *essential* events are the
+/// only record of billable usage (a request let through by `fail_open`); the others
+/// add detail to what the counter's usage stream already recorded, or describe
+/// unbilled requests. When full, an essential event pushes out the oldest other one;
+/// essential events go out first.
+#[derive(Debug)]
+pub struct EventBuffer {
+    essential: VecDeque<Vec<u8>>,
+    other: VecDeque<Vec<u8>>,
+    /// Events taken in batches not yet acknowledged: they count against the capacity,
+    /// which bounds the VM's memory for events, whatever the collector does.
+    in_flight: usize,
+    capacity: usize,
+    /// Dropped since the last [`EventBuffer::take_overflow`]: (other, essential).
+    overflow: (usize, usize),
+}
 
-    /// A new bound applies to later pushes; nothing already buffered is dropped.
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity;
-    }
+/// What [`EventBuffer::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the oldest non-essential event was dropped to make room.
+    QueuedEvicting,
+    /// Full of essential events: this one was dropped.
+    Dropped,
+}
 
-    /// How many events were dropped since the last call.
-    pub fn take_overflow(&mut self) -> usize {
-        std::mem::take(&mut self.overflow)
-    }
+/// Events taken out of the buffer for one request to the collector. Handed back with
+/// [`EventBuffer::requeue`] if the collector does not take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The JSON array body.
+    pub body: Vec<u8>,
+    events: Vec<(Vec<u8>, bool)>,
+}
 
-    /// `false` when the buffer is full and the event was dropped.
-    pub fn push(&mut self, event: Vec<u8>) -> bool {
-        if self.events.len() >= self.capacity {
-            self.overflow += 1;
-            return false;
-        }
-        self.events.push_back(event);
-        true
-    }
-
+impl Batch {
     pub fn len(&self) -> usize {
         self.events.len()
     }
@@ -163,44 +173,116 @@ impl EventBuffer {
         self.events.is_empty()
     }
 
-    pub fn in_flight(&self) -> bool {
-        self.in_flight > 0
+    /// How many of its events were essential.
+    pub fn essential(&self) -> usize {
+        self.events.iter().filter(|(_, e)| *e).count()
+    }
+}
+
+impl EventBuffer {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            essential: VecDeque::new(),
+            other: VecDeque::new(),
+            in_flight: 0,
+            capacity,
+            overflow: (0, 0),
+        }
     }
 
-    /// The next batch as a JSON array body: at most `max_events` events and, past the
-    /// first, at most `max_bytes`. `None` when empty or a batch is already in flight.
-    pub fn take_batch(&mut self, max_events: usize, max_bytes: usize) -> Option<Vec<u8>> {
-        if self.in_flight() || self.events.is_empty() {
+    /// A new bound applies to later pushes; nothing already buffered is dropped.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
+    /// How many (non-essential, essential) events were dropped since the last call.
+    pub fn take_overflow(&mut self) -> (usize, usize) {
+        std::mem::take(&mut self.overflow)
+    }
+
+    pub fn push(&mut self, event: Vec<u8>, essential: bool) -> Pushed {
+        if self.len() + self.in_flight < self.capacity {
+            self.queue(essential).push_back(event);
+            return Pushed::Queued;
+        }
+        if !essential {
+            self.overflow.0 += 1;
+            return Pushed::Dropped;
+        }
+        if self.other.pop_front().is_some() {
+            self.overflow.0 += 1;
+            self.essential.push_back(event);
+            return Pushed::QueuedEvicting;
+        }
+        self.overflow.1 += 1;
+        Pushed::Dropped
+    }
+
+    fn queue(&mut self, essential: bool) -> &mut VecDeque<Vec<u8>> {
+        if essential {
+            &mut self.essential
+        } else {
+            &mut self.other
+        }
+    }
+
+    /// Events waiting (not in flight).
+    pub fn len(&self) -> usize {
+        self.essential.len() + self.other.len()
+    }
+
+    /// Events in batches not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next batch: essential events first, at most `max_events` and, past the
+    /// first, at most `max_bytes` of body. `None` when empty.
+    pub fn take_batch(&mut self, max_events: usize, max_bytes: usize) -> Option<Batch> {
+        if self.is_empty() {
             return None;
         }
         let mut body = Vec::with_capacity(max_bytes.min(64 * 1024));
         body.push(b'[');
-        let mut n = 0;
-        for event in self.events.iter().take(max_events.max(1)) {
-            if n > 0 && body.len() + event.len() + 2 > max_bytes {
+        let mut events = Vec::new();
+        while events.len() < max_events.max(1) {
+            let essential = !self.essential.is_empty();
+            let Some(next) = self.queue(essential).front() else {
+                break;
+            };
+            if !events.is_empty() && body.len() + next.len() + 2 > max_bytes {
                 break;
             }
-            if n > 0 {
+            let Some(event) = self.queue(essential).pop_front() else {
+                break;
+            };
+            if !events.is_empty() {
                 body.push(b',');
             }
-            body.extend_from_slice(event);
-            n += 1;
+            body.extend_from_slice(&event);
+            events.push((event, essential));
         }
         body.push(b']');
-        self.in_flight = n;
-        Some(body)
+        self.in_flight += events.len();
+        Some(Batch { body, events })
     }
 
-    /// The collector stored the batch in flight: forget it. Returns how many it held.
-    pub fn ack(&mut self) -> usize {
-        let n = std::mem::take(&mut self.in_flight);
-        self.events.drain(..n.min(self.events.len()));
-        n
+    /// The collector took `batch` (or refused it for good): its events are gone.
+    pub fn ack(&mut self, batch: Batch) {
+        self.in_flight = self.in_flight.saturating_sub(batch.len());
     }
 
-    /// The batch in flight failed: keep its events for the next attempt.
-    pub fn nack(&mut self) {
-        self.in_flight = 0;
+    /// The collector did not take `batch`: its events go back to the front, ahead of
+    /// newer ones.
+    pub fn requeue(&mut self, batch: Batch) {
+        self.in_flight = self.in_flight.saturating_sub(batch.len());
+        for (event, essential) in batch.events.into_iter().rev() {
+            self.queue(essential).push_front(event);
+        }
     }
 }
 
@@ -324,57 +406,80 @@ mod tests {
     }
 
     #[test]
-    fn full_buffer_drops_new_events() {
+    fn a_full_buffer_drops_detail_first_and_essential_events_last() {
         let mut b = EventBuffer::new(2);
-        assert!(b.push(b"{}".to_vec()));
-        assert!(b.push(b"{}".to_vec()));
-        assert!(!b.push(b"{}".to_vec()));
-        assert!(!b.push(b"{}".to_vec()));
-        assert_eq!(b.len(), 2);
-        assert_eq!(b.take_overflow(), 2);
-        assert_eq!(b.take_overflow(), 0);
+        assert_eq!(b.push(b"o1".to_vec(), false), Pushed::Queued);
+        assert_eq!(b.push(b"o2".to_vec(), false), Pushed::Queued);
+        assert_eq!(b.push(b"o3".to_vec(), false), Pushed::Dropped);
+        assert_eq!(b.push(b"e1".to_vec(), true), Pushed::QueuedEvicting);
+        assert_eq!(b.push(b"e2".to_vec(), true), Pushed::QueuedEvicting);
+        assert_eq!(b.push(b"e3".to_vec(), true), Pushed::Dropped);
+        assert_eq!(b.take_overflow(), (3, 1));
+        assert_eq!(b.take_overflow(), (0, 0));
+        assert_eq!(b.take_batch(10, 1 << 20).unwrap().body, b"[e1,e2]");
     }
 
     #[test]
-    fn failed_batch_is_resent_with_the_same_events() {
+    fn a_failed_batch_goes_back_ahead_of_newer_events() {
         let mut b = EventBuffer::new(10);
         for i in 0..3 {
-            b.push(format!(r#"{{"n":{i}}}"#).into_bytes());
+            b.push(format!(r#"{{"n":{i}}}"#).into_bytes(), false);
         }
         let first = b.take_batch(2, 1 << 20).unwrap();
-        assert_eq!(first, br#"[{"n":0},{"n":1}]"#);
+        assert_eq!(first.body, br#"[{"n":0},{"n":1}]"#);
+        assert_eq!(first.len(), 2);
+        // A second batch may go out while the first is in flight.
+        let second = b.take_batch(2, 1 << 20).unwrap();
+        assert_eq!(second.body, br#"[{"n":2}]"#);
+        assert_eq!(b.in_flight(), 3);
+        b.push(br#"{"n":3}"#.to_vec(), false);
+        b.ack(second);
+        b.requeue(first);
+        assert_eq!(b.in_flight(), 0);
         assert_eq!(
-            b.take_batch(2, 1 << 20),
-            None,
-            "one batch in flight at a time"
+            b.take_batch(10, 1 << 20).unwrap().body,
+            br#"[{"n":0},{"n":1},{"n":3}]"#
         );
-        b.nack();
-        assert_eq!(b.take_batch(2, 1 << 20).unwrap(), first);
-        assert_eq!(b.ack(), 2);
-        assert_eq!(b.take_batch(2, 1 << 20).unwrap(), br#"[{"n":2}]"#);
-        b.ack();
         assert!(b.is_empty());
         assert_eq!(b.take_batch(2, 1 << 20), None);
     }
 
     #[test]
-    fn batch_respects_the_byte_cap_but_always_takes_one() {
-        let mut b = EventBuffer::new(10);
-        b.push(vec![b'1'; 100]);
-        b.push(vec![b'2'; 100]);
-        let body = b.take_batch(10, 150).unwrap();
-        assert_eq!(body.len(), 102);
-        assert_eq!(b.ack(), 1);
+    fn events_in_flight_count_against_the_capacity() {
+        let mut b = EventBuffer::new(2);
+        b.push(b"1".to_vec(), false);
+        b.push(b"2".to_vec(), false);
+        let batch = b.take_batch(10, 1 << 20).unwrap();
+        assert_eq!(b.push(b"3".to_vec(), false), Pushed::Dropped);
+        b.ack(batch);
+        assert_eq!(b.push(b"3".to_vec(), false), Pushed::Queued);
     }
 
     #[test]
-    fn events_pushed_during_flight_survive_the_ack() {
+    fn essential_events_go_out_first() {
         let mut b = EventBuffer::new(10);
-        b.push(b"1".to_vec());
-        b.take_batch(10, 1 << 20);
-        b.push(b"2".to_vec());
-        b.ack();
-        assert_eq!(b.take_batch(10, 1 << 20).unwrap(), b"[2]");
+        b.push(b"o".to_vec(), false);
+        b.push(b"e".to_vec(), true);
+        let batch = b.take_batch(1, 1 << 20).unwrap();
+        assert_eq!((batch.body.as_slice(), batch.essential()), (&b"[e]"[..], 1));
+    }
+
+    #[test]
+    fn batch_respects_the_byte_cap_but_always_takes_one() {
+        let mut b = EventBuffer::new(10);
+        b.push(vec![b'1'; 100], false);
+        b.push(vec![b'2'; 100], false);
+        let batch = b.take_batch(10, 150).unwrap();
+        assert_eq!((batch.body.len(), batch.len()), (102, 1));
+    }
+
+    #[test]
+    fn only_known_methods_are_reported_by_name() {
+        assert_eq!(report_method("GET"), "GET");
+        assert_eq!(report_method("PATCH"), "PATCH");
+        assert_eq!(report_method("X-FOO"), "OTHER");
+        assert_eq!(report_method("get"), "OTHER");
+        assert_eq!(report_method(""), "OTHER");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod path;
 pub mod problem;
 pub mod ratelimit;
 pub mod reserved;
+pub mod retry_queue;
 pub mod routes;
 
 #[cfg(target_arch = "wasm32")]

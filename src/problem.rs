@@ -6,6 +6,7 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 pub const MISSING_TENANT: &str = "https://turnpike.dev/problems/missing-tenant";
 pub const QUOTA_EXCEEDED: &str = "https://turnpike.dev/problems/quota-exceeded";
 pub const COUNTER_UNAVAILABLE: &str = "https://turnpike.dev/problems/counter-unavailable";
+pub const COST_EXCEEDS_LIMIT: &str = "https://turnpike.dev/problems/cost-exceeds-limit";
 
 /// 401: the verified token names no (valid) tenant, or there is no verified token.
 pub fn missing_tenant(claim: &str) -> String {
@@ -27,6 +28,19 @@ pub fn quota_exceeded(limit: &str, plan: &str, retry_after: u64) -> String {
         status: 429,
         detail: Some(format!(
             "limit \"{limit}\" of plan \"{plan}\" is exhausted; retry after {retry_after} s"
+        )),
+    })
+}
+
+/// 403: the request costs more than `limit` allows in a whole window: waiting cannot
+/// help (so no Retry-After); only another plan or a smaller request can.
+pub fn cost_exceeds_limit(limit: &str, plan: &str) -> String {
+    encode(Problem {
+        kind: COST_EXCEEDS_LIMIT.to_owned(),
+        title: "Request exceeds the plan".to_owned(),
+        status: 403,
+        detail: Some(format!(
+            "this request costs more than limit \"{limit}\" of plan \"{plan}\" allows in a whole window; it can never be allowed on this plan"
         )),
     })
 }
@@ -69,5 +83,8 @@ mod tests {
         assert!(p.detail.unwrap().contains("org.id"));
         let p: Problem = serde_json::from_str(&counter_unavailable()).unwrap();
         assert_eq!((p.kind.as_str(), p.status), (COUNTER_UNAVAILABLE, 503));
+        let p: Problem = serde_json::from_str(&cost_exceeds_limit("per-minute", "free")).unwrap();
+        assert_eq!((p.kind.as_str(), p.status), (COST_EXCEEDS_LIMIT, 403));
+        assert!(p.detail.unwrap().contains("never"));
     }
 }

@@ -164,6 +164,8 @@ mod tests {
             limits,
             denied_by: None,
             retry_after,
+            time_ms: None,
+            exceeds_limit: None,
         }
     }
 

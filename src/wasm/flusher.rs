@@ -16,11 +16,14 @@ use super::metrics::Metrics;
 use super::now_ns;
 use super::root::Vm;
 use crate::config::{CollectorConfig, MAX_BATCH_BYTES};
-use crate::events::{Backoff, Jitter};
+use crate::events::{Backoff, Batch, Jitter};
 use crate::log_budget::LogBudget;
 
 /// Retry delays: from the flush interval up to this.
 const MAX_BACKOFF_MS: u64 = 60_000;
+/// Batches in flight at once: under load one round trip per batch would cap the rate
+/// at one batch per collector latency.
+const MAX_IN_FLIGHT: usize = 4;
 /// Seconds between two log lines about delivery problems.
 const LOG_INTERVAL_SECS: u64 = 10;
 
@@ -30,7 +33,10 @@ pub struct Flusher {
     backoff: Backoff,
     jitter: Jitter,
     next_attempt_ns: u64,
-    in_flight: Option<u32>,
+    in_flight: Vec<(u32, Batch)>,
+    /// Events per batch now: halved when the collector says a batch is too large (or
+    /// refuses one whole), back up after successes; never more than `max_batch`.
+    batch_cap: usize,
     log: LogBudget,
     /// Overflow has its own budget, so batch-failure lines cannot hold it back, and
     /// drops not yet reported are summed until a line is allowed: never silent.
@@ -45,13 +51,15 @@ pub struct Flusher {
 impl Flusher {
     pub fn new(vm: Rc<Vm>, config: CollectorConfig, seed: u64) -> Self {
         let base_ms = u64::try_from(config.flush_interval.as_millis()).unwrap_or(1000);
+        let batch_cap = config.max_batch;
         Self {
             vm,
             backoff: Backoff::new(base_ms, MAX_BACKOFF_MS),
             config,
             jitter: Jitter::new(seed),
             next_attempt_ns: 0,
-            in_flight: None,
+            in_flight: Vec::new(),
+            batch_cap,
             log: LogBudget::new(LOG_INTERVAL_SECS),
             overflow_log: LogBudget::new(LOG_INTERVAL_SECS),
             unreported_drops: 0,
@@ -62,11 +70,13 @@ impl Flusher {
 
     /// A new configuration keeps the events already buffered.
     pub fn reconfigure(&mut self, config: CollectorConfig) {
+        self.batch_cap = config.max_batch;
         self.config = config;
     }
 
-    pub fn stopping(&self) -> bool {
-        self.stopping
+    /// No batch in flight and none waiting.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.vm.events.try_borrow().is_ok_and(|b| b.is_empty())
     }
 
     pub fn tick_period(&self) -> Duration {
@@ -74,15 +84,15 @@ impl Flusher {
     }
 
     pub fn on_tick(&mut self) {
-        let overflow = self
+        let (detail, billable) = self
             .vm
             .events
             .try_borrow_mut()
-            .map_or(0, |mut b| b.take_overflow());
-        self.unreported_drops = self.unreported_drops.saturating_add(overflow);
+            .map_or((0, 0), |mut b| b.take_overflow());
+        self.unreported_drops = self.unreported_drops.saturating_add(detail + billable);
         if self.unreported_drops > 0 && self.overflow_log.admit(now_ns()).is_some() {
             warn!(
-                "usage event buffer full ({} events): dropped {}",
+                "usage event buffer full ({} events): dropped {} events ({billable} of them the only record of billable usage)",
                 self.config.max_buffer, self.unreported_drops
             );
             self.unreported_drops = 0;
@@ -91,46 +101,56 @@ impl Flusher {
         self.send_if_due();
     }
 
-    /// Best effort at VM shutdown: `true` when nothing is left in flight.
+    /// At VM shutdown, send everything now: `true` when nothing is left in flight.
     pub fn on_stop(&mut self) -> bool {
         self.stopping = true;
         self.next_attempt_ns = 0;
         self.send_if_due();
-        self.in_flight.is_none()
+        self.in_flight.is_empty()
     }
 
-    /// `Some(done)` if `token` was this flusher's batch; `done` tells a stopping VM that
-    /// nothing is left in flight.
+    /// `Some(done)` if `token` was one of this flusher's batches; `done` tells a
+    /// stopping VM that nothing is left in flight.
     pub fn on_response(&mut self, token: u32, status: Option<u16>) -> Option<bool> {
-        if self.in_flight != Some(token) {
-            return None;
-        }
-        self.in_flight = None;
-        let Ok(mut buffer) = self.vm.events.try_borrow_mut() else {
-            return Some(true);
-        };
+        let i = self.in_flight.iter().position(|(t, _)| *t == token)?;
+        let (_, batch) = self.in_flight.swap_remove(i);
+        let n = batch.len();
         match status {
             Some(200..=299) => {
-                let n = buffer.ack();
-                drop(buffer);
+                self.ack(batch);
                 self.count(|m| m.events_sent, n);
                 self.backoff.reset();
                 self.next_attempt_ns = 0;
+                self.batch_cap = (self.batch_cap * 2).min(self.config.max_batch);
             }
-            // The collector refuses this batch's content: resending cannot help, and
-            // would block every later event behind it.
-            Some(400 | 413 | 415 | 422) => {
-                let n = buffer.ack();
-                drop(buffer);
-                self.count(|m| m.events_dropped, n);
+            // The collector takes no batch this large (413), or cannot read this one
+            // (400): split it until the offending event is alone, so it costs none of
+            // its neighbours; an event refused alone is dropped and counted.
+            Some(400 | 413 | 415) if n > 1 => {
+                self.batch_cap = (n / 2).max(1);
+                self.requeue(batch);
                 self.warn(&format!(
-                    "collector refused a batch ({status:?}); dropped {n} events"
+                    "collector refused a batch of {n} events ({status:?}); retrying in batches of {}",
+                    self.batch_cap
                 ));
             }
+            Some(400 | 413 | 415) => {
+                self.count(|m| m.events_rejected, n);
+                if batch.essential() > 0 {
+                    self.count(|m| m.billable_events_dropped, batch.essential());
+                }
+                self.warn(&format!(
+                    "collector refused a single event ({status:?}): dropped it; {}",
+                    String::from_utf8_lossy(&batch.body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ));
+                self.ack(batch);
+            }
             _ => {
-                buffer.nack();
-                let buffered = buffer.len();
-                drop(buffer);
+                self.requeue(batch);
+                let buffered = self.vm.events.try_borrow().map_or(0, |b| b.len());
                 let delay_ms = self.backoff.next_delay_ms(self.jitter.next_u64());
                 self.next_attempt_ns = now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
                 self.warn(&format!(
@@ -140,55 +160,66 @@ impl Flusher {
             }
         }
         self.record_depth();
-        // Keep up under load: more than one batch may wait. A stopping VM sends on
+        // Keep up under load: the next batches go out at once. A stopping VM sends on
         // only after a success, never waiting out a backoff.
         if !self.stopping || self.next_attempt_ns == 0 {
             self.send_if_due();
         }
-        Some(self.in_flight.is_none())
+        Some(self.in_flight.is_empty())
+    }
+
+    fn ack(&mut self, batch: Batch) {
+        if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
+            buffer.ack(batch);
+        }
+    }
+
+    fn requeue(&mut self, batch: Batch) {
+        if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
+            buffer.requeue(batch);
+        }
     }
 
     fn send_if_due(&mut self) {
-        if self.in_flight.is_some() || now_ns() < self.next_attempt_ns {
-            return;
-        }
-        let body = match self.vm.events.try_borrow_mut() {
-            Ok(mut buffer) => buffer.take_batch(self.config.max_batch, MAX_BATCH_BYTES),
-            Err(_) => None,
-        };
-        let Some(body) = body else { return };
-        let c = &self.config;
-        let dispatched = hostcalls::dispatch_http_call(
-            &c.cluster,
-            vec![
-                (":method", "POST"),
-                (":path", collector_paths::EVENTS),
-                (":authority", &c.authority),
-                ("content-type", "application/cloudevents-batch+json"),
-                ("authorization", &c.authorization),
-            ],
-            Some(&body),
-            vec![],
-            c.timeout,
-        );
-        match dispatched {
-            Ok(token) => self.in_flight = Some(token),
-            Err(e) => {
-                if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
-                    buffer.nack();
+        while self.in_flight.len() < MAX_IN_FLIGHT && now_ns() >= self.next_attempt_ns {
+            let batch = match self.vm.events.try_borrow_mut() {
+                Ok(mut buffer) => buffer.take_batch(self.batch_cap, MAX_BATCH_BYTES),
+                Err(_) => None,
+            };
+            let Some(batch) = batch else { return };
+            let c = &self.config;
+            let dispatched = hostcalls::dispatch_http_call(
+                &c.cluster,
+                vec![
+                    (":method", "POST"),
+                    (":path", collector_paths::EVENTS),
+                    (":authority", &c.authority),
+                    ("content-type", "application/cloudevents-batch+json"),
+                    ("authorization", &c.authorization),
+                ],
+                Some(&batch.body),
+                vec![],
+                c.timeout,
+            );
+            match dispatched {
+                Ok(token) => self.in_flight.push((token, batch)),
+                Err(e) => {
+                    self.requeue(batch);
+                    let delay_ms = self.backoff.next_delay_ms(self.jitter.next_u64());
+                    self.next_attempt_ns =
+                        now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
+                    self.warn(&format!(
+                        "cannot dispatch to collector cluster {:?} ({e:?}); retry in {delay_ms} ms",
+                        self.config.cluster
+                    ));
+                    return;
                 }
-                let delay_ms = self.backoff.next_delay_ms(self.jitter.next_u64());
-                self.next_attempt_ns = now_ns().saturating_add(delay_ms.saturating_mul(1_000_000));
-                self.warn(&format!(
-                    "cannot dispatch to collector cluster {:?} ({e:?}); retry in {delay_ms} ms",
-                    self.config.cluster
-                ));
             }
         }
     }
 
     fn record_depth(&mut self) {
-        let Ok(depth) = self.vm.events.try_borrow().map(|b| b.len()) else {
+        let Ok(depth) = self.vm.events.try_borrow().map(|b| b.len() + b.in_flight()) else {
             return;
         };
         if let (Some(m), true) = (&self.vm.metrics, depth != self.reported_depth) {

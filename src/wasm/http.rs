@@ -1,5 +1,6 @@
 //! HTTP context: one per request. Finds the tenant, consumes quota through the counter,
-//! then resumes, rejects, or applies the failure mode; refunds on upstream 5xx.
+//! then resumes, rejects, or applies the failure mode; refunds on upstream 5xx; hands
+//! refunds it cannot wait for (the client went away) to the root context.
 
 use std::rc::Rc;
 
@@ -11,11 +12,11 @@ use turnpike_wire::{counter_paths, Decision};
 
 use super::metrics::Metrics;
 use super::now_ns;
-use super::root::{Plugin, Vm};
+use super::root::{Plugin, Refund, Vm};
 use crate::callout::{self, CounterError};
 use crate::claims::{parse_plan, parse_tenant};
 use crate::decision::{decide, Verdict};
-use crate::events::{encode_event, UsageRecord, NO_RESPONSE_STATUS};
+use crate::events::{encode_event, report_method, Pushed, UsageRecord, NO_RESPONSE_STATUS};
 use crate::problem;
 use crate::ratelimit::RateLimitHeaders;
 use crate::reserved;
@@ -37,7 +38,7 @@ enum Stage {
     Allowed,
     /// Let through by fail_open without the counter's answer.
     Unverified,
-    /// Answered locally (401, 429, 503).
+    /// Answered locally (401, 403, 429, 503).
     Rejected,
     /// Response headers paused, refund callout in flight.
     Refunding { token: u32 },
@@ -58,14 +59,22 @@ pub struct HttpFilter {
 struct Usage {
     decision: Decision,
     route: Rc<Route>,
-    method: String,
+    method: &'static str,
     /// The counter's plan; for an unverified request, the claimed one.
     plan: Option<String>,
     started_ns: u64,
+    /// When the counter decided (unix ms, its clock): the billing time.
+    decided_ms: Option<u64>,
     /// Status sent to the client, once known.
     status: Option<u16>,
     /// The refund of an upstream 5xx went through: nothing is billed.
     refunded: bool,
+}
+
+/// The request headers the filter needs, from one hostcall.
+struct RequestHead {
+    path: Vec<u8>,
+    method: String,
 }
 
 impl HttpFilter {
@@ -87,18 +96,11 @@ impl HttpFilter {
         }
     }
 
-    fn start(&mut self, plugin: &Plugin) -> Action {
-        // As bytes: HTTP/2 lets any octet into `:path`, and the SDK's String read
-        // panics (trapping the VM) on one that is not UTF-8.
-        let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        // The method is a hostcall away: read it only if a rule or the event needs it.
-        let (matched, method) = plugin
+    fn start(&mut self, plugin: &Plugin, head: RequestHead) -> Action {
+        let (matched, _) = plugin
             .config
             .matcher
-            .classify_lazy(&mut || request_header(":method").unwrap_or_default(), &path);
+            .classify_lazy(&mut || head.method.clone(), &head.path);
         let route = match matched {
             Matched::Unmetered => {
                 self.count(|m| m.exempt);
@@ -131,12 +133,7 @@ impl HttpFilter {
         let counter = &plugin.config.counter;
         let dispatched = hostcalls::dispatch_http_call(
             &counter.cluster,
-            vec![
-                (":method", "POST"),
-                (":path", counter_paths::CONSUME),
-                (":authority", &counter.authority),
-                ("content-type", "application/json"),
-            ],
+            counter_headers(plugin, counter_paths::CONSUME),
             Some(&body),
             vec![],
             counter.timeout,
@@ -147,9 +144,10 @@ impl HttpFilter {
                 // Until the counter answers; only fail_open keeps this.
                 decision: Decision::Unverified,
                 route,
-                method: method.unwrap_or_else(|| request_header(":method").unwrap_or_default()),
+                method: report_method(&head.method),
                 plan: plan.map(str::to_owned),
                 started_ns,
+                decided_ms: None,
                 status: None,
                 refunded: false,
             });
@@ -184,6 +182,7 @@ impl HttpFilter {
                 Action::Continue
             }
             Verdict::Deny {
+                status,
                 retry_after,
                 headers,
                 body,
@@ -193,18 +192,18 @@ impl HttpFilter {
                 if let Some(u) = &mut self.usage {
                     u.decision = Decision::Denied;
                     u.plan = Some(plan);
-                    u.status = Some(429);
+                    u.status = u16::try_from(status).ok();
                 }
-                let retry_after = retry_after.to_string();
-                let mut reply = vec![
-                    ("content-type", problem::CONTENT_TYPE),
-                    ("retry-after", retry_after.as_str()),
-                ];
+                let retry_after = retry_after.map(|s| s.to_string());
+                let mut reply = vec![("content-type", problem::CONTENT_TYPE)];
+                if let Some(retry_after) = &retry_after {
+                    reply.push(("retry-after", retry_after.as_str()));
+                }
                 if let (Some(policy), Some(remaining)) = (&headers.policy, &headers.remaining) {
                     reply.push(("ratelimit-policy", policy));
                     reply.push(("ratelimit", remaining));
                 }
-                self.reject(429, reply, &body)
+                self.reject(status, reply, &body)
             }
             Verdict::FailOpen(e) => {
                 self.count(|m| m.counter_errors);
@@ -217,7 +216,11 @@ impl HttpFilter {
             Verdict::FailClosed(e) => {
                 self.count(|m| m.counter_errors);
                 self.count(|m| m.fail_closed_denials);
-                // Nothing was consumed and nothing reached the upstream: no event.
+                // The client is refused: if the consume reached Redis after all (a slow
+                // counter), give it back. Nothing was sent when the dispatch failed.
+                if e != CounterError::Dispatch {
+                    self.queue_refund();
+                }
                 self.usage = None;
                 self.log_counter_failure(plugin, e, "answering 503 (fail_closed)");
                 self.reject(
@@ -241,10 +244,25 @@ impl HttpFilter {
     }
 
     fn set_upstream_headers(&self) {
-        // Envoy's replace drops every client-sent value of the header, then sets ours
-        // (checked against Envoy 1.40 with repeated client headers).
         for (name, value) in [(CONSUME_ID_HEADER, &self.id), (TENANT_HEADER, &self.tenant)] {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        }
+    }
+
+    /// Hand a refund of this consume to the root context, which retries it until the
+    /// counter confirms. A refund that reaches the counter before the consume cancels
+    /// it there, so the order of the two calls does not matter.
+    fn queue_refund(&self) {
+        let queued = self.vm.refunds.try_borrow_mut().is_ok_and(|mut q| {
+            q.push(Refund {
+                id: self.id.clone(),
+                tenant: self.tenant.clone(),
+            })
+        });
+        if queued {
+            self.count(|m| m.refunds_queued);
+        } else {
+            self.count(|m| m.refunds_abandoned);
         }
     }
 
@@ -253,8 +271,14 @@ impl HttpFilter {
             return;
         };
         if let Some(suppressed) = budget.admit(now_ns()) {
+            let hint = match e {
+                CounterError::Status(401) => {
+                    " (the counter refused the service token: check TURNPIKE_COUNTER_TOKEN and counter.token_env)"
+                }
+                _ => "",
+            };
             warn!(
-                "counter callout to cluster {:?} failed: {}; {action} ({suppressed} similar lines suppressed)",
+                "counter callout to cluster {:?} failed: {}{hint}; {action} ({suppressed} similar lines suppressed)",
                 plugin.config.counter.cluster,
                 e.describe()
             );
@@ -274,6 +298,9 @@ impl HttpFilter {
             Err(e) => Err(*e),
             Ok(body) => callout::parse_consume_answer(status.as_deref(), body.as_deref()),
         };
+        if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {
+            u.decided_ms = answer.time_ms;
+        }
         if self.apply(plugin, decide(outcome, plugin.config.counter.failure_mode))
             == Action::Continue
         {
@@ -295,7 +322,13 @@ impl HttpFilter {
             Ok(false) => {}
             Err(e) => {
                 self.count(|m| m.counter_errors);
-                self.log_counter_failure(plugin, e, "refund not confirmed");
+                self.log_counter_failure(plugin, e, "refund handed to the retry queue");
+                self.queue_refund();
+                // Not confirmed: the root context's retries will give it back, and the
+                // counter's usage stream records the refund when it happens.
+                if let Some(u) = &mut self.usage {
+                    u.refunded = true;
+                }
             }
         }
         self.stage = Stage::Allowed;
@@ -308,12 +341,7 @@ impl HttpFilter {
         let counter = &plugin.config.counter;
         let dispatched = hostcalls::dispatch_http_call(
             &counter.cluster,
-            vec![
-                (":method", "POST"),
-                (":path", counter_paths::REFUND),
-                (":authority", &counter.authority),
-                ("content-type", "application/json"),
-            ],
+            counter_headers(plugin, counter_paths::REFUND),
             Some(&body),
             vec![],
             counter.timeout,
@@ -325,9 +353,57 @@ impl HttpFilter {
             }
             Err(_) => {
                 self.count(|m| m.counter_errors);
-                self.log_counter_failure(plugin, CounterError::Dispatch, "refund not sent");
+                self.log_counter_failure(
+                    plugin,
+                    CounterError::Dispatch,
+                    "refund handed to the retry queue",
+                );
+                self.queue_refund();
+                if let Some(u) = &mut self.usage {
+                    u.refunded = true;
+                }
                 false
             }
+        }
+    }
+
+    /// Buffer the exchange's usage event for the root context's flusher.
+    fn queue_event(&self, plugin: &Plugin, u: &Usage) {
+        let now = now_ns();
+        let meters: &[(String, u64)] = if u.refunded { &[] } else { &u.route.meters };
+        let record = UsageRecord {
+            id: &self.id,
+            tenant: &self.tenant,
+            // The counter's time when it decided: a request admitted at the last
+            // instant of a billing month is billed in that month.
+            time_ms: u.decided_ms.unwrap_or(now / 1_000_000),
+            meters,
+            plan: u.plan.as_deref(),
+            method: u.method,
+            route: &u.route.name,
+            status: u.status.unwrap_or(NO_RESPONSE_STATUS),
+            request_bytes: size_property(vec!["request", "size"]),
+            response_bytes: size_property(vec!["response", "size"]),
+            duration_ms: now.saturating_sub(u.started_ns) / 1_000_000,
+            decision: u.decision,
+        };
+        let event = encode_event(&plugin.source_json, &record);
+        // Only an unverified request has no record at the counter: its event is the
+        // only trace of billable usage, so it is kept before any other.
+        let essential = u.decision == Decision::Unverified;
+        let pushed = self
+            .vm
+            .events
+            .try_borrow_mut()
+            .map_or(Pushed::Dropped, |mut b| b.push(event, essential));
+        match pushed {
+            Pushed::Queued => self.count(|m| m.events_queued),
+            Pushed::QueuedEvicting => {
+                self.count(|m| m.events_queued);
+                self.count(|m| m.events_dropped);
+            }
+            Pushed::Dropped if essential => self.count(|m| m.billable_events_dropped),
+            Pushed::Dropped => self.count(|m| m.events_dropped),
         }
     }
 }
@@ -356,41 +432,27 @@ impl Context for HttpFilter {
     }
 }
 
-impl HttpFilter {
-    /// Buffer the exchange's usage event for the root context's flusher.
-    fn queue_event(&self, plugin: &Plugin, u: &Usage) {
-        let now = now_ns();
-        let meters: &[(String, u64)] = if u.refunded { &[] } else { &u.route.meters };
-        let record = UsageRecord {
-            id: &self.id,
-            tenant: &self.tenant,
-            time_ms: now / 1_000_000,
-            meters,
-            plan: u.plan.as_deref(),
-            method: &u.method,
-            route: &u.route.name,
-            status: u.status.unwrap_or(NO_RESPONSE_STATUS),
-            request_bytes: size_property(vec!["request", "size"]),
-            response_bytes: size_property(vec!["response", "size"]),
-            duration_ms: now.saturating_sub(u.started_ns) / 1_000_000,
-            decision: u.decision,
-        };
-        let event = encode_event(&plugin.source_json, &record);
-        let pushed = self
-            .vm
-            .events
-            .try_borrow_mut()
-            .is_ok_and(|mut b| b.push(event));
-        if pushed {
-            self.count(|m| m.events_queued);
-        } else {
-            self.count(|m| m.events_dropped);
-        }
-    }
-}
-
 impl HttpContext for HttpFilter {
     fn on_log(&mut self) {
+        match self.stage {
+            // The client went away while the consume was in flight: whatever the
+            // counter decides, give it back; the request never ran.
+            Stage::Consuming { .. } => {
+                self.count(|m| m.cancelled);
+                self.queue_refund();
+                if let Some(u) = &mut self.usage {
+                    u.decision = Decision::Cancelled;
+                }
+            }
+            // The 5xx's refund was cut off with the stream: retry it from the root.
+            Stage::Refunding { .. } => {
+                self.queue_refund();
+                if let Some(u) = &mut self.usage {
+                    u.refunded = true;
+                }
+            }
+            _ => {}
+        }
         let (Some(plugin), Some(usage)) = (self.plugin.clone(), self.usage.take()) else {
             return;
         };
@@ -399,9 +461,9 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         // First, whatever follows: only the filter sets turnpike-* headers.
-        strip_reserved_headers();
+        let head = read_head_and_strip_reserved();
         match self.plugin.clone() {
-            Some(plugin) => self.start(&plugin),
+            Some(plugin) => self.start(&plugin, head),
             // on_configure failed, yet Envoy asked for a context: refuse rather than
             // let traffic through unmetered.
             None => {
@@ -438,29 +500,51 @@ impl HttpContext for HttpFilter {
         let failed = status.is_some_and(|s| s >= 500);
         if plugin.config.refund_on_5xx && failed && self.start_refund(&plugin) {
             // Hold the response until the counter confirms (bounded by the callout
-            // timeout): a callout still in flight when the stream ends is cancelled.
+            // timeout); if the stream ends first, on_log hands the refund on.
             return Action::Pause;
         }
         Action::Continue
     }
 }
 
-/// Drops every client-sent `turnpike-*` request header. Listing the names takes one
-/// hostcall (all headers, values as bytes: they may hold any octet); removing takes one
-/// per name found, usually none.
-fn strip_reserved_headers() {
-    let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
-        return;
+/// The headers of a callout to the counter at `path`.
+fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a str, &'a str)> {
+    let counter = &plugin.config.counter;
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", counter.authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Some(auth) = &counter.authorization {
+        headers.push(("authorization", auth.as_str()));
+    }
+    headers
+}
+
+/// `:path` (as bytes: HTTP/2 lets any octet in, and reading it as a String would trap
+/// the VM on one that is not UTF-8) and `:method` from one read of every request
+/// header, dropping every client-sent `turnpike-*` header on the way: one hostcall for
+/// all three, plus one per reserved name found (usually none).
+fn read_head_and_strip_reserved() -> RequestHead {
+    let mut head = RequestHead {
+        path: Vec::new(),
+        method: String::new(),
     };
+    let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        return head;
+    };
+    for (name, value) in &headers {
+        match name.as_str() {
+            ":path" => head.path.clone_from(value),
+            ":method" => head.method = String::from_utf8_lossy(value).into_owned(),
+            _ => {}
+        }
+    }
     for name in reserved::distinct_reserved(headers.iter().map(|(n, _)| n.as_str())) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
-}
-
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    head
 }
 
 fn property(path: Vec<&str>) -> Option<Vec<u8>> {
@@ -481,13 +565,13 @@ fn size_property(path: Vec<&str>) -> u64 {
         .map_or(0, |b| u64::try_from(i64::from_le_bytes(b)).unwrap_or(0))
 }
 
-fn call_response_status() -> Option<String> {
+pub fn call_response_status() -> Option<String> {
     hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
 }
 
-fn call_response_body(size: usize) -> Result<Option<Vec<u8>>, CounterError> {
+pub fn call_response_body(size: usize) -> Result<Option<Vec<u8>>, CounterError> {
     if size > MAX_ANSWER_BYTES {
         return Err(CounterError::BadBody);
     }

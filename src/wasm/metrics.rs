@@ -19,7 +19,12 @@ pub struct Metrics {
     pub events_queued: u32,
     pub events_sent: u32,
     pub events_dropped: u32,
+    pub billable_events_dropped: u32,
+    pub events_rejected: u32,
     pub buffer_depth: u32,
+    pub cancelled: u32,
+    pub refunds_queued: u32,
+    pub refunds_abandoned: u32,
 }
 
 impl Metrics {
@@ -38,6 +43,11 @@ impl Metrics {
             events_queued: counter("turnpike.events_queued")?,
             events_sent: counter("turnpike.events_sent")?,
             events_dropped: counter("turnpike.events_dropped")?,
+            billable_events_dropped: counter("turnpike.billable_events_dropped")?,
+            events_rejected: counter("turnpike.events_rejected")?,
+            cancelled: counter("turnpike.cancelled")?,
+            refunds_queued: counter("turnpike.refunds_queued")?,
+            refunds_abandoned: counter("turnpike.refunds_abandoned")?,
             buffer_depth: hostcalls::define_metric(MetricType::Gauge, "turnpike.buffer_depth")
                 .ok()?,
             callout_latency_ms: hostcalls::define_metric(

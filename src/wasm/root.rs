@@ -10,13 +10,34 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::flusher::Flusher;
-use super::http::HttpFilter;
+use super::http::{call_response_body, call_response_status, HttpFilter};
 use super::metrics::Metrics;
+use super::now_ns;
+use crate::callout;
 use crate::config::Config;
 use crate::consume_id::{entropy_u64, IdMinter};
-use crate::events::{push_json_str, EventBuffer};
+use crate::events::{push_json_str, EventBuffer, Jitter};
 use crate::log_budget::LogBudget;
 use crate::problem;
+use crate::retry_queue::{Failed, RetryQueue};
+use turnpike_wire::counter_paths;
+
+/// Refunds waiting for the counter, per worker; beyond this they are given up (and
+/// counted): a dead counter must not grow the VM without bound.
+const MAX_PENDING_REFUNDS: usize = 100_000;
+/// Refund calls in flight at once from the root context.
+const MAX_REFUNDS_IN_FLIGHT: usize = 16;
+/// Attempts before a refund is given up (~10 minutes of backoff).
+const MAX_REFUND_ATTEMPTS: u32 = 30;
+/// The root context's tick when no collector sets a shorter one.
+const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A refund the root context owes the counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub id: String,
+    pub tenant: String,
+}
 
 /// Seconds between two log lines about failing counter callouts, per worker.
 const COUNTER_LOG_INTERVAL_SECS: u64 = 10;
@@ -31,6 +52,9 @@ pub struct Vm {
     /// Usage events waiting for the collector: filled by HTTP contexts, drained by the
     /// root context's flusher.
     pub events: RefCell<EventBuffer>,
+    /// Refunds for requests that are gone (client reset, fail_closed on a slow
+    /// counter, a 5xx whose refund was cut off): sent and retried by the root context.
+    pub refunds: RefCell<RetryQueue<Refund>>,
 }
 
 /// One configuration, compiled, with what is precomputed from it.
@@ -46,6 +70,9 @@ pub struct Root {
     vm: Rc<Vm>,
     plugin: Option<Rc<Plugin>>,
     flusher: Option<Flusher>,
+    jitter: Jitter,
+    refund_log: LogBudget,
+    stopping: bool,
 }
 
 impl Root {
@@ -57,16 +84,123 @@ impl Root {
                 counter_log: RefCell::new(LogBudget::new(COUNTER_LOG_INTERVAL_SECS)),
                 events_on: Cell::new(false),
                 events: RefCell::new(EventBuffer::new(0)),
+                refunds: RefCell::new(RetryQueue::new(
+                    MAX_PENDING_REFUNDS,
+                    MAX_REFUNDS_IN_FLIGHT,
+                    MAX_REFUND_ATTEMPTS,
+                )),
             }),
             plugin: None,
             flusher: None,
+            jitter: Jitter::new(entropy_u64()),
+            refund_log: LogBudget::new(COUNTER_LOG_INTERVAL_SECS),
+            stopping: false,
         }
+    }
+
+    /// Nothing in flight or waiting: no refund, no batch.
+    fn idle(&self) -> bool {
+        self.vm.refunds.try_borrow().is_ok_and(|q| q.is_empty())
+            && self.flusher.as_ref().is_none_or(Flusher::idle)
+    }
+
+    fn count(&self, pick: fn(&Metrics) -> u32) {
+        if let Some(m) = &self.vm.metrics {
+            Metrics::inc(pick(m));
+        }
+    }
+
+    /// Send the refunds that are due.
+    fn send_refunds(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        let counter = &plugin.config.counter;
+        let now = now_ns();
+        loop {
+            let Some(job) = self
+                .vm
+                .refunds
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut q| q.next_due(now))
+            else {
+                return;
+            };
+            let body = callout::refund_body(&job.item.id, &job.item.tenant);
+            let mut headers = vec![
+                (":method", "POST"),
+                (":path", counter_paths::REFUND),
+                (":authority", counter.authority.as_str()),
+                ("content-type", "application/json"),
+            ];
+            if let Some(auth) = &counter.authorization {
+                headers.push(("authorization", auth.as_str()));
+            }
+            let dispatched = hostcalls::dispatch_http_call(
+                &counter.cluster,
+                headers,
+                Some(&body),
+                vec![],
+                counter.timeout,
+            );
+            let Ok(mut queue) = self.vm.refunds.try_borrow_mut() else {
+                return;
+            };
+            match dispatched {
+                Ok(token) => queue.started(token, job),
+                Err(_) => {
+                    queue.not_started(job, now, 1_000);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `Some(())` when `token` was one of the refund calls.
+    fn refund_answered(&mut self, token: u32, body_size: usize) -> Option<()> {
+        if !self.vm.refunds.try_borrow().is_ok_and(|q| q.owns(token)) {
+            return None;
+        }
+        let status = call_response_status();
+        let outcome = call_response_body(body_size)
+            .and_then(|b| callout::parse_refund_answer(status.as_deref(), b.as_deref()));
+        let random = self.jitter.next_u64();
+        let mut queue = self.vm.refunds.try_borrow_mut().ok()?;
+        match outcome {
+            Ok(refunded) => {
+                queue.succeeded(token);
+                drop(queue);
+                if refunded {
+                    self.count(|m| m.refunds);
+                }
+            }
+            Err(e) => {
+                let failed = queue.failed(token, now_ns(), random);
+                drop(queue);
+                if let Some(Failed::GaveUp(refund)) = failed {
+                    self.count(|m| m.refunds_abandoned);
+                    if let Some(suppressed) = self.refund_log.admit(now_ns()) {
+                        error!(
+                            "refund of consume {} (tenant {}) given up after {MAX_REFUND_ATTEMPTS} attempts: {} ({suppressed} similar lines suppressed); reconciliation lists it",
+                            refund.id, refund.tenant, e.describe()
+                        );
+                    }
+                }
+            }
+        }
+        Some(())
     }
 
     fn start_events(&mut self, config: &Config) {
         let Some(collector) = config.collector.clone() else {
             // Events already buffered still go out to the previous collector.
             self.vm.events_on.set(false);
+            if self.flusher.is_none() && hostcalls::set_tick_period(DEFAULT_TICK).is_err() {
+                error!(
+                    "cannot set the tick period: refunds of abandoned requests will not be sent"
+                );
+            }
             return;
         };
         if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
@@ -81,7 +215,7 @@ impl Root {
             // A random jitter seed per VM, so workers' retries spread apart.
             None => Flusher::new(self.vm.clone(), collector, entropy_u64()),
         };
-        if hostcalls::set_tick_period(flusher.tick_period()).is_err() {
+        if hostcalls::set_tick_period(flusher.tick_period().min(DEFAULT_TICK)).is_err() {
             error!("cannot set the tick period: usage events will not be sent");
         }
         self.flusher = Some(flusher);
@@ -109,26 +243,32 @@ impl Context for Root {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body: usize,
         _trailers: usize,
     ) {
-        let Some(flusher) = &mut self.flusher else {
-            return;
-        };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u16>().ok());
-        if flusher.on_response(token, status) == Some(true) && flusher.stopping() {
+        if self.refund_answered(token, body).is_some() {
+            self.send_refunds();
+        } else if let Some(flusher) = &mut self.flusher {
+            let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok());
+            flusher.on_response(token, status);
+        }
+        if self.stopping && self.idle() {
             let _ = hostcalls::done();
         }
     }
 
+    /// The VM is stopping (plugin removed or replaced, Envoy draining): send what is
+    /// owed now, and tell Envoy to wait until the last answer is in.
     fn on_done(&mut self) -> bool {
-        match &mut self.flusher {
-            Some(flusher) => flusher.on_stop(),
-            None => true,
+        self.stopping = true;
+        self.send_refunds();
+        if let Some(flusher) = &mut self.flusher {
+            flusher.on_stop();
         }
+        self.idle()
     }
 }
 
@@ -173,6 +313,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.send_refunds();
         if let Some(flusher) = &mut self.flusher {
             flusher.on_tick();
         }

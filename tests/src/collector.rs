@@ -11,7 +11,8 @@ use crate::paths::collector_bin;
 use crate::ports::free_port;
 use crate::process::Process;
 
-pub const TEST_INGEST_SECRET: &str = "test-ingest-secret";
+pub use crate::secrets::INGEST_SECRET as TEST_INGEST_SECRET;
+use crate::secrets::{INGEST_SECRET, READ_TOKEN};
 
 /// Events per page when [`Collector::all_events`] walks the listing.
 const PAGE: usize = 50;
@@ -26,27 +27,41 @@ pub struct Collector {
 impl Collector {
     /// One collector named `collector`, with a SQLite ledger at `<dir>/collector.db`.
     pub async fn start(dir: &Path) -> Collector {
-        Self::start_with(dir, "collector", None).await
+        Self::start_with(dir, "collector", None, None).await
     }
 
     /// A collector whose logs are `<dir>/<name>.stdout|.stderr`, on `database_url`
     /// (e.g. a PostgreSQL URL from [`crate::postgres::Postgres::url`]) or, when `None`,
-    /// on its own SQLite ledger `<dir>/<name>.db`. Waits until `/healthz` answers 200.
-    pub async fn start_with(dir: &Path, name: &str, database_url: Option<&str>) -> Collector {
+    /// on its own SQLite ledger `<dir>/<name>.db`; with `redis_url`, it consumes the
+    /// counter's usage streams there. Waits until `/healthz` answers 200.
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        database_url: Option<&str>,
+        redis_url: Option<&str>,
+    ) -> Collector {
         let port = free_port();
         let database = match database_url {
             Some(url) => url.to_owned(),
             None => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
         };
-        let args = [
+        let mut args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
             "--database".to_owned(),
             database.clone(),
-            "--ingest-secret".to_owned(),
-            TEST_INGEST_SECRET.to_owned(),
+            "--consumer".to_owned(),
+            name.to_owned(),
         ];
-        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        if let Some(redis) = redis_url {
+            args.extend(["--redis".to_owned(), redis.to_owned()]);
+        }
+        let envs = [
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+            ("TURNPIKE_INGEST_SECRET", INGEST_SECRET),
+            ("TURNPIKE_READ_TOKEN", READ_TOKEN),
+        ];
         let process = Process::spawn_with_env(name, &collector_bin(), args, envs, dir);
         let mut collector = Collector {
             port,
@@ -92,6 +107,21 @@ impl Collector {
         self.process.logs()
     }
 
+    /// `GET path` with the read token; the JSON answer (`None` unless 200).
+    pub async fn get_json(&self, path: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
     /// The Prometheus exposition of `/metrics`.
     pub async fn metrics(&self) -> String {
         let response = self
@@ -128,6 +158,7 @@ impl Collector {
             let response = self
                 .http
                 .get(self.url(&format!("/v1/tenants/{tenant}/events")))
+                .bearer_auth(READ_TOKEN)
                 .query(&query)
                 .send()
                 .await
@@ -143,9 +174,9 @@ impl Collector {
                 batch.len()
             );
             events.extend(batch.iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(cursor) => after = Some(cursor.to_owned()),
-                None => return Some(events),
+            after = Some(page["next_cursor"].as_str()?.to_owned());
+            if page["more"] != serde_json::json!(true) {
+                return Some(events);
             }
         }
     }

@@ -9,6 +9,7 @@ use crate::http::{client, Reply};
 use crate::paths::counter_bin;
 use crate::ports::free_port;
 use crate::process::Process;
+use crate::secrets::{READ_TOKEN, SERVICE_TOKEN};
 
 pub struct Counter {
     pub port: u16,
@@ -39,7 +40,12 @@ impl Counter {
             plans_path.display().to_string(),
         ];
         args.extend(extra_args.iter().cloned());
-        let envs = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+        let envs = [
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+            ("TURNPIKE_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("TURNPIKE_READ_TOKEN", READ_TOKEN),
+        ];
         let process = Process::spawn_with_env("counter", &counter_bin(), args, envs, dir);
         let mut counter = Counter {
             port,
@@ -84,12 +90,25 @@ impl Counter {
         self.process.logs()
     }
 
+    /// `POST path` with the service token (what the filter sends).
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        Reply::from_request(self.http.post(self.url(path)).json(body)).await
+        Reply::from_request(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(SERVICE_TOKEN)
+                .json(body),
+        )
+        .await
     }
 
+    /// `GET path` with the read token.
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::from_request(self.http.get(self.url(path))).await
+        Reply::from_request(self.http.get(self.url(path)).bearer_auth(READ_TOKEN)).await
+    }
+
+    /// A request with no credential, or another one, for the caller to send.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
     }
 
     pub async fn consume(&self, request: &ConsumeRequest) -> Reply {

@@ -66,10 +66,6 @@ impl Envoy {
             ("COUNTER_PORT", options.counter_port.to_string()),
             ("COLLECTOR_HOST", "127.0.0.1".to_owned()),
             ("COLLECTOR_PORT", first_collector_port.to_string()),
-            (
-                "INGEST_SECRET",
-                crate::collector::TEST_INGEST_SECRET.to_owned(),
-            ),
         ]);
         values.extend(options.values.iter().cloned());
         let filter_config = match &options.filter_config {
@@ -110,7 +106,13 @@ impl Envoy {
             "--log-path".to_owned(),
             log_path.display().to_string(),
         ];
-        let mut process = Process::spawn("envoy", &envoy_bin(), args, dir);
+        // Secrets reach the filter through Envoy's environment (vm_config
+        // environment_variables), never through its configuration.
+        let envs = [
+            ("TURNPIKE_COUNTER_TOKEN", crate::secrets::SERVICE_TOKEN),
+            ("TURNPIKE_INGEST_SECRET", crate::secrets::INGEST_SECRET),
+        ];
+        let mut process = Process::spawn_with_env("envoy", &envoy_bin(), args, envs, dir);
         process.add_log_file(log_path);
         let mut envoy = Envoy {
             port,

@@ -22,6 +22,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod secrets;
 pub mod stack;
 pub mod upstream;
 pub mod wait;

@@ -89,6 +89,14 @@ impl Redis {
         keys
     }
 
+    /// A glob for `tenant`'s keys: `rest` after the tenant, e.g. `q:requests:day:*`.
+    pub fn tenant_keys(tenant: &str, rest: &str) -> String {
+        format!(
+            "tp:{{{:03}}}:{tenant}:{rest}",
+            turnpike_plans::keys::bucket(tenant)
+        )
+    }
+
     /// The single key matching `pattern` and its integer value; panics if not exactly one.
     pub fn only_counter(&self, pattern: &str) -> (String, u64) {
         let keys = self.keys(pattern);

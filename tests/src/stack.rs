@@ -90,8 +90,6 @@ impl StackBuilder {
         ));
         let upstream = Upstream::start();
         let redis = Redis::start(dir.path()).await;
-        let counter =
-            Counter::start(dir.path(), &redis.url(), &self.plans, &self.counter_args).await;
         assert!(
             self.collectors <= 1 || self.collector_postgres,
             "{} collector replicas need a shared ledger: use collector_postgres()",
@@ -112,9 +110,22 @@ impl StackBuilder {
                 0 => "collector".to_owned(),
                 _ => format!("collector-{}", i + 1),
             };
-            collectors
-                .push(Collector::start_with(dir.path(), &name, database_url.as_deref()).await);
+            collectors.push(
+                Collector::start_with(
+                    dir.path(),
+                    &name,
+                    database_url.as_deref(),
+                    Some(&redis.url()),
+                )
+                .await,
+            );
         }
+        // With a ledger, the counter re-seeds windows Redis lost from it.
+        let mut counter_args = self.counter_args.clone();
+        if let Some(first) = collectors.first() {
+            counter_args.extend(["--ledger-url".to_owned(), first.url("")]);
+        }
+        let counter = Counter::start(dir.path(), &redis.url(), &self.plans, &counter_args).await;
         let options = EnvoyOptions {
             concurrency: self.concurrency,
             filter_patch: self.filter_patch,

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
+use turnpike_tests::redis::Redis;
 use turnpike_tests::{avoid_window_end, Stack};
 
 const LIMIT: usize = 500;
@@ -62,7 +63,9 @@ async fn sixty_four_concurrent_clients_get_exactly_the_limit_across_two_workers(
             .filter(|&&s| s != 200 && s != 429)
             .collect::<Vec<_>>()
     );
-    let (_, in_redis) = stack.redis.only_counter("tp:{bulk}:q:requests:hour:*");
+    let (_, in_redis) = stack
+        .redis
+        .only_counter(&Redis::tenant_keys("bulk", "q:requests:hour:*"));
     assert_eq!(in_redis, LIMIT as u64);
     assert_eq!(stack.envoy.filter_stat("allowed").await, LIMIT as u64);
     assert_eq!(

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use turnpike_tests::collector::TEST_INGEST_SECRET;
 use turnpike_tests::{eventually, Stack};
 
 const PLANS: &str = r#"
@@ -20,26 +19,28 @@ async fn start() -> Stack {
         .filter_patch(json!({ "collector": {
             "cluster": "turnpike_collector",
             "authority": "turnpike-collector",
-            "secret": TEST_INGEST_SECRET,
             "flush_interval_ms": 100,
         } }))
         .start()
         .await
 }
 
-/// The ledger's events for `tenant`, once there are `n` of them.
+/// The ledger's rows for `tenant`, once there are `n` of them and the proxy's usage
+/// event for each has arrived (the counter's usage stream may have made the row
+/// first).
 async fn ledger_events(stack: &Stack, tenant: &str, n: usize) -> Vec<Value> {
     let collector = stack.collector();
-    let url = collector.url(&format!("/v1/tenants/{tenant}/events?limit=1000"));
-    let (http, url) = (&stack.http, &url);
+    let path = format!("/v1/tenants/{tenant}/events?limit=1000");
+    let path = &path;
     eventually(
-        &format!("{n} events for {tenant} in the ledger"),
+        &format!("{n} reported events for {tenant} in the ledger"),
         Duration::from_secs(20),
         || async move {
-            let page: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            let page = collector.get_json(path).await?;
             let events = page["events"].as_array()?.clone();
             assert!(events.len() <= n, "more events than requests: {events:#?}");
-            (events.len() == n).then_some(events)
+            let reported = events.iter().all(|e| e["reported"] == true);
+            (events.len() == n && reported).then_some(events)
         },
     )
     .await

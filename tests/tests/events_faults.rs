@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use turnpike_tests::collector::{Collector, TEST_INGEST_SECRET};
+use turnpike_tests::collector::Collector;
 use turnpike_tests::{eventually, Stack};
 
 const PLANS: &str = r#"
@@ -26,7 +26,6 @@ fn collector_patch(extra: Value) -> Value {
     let mut collector = json!({
         "cluster": "turnpike_collector",
         "authority": "turnpike-collector",
-        "secret": TEST_INGEST_SECRET,
     });
     if let (Some(base), Some(extra)) = (collector.as_object_mut(), extra.as_object()) {
         base.extend(extra.clone());
@@ -114,8 +113,7 @@ fn overflow_lines(log: &str, max_buffer: usize) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_event_buffer_drops_and_counts_the_overflow_and_delivers_the_rest_once_the_collector_is_back(
-) {
+async fn a_full_event_buffer_drops_details_not_usage_and_the_ledger_bills_every_admitted_request() {
     const MAX_BUFFER: usize = 20;
     const SENT: usize = 50;
     let mut stack = Stack::builder(PLANS)
@@ -132,12 +130,15 @@ async fn a_full_event_buffer_drops_and_counts_the_overflow_and_delivers_the_rest
         .start()
         .await;
     let token = stack.token(TENANT);
+    // One request first: the tenant's windows are set up (seeded from the ledger)
+    // while the collector still answers.
+    let mut ids = vec![allowed_request(&stack, &token).await];
+    filter_sent(&stack, 1).await;
 
     // Stopped (SIGSTOP): it accepts connections and answers nothing. Unlike a refused
     // connection, that logs no "batch failed" line, which would take the filter's log
     // budget and hide the overflow line for 10 s.
     stack.collector_mut().process().pause();
-    let mut ids = Vec::new();
     for _ in 0..SENT {
         ids.push(allowed_request(&stack, &token).await);
     }
@@ -148,7 +149,7 @@ async fn a_full_event_buffer_drops_and_counts_the_overflow_and_delivers_the_rest
         || async move {
             let queued = envoy.filter_stat("events_queued").await;
             let dropped = envoy.filter_stat("events_dropped").await;
-            (queued + dropped == SENT as u64).then_some(())
+            (queued + dropped == SENT as u64 + 1).then_some(())
         },
     )
     .await;
@@ -156,10 +157,10 @@ async fn a_full_event_buffer_drops_and_counts_the_overflow_and_delivers_the_rest
     assert_eq!(dropped, (SENT - MAX_BUFFER) as u64, "events_dropped");
     assert_eq!(
         stack.envoy.filter_stat("events_queued").await,
-        MAX_BUFFER as u64,
+        MAX_BUFFER as u64 + 1,
         "events_queued"
     );
-    assert_eq!(stack.envoy.filter_stat("events_sent").await, 0);
+    assert_eq!(stack.envoy.filter_stat("events_sent").await, 1);
 
     // The next flush tick reports the overflow in Envoy's log.
     let envoy = &mut stack.envoy;
@@ -181,16 +182,24 @@ async fn a_full_event_buffer_drops_and_counts_the_overflow_and_delivers_the_rest
 
     // Restart (SIGKILL the stopped process, start it again on the same port/ledger).
     stack.collector_mut().restart().await;
-    filter_sent(&stack, MAX_BUFFER as u64).await;
-    let events = ledger_once_it_holds(stack.collector(), MAX_BUFFER).await;
-    assert_eq!(
-        (SENT - events.len()) as u64,
-        stack.envoy.filter_stat("events_dropped").await,
-        "every event is either in the ledger or counted as dropped"
-    );
-    // The buffer keeps the oldest events and drops new ones.
-    let kept: BTreeSet<String> = ids[..MAX_BUFFER].iter().cloned().collect();
-    assert_each_id_once(&events, &kept);
+    filter_sent(&stack, MAX_BUFFER as u64 + 1).await;
+    // Every admitted request is billed, from the counter's usage stream: the events
+    // the proxy dropped only carried details (route, status, bytes).
+    let events = ledger_once_it_holds(stack.collector(), SENT + 1).await;
+    let every: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_each_id_once(&events, &every);
+    assert!(events
+        .iter()
+        .all(|e| e["billable"] == true && e["counted"] == true));
+    // The buffer kept the oldest events' details and dropped the newer ones'.
+    let reported: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["reported"] == true)
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let kept: BTreeSet<String> = ids[..=MAX_BUFFER].iter().cloned().collect();
+    assert_eq!(reported, kept);
+    assert_eq!(stack.envoy.filter_stat("billable_events_dropped").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

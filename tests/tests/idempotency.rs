@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use turnpike_tests::redis::Redis;
 use turnpike_tests::Stack;
 use turnpike_wire::{ConsumeRequest, ConsumeResponse, MeterCost};
 
@@ -41,7 +42,9 @@ async fn same_consume_id_posted_twice_to_the_counter_is_counted_once() {
     assert!(second.allowed && second.replayed);
     assert_eq!(first.limits, second.limits, "a replay answers the same");
     assert_eq!(stack.counter.used("acme", "daily").await, 1);
-    let (_, in_redis) = stack.redis.only_counter("tp:{acme}:q:requests:day:*");
+    let (_, in_redis) = stack
+        .redis
+        .only_counter(&Redis::tenant_keys("acme", "q:requests:day:*"));
     assert_eq!(in_redis, 1);
 
     // A different id is a different request.

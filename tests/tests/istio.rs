@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use turnpike_tests::collector::TEST_INGEST_SECRET;
 use turnpike_tests::paths::repo_root;
 use turnpike_tests::{eventually, Stack};
 
@@ -65,8 +64,12 @@ async fn wasmplugin_config_with_istio_cluster_names_meters_requests() {
         .template_value("COLLECTOR_CLUSTER", collector_cluster)
         // Istio (>= 1.21) has jwt_authn store the verified payload under `payload`.
         .template_value("JWT_PAYLOAD_KEY", "payload")
-        // The only change to the manifest's config: the test collector's secret.
-        .filter_patch(json!({ "collector": { "secret": TEST_INGEST_SECRET } }))
+        // The only change to the manifest's config: the test's secrets, from the
+        // environment of the test's Envoy.
+        .filter_patch(json!({
+            "counter": { "token_env": "TURNPIKE_COUNTER_TOKEN" },
+            "collector": { "secret": null, "secret_env": "TURNPIKE_INGEST_SECRET" }
+        }))
         .start()
         .await;
 
@@ -91,13 +94,13 @@ async fn wasmplugin_config_with_istio_cluster_names_meters_requests() {
     );
 
     let collector = stack.collector();
-    let url = collector.url("/v1/tenants/istio-tenant/usage?window=day");
-    let http = &stack.http;
     let requests = eventually(
         "3 billable requests in the ledger",
         Duration::from_secs(20),
         || async {
-            let usage: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let usage = collector
+                .get_json("/v1/tenants/istio-tenant/usage?window=day")
+                .await?;
             let total = usage["meters"]
                 .as_array()?
                 .iter()

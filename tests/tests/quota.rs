@@ -1,6 +1,7 @@
 //! Quota enforcement through real Envoy + filter + counter + Redis: limits, plans,
 //! multi-limit atomicity, route weights and exempt paths.
 
+use turnpike_tests::redis::Redis;
 use turnpike_tests::{
     avoid_window_end, member, parse_list, problems, secs_to_window_end, Reply, Stack, TokenSpec,
 };
@@ -169,8 +170,12 @@ async fn request_denied_by_per_minute_limit_consumes_nothing_of_the_monthly_limi
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
 
-    let (_, minute) = stack.redis.only_counter("tp:{acme}:q:requests:minute:*");
-    let (_, month) = stack.redis.only_counter("tp:{acme}:q:requests:month:*");
+    let (_, minute) = stack
+        .redis
+        .only_counter(&Redis::tenant_keys("acme", "q:requests:minute:*"));
+    let (_, month) = stack
+        .redis
+        .only_counter(&Redis::tenant_keys("acme", "q:requests:month:*"));
     assert_eq!(
         (minute, month),
         (3, 3),

@@ -193,9 +193,9 @@ async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse,
                 Metrics::inc(&state.metrics.stale_tickets);
                 continue;
             }
-            Consumed::NeedsSeed { now_ms } => {
+            Consumed::NeedsSeed { now_ms, required } => {
                 state.clock.learn(now_ms);
-                seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms)).await?;
+                seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms), required).await?;
                 continue;
             }
         };
@@ -221,27 +221,47 @@ fn ms_to_secs(ms: u64) -> i64 {
 /// Bring back `tenant`'s hour, day and month windows from the ledger, once per billing
 /// month and plan (the seed marker says whether it was done). Only usage the ledger
 /// does not hold yet can be forgiven.
+///
+/// When Redis may have lost this month's usage (`required`), the ledger must answer,
+/// or the consume fails (503, and the proxy's failure mode applies): no amnesty. When
+/// Redis has held the tenant's bucket since before the month began (a new month, a
+/// new tenant, a plan or anchor change), the ledger is asked but not waited for: a
+/// collector outage must not stop every tenant at a month's first request.
 async fn seed_from_ledger(
     state: &AppState,
     tenant: &str,
     plan: turnpike_plans::ResolvedPlan<'_>,
     now: i64,
+    required: bool,
 ) -> Result<(), ApiError> {
     let Some(ledger) = &state.ledger else {
         return Ok(());
     };
     let _serialised = state.seed_lock(tenant).lock().await;
     let ticket = Ticket::for_plan(plan, now);
+    if !required && state.ledger_recently_failed() {
+        return mark_unseeded(state, tenant, &ticket).await;
+    }
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     for slot in ticket.slots.iter().filter(|s| s.window.is_long()) {
         if !ranges.contains(&(slot.start, slot.end)) {
             ranges.push((slot.start, slot.end));
         }
     }
-    let totals = ledger.totals(tenant, &ranges).await.map_err(|e| {
-        Metrics::inc(&state.metrics.seed_errors);
-        ApiError::Ledger(e)
-    })?;
+    let totals = match ledger.totals(tenant, &ranges).await {
+        Ok(totals) => totals,
+        Err(e) => {
+            Metrics::inc(&state.metrics.seed_errors);
+            state.note_ledger_failure();
+            if required {
+                return Err(ApiError::Ledger(e));
+            }
+            if state.error_log.allow(Clock::default().now_secs()) {
+                tracing::warn!(tenant, error = %e, "ledger unreachable for a best-effort seed; counting from zero");
+            }
+            return mark_unseeded(state, tenant, &ticket).await;
+        }
+    };
     let units: Vec<u64> = ticket
         .slots
         .iter()
@@ -259,6 +279,18 @@ async fn seed_from_ledger(
         Metrics::add(&state.metrics.seeded_units, added);
         tracing::info!(tenant, plan = %ticket.plan, added, "windows re-seeded from the ledger");
     }
+    Ok(())
+}
+
+/// Set the marker without seeding: Redis kept the tenant's usage, only carrying usage
+/// across a plan or anchor change is skipped.
+async fn mark_unseeded(state: &AppState, tenant: &str, ticket: &Ticket) -> Result<(), ApiError> {
+    let marker_only = Ticket {
+        slots: Vec::new(),
+        ..ticket.clone()
+    };
+    state.store.seed(tenant, &marker_only, &[]).await?;
+    Metrics::inc(&state.metrics.seeds_skipped);
     Ok(())
 }
 

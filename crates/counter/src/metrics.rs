@@ -69,6 +69,7 @@ pub struct Metrics {
     pub seeds: AtomicU64,
     pub seeded_units: AtomicU64,
     pub seed_errors: AtomicU64,
+    pub seeds_skipped: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -157,8 +158,14 @@ impl Metrics {
         counter(
             &mut out,
             "turnpike_counter_seed_errors_total",
-            "Re-seeds that failed (ledger unreachable): those consumes got 503.",
+            "Re-seeds that failed (ledger unreachable).",
             &[("", &self.seed_errors)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_seeds_skipped_total",
+            "Best-effort seeds (new month, plan or anchor; Redis kept its data) done without the ledger.",
+            &[("", &self.seeds_skipped)],
         );
         counter(
             &mut out,

@@ -30,6 +30,8 @@ pub struct AppState {
     pub budget: std::time::Duration,
     pub(crate) seed_locks: Vec<Mutex<()>>,
     pub(crate) error_log: LogThrottle,
+    /// When the ledger last failed (unix s): best-effort seeds skip it for a while.
+    ledger_failed_at: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
@@ -45,7 +47,23 @@ impl AppState {
             budget: std::time::Duration::from_millis(150),
             seed_locks: (0..SEED_SHARDS).map(|_| Mutex::new(())).collect(),
             error_log: LogThrottle::default(),
+            ledger_failed_at: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         }
+    }
+
+    /// Seconds a failed ledger is not asked for best-effort seeds.
+    const LEDGER_BACKOFF_SECS: i64 = 10;
+
+    pub(crate) fn note_ledger_failure(&self) {
+        self.ledger_failed_at
+            .store(self.clock.now_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn ledger_recently_failed(&self) -> bool {
+        let at = self
+            .ledger_failed_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.clock.now_secs() - at < Self::LEDGER_BACKOFF_SECS
     }
 
     pub(crate) fn seed_lock(&self, tenant: &str) -> &Mutex<()> {

@@ -41,7 +41,9 @@ pub enum Consumed {
     /// for `now_ms` and retry.
     Stale { now_ms: u64 },
     /// The tenant's seed marker is gone: re-seed from the ledger, then retry.
-    NeedsSeed { now_ms: u64 },
+    /// `required` when Redis may have lost usage of this month (the bucket's epoch
+    /// is younger than the month); otherwise the ledger is asked on a best-effort basis.
+    NeedsSeed { now_ms: u64, required: bool },
     /// The id was refunded before its consume arrived: nothing was consumed.
     Cancelled { now_ms: u64 },
 }
@@ -187,6 +189,7 @@ impl Store {
             .key(keys.record(call.id))
             .key(keys.stream())
             .key(keys.seed_marker(ticket.month.0, &ticket.plan))
+            .key(keys.epoch())
             .arg(self.record_ttl_secs)
             .arg(u8::from(call.require_seed && ticket.has_long_windows()))
             .arg(ticket.month.0)
@@ -212,6 +215,8 @@ impl Store {
 
     /// Re-seed the long windows of `ticket` (a [`Ticket::for_plan`]) with the ledger's
     /// `units` per slot, unless another replica already did. Returns the units added.
+    /// With no `units`, only the marker is set (the ledger could not answer a
+    /// best-effort seed).
     pub async fn seed(
         &self,
         tenant: &str,
@@ -335,7 +340,10 @@ fn parse_consume_reply(reply: &[Value], slots: usize) -> Result<Consumed, StoreE
             used: used(csv)?,
         }),
         [Value::Int(3), _] => Ok(Consumed::Stale { now_ms }),
-        [Value::Int(4), _] => Ok(Consumed::NeedsSeed { now_ms }),
+        [Value::Int(4), _, Value::Int(required)] => Ok(Consumed::NeedsSeed {
+            now_ms,
+            required: *required == 1,
+        }),
         [Value::Int(5), _] => Ok(Consumed::Cancelled { now_ms }),
         _ => Err(bad()),
     }
@@ -402,9 +410,15 @@ mod tests {
 
     #[test]
     fn control_replies_carry_redis_time() {
+        assert_eq!(
+            parse_consume_reply(&[Value::Int(4), Value::Int(42), Value::Int(1)], 3).unwrap(),
+            Consumed::NeedsSeed {
+                now_ms: 42,
+                required: true
+            }
+        );
         for (code, want) in [
             (3, Consumed::Stale { now_ms: 42 }),
-            (4, Consumed::NeedsSeed { now_ms: 42 }),
             (5, Consumed::Cancelled { now_ms: 42 }),
         ] {
             assert_eq!(

@@ -34,6 +34,11 @@ pub fn stream_key(bucket: u32) -> String {
     format!("tp:{{{bucket:03}}}:log")
 }
 
+/// `tp:{NNN}:epoch`: since when (unix s) Redis has held this bucket's keys.
+pub fn epoch_key(bucket: u32) -> String {
+    format!("tp:{{{bucket:03}}}:epoch")
+}
+
 /// Every stream key, in bucket order.
 pub fn all_stream_keys() -> Vec<String> {
     (0..BUCKETS).map(stream_key).collect()
@@ -59,6 +64,10 @@ impl TenantKeys {
 
     pub fn stream(&self) -> String {
         stream_key(self.bucket)
+    }
+
+    pub fn epoch(&self) -> String {
+        epoch_key(self.bucket)
     }
 
     /// Units used of `meter` in the `window` that starts at `start` (unix s).

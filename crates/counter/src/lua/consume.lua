@@ -4,7 +4,9 @@
 -- KEYS[2]    the bucket's usage stream: every admitted consume is appended here in the
 --            same atomic step, so the ledger can never miss one
 -- KEYS[3]    the tenant's seed marker for this billing month and plan
--- KEYS[4..]  one window counter per selected limit
+-- KEYS[4]    the bucket's epoch: when Redis started holding this bucket (unix s). If it
+--            is younger than the billing month, Redis may have lost usage of this month
+-- KEYS[5..]  one window counter per selected limit
 -- ARGV[1]    record TTL, seconds
 -- ARGV[2]    1 when the marker must exist (the counter re-seeds from the ledger first)
 -- ARGV[3..4] the marker's billing month [start, end), unix seconds
@@ -21,18 +23,20 @@
 --   1 allowed (payload: used after, csv)   0 denied (payload: used as found, csv)
 --   2 replay of this id (payload: record; 4th: current used csv)
 --   3 stale: a window or the month does not contain now_ms; recompute and retry
---   4 seed: the marker is gone; re-seed from the ledger, then retry
+--   4 seed: the marker is gone; re-seed from the ledger, then retry. payload 1: the
+--     bucket's epoch is younger than the month, so usage may have been lost and the
+--     ledger must answer; 0: a new month, plan or tenant, the ledger is best effort
 --   5 cancelled: this id was refunded before it arrived; nothing consumed
 
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS - 3
+local n = #KEYS - 4
 
 local function used_csv()
   local parts = {}
   for i = 1, n do
-    parts[i] = string.format('%d', tonumber(redis.call('GET', KEYS[i + 3]) or '0'))
+    parts[i] = string.format('%d', tonumber(redis.call('GET', KEYS[i + 4]) or '0'))
   end
   return table.concat(parts, ',')
 end
@@ -56,7 +60,15 @@ if ARGV[2] == '1' then
     return {3, now_ms}
   end
   if redis.call('EXISTS', KEYS[3]) == 0 then
-    return {4, now_ms}
+    local epoch = redis.call('GET', KEYS[4])
+    if not epoch then
+      redis.call('SET', KEYS[4], now)
+      epoch = now
+    end
+    if tonumber(epoch) > tonumber(ARGV[3]) then
+      return {4, now_ms, 1}
+    end
+    return {4, now_ms, 0}
   end
 end
 
@@ -64,7 +76,7 @@ local used = {}
 local allowed = true
 for i = 1, n do
   local base = 11 + 4 * (i - 1)
-  local cur = tonumber(redis.call('GET', KEYS[i + 3]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[i + 4]) or '0')
   used[i] = cur
   if cur + tonumber(ARGV[base]) > tonumber(ARGV[base + 1]) then
     allowed = false
@@ -84,10 +96,10 @@ local grace = tonumber(ARGV[10])
 for i = 1, n do
   local base = 11 + 4 * (i - 1)
   local cost = tonumber(ARGV[base])
-  local v = redis.call('INCRBY', KEYS[i + 3], cost)
+  local v = redis.call('INCRBY', KEYS[i + 4], cost)
   if v == cost then
     -- A new counter lives until its window ends, by Redis's clock (relative expiry).
-    redis.call('EXPIRE', KEYS[i + 3], tonumber(ARGV[base + 3]) - now + grace)
+    redis.call('EXPIRE', KEYS[i + 4], tonumber(ARGV[base + 3]) - now + grace)
   end
   -- %d, not tostring: Lua 5.1 prints large numbers in exponent form.
   parts[i] = string.format('%d', v)

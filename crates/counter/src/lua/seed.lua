@@ -7,6 +7,8 @@
 -- ARGV[1]    seconds a counter outlives its window
 -- ARGV[2]    the marker's billing month end, unix seconds
 -- ARGV[3 + 2(i-1) ..] for window i: the ledger's units, the window's end (unix s)
+-- With no window keys, only the marker is set: a best-effort seed the ledger could
+-- not answer (a new month while Redis kept everything of the last one).
 -- Reply: {seeded (1/0), units added}
 
 if redis.call('EXISTS', KEYS[1]) == 1 then

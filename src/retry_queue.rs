@@ -1,0 +1,166 @@
+//! Work the root context owes the counter after a request is gone: refunds for clients
+//! that went away, for consumes whose answer never came under `fail_closed`, and for
+//! refunds an exchange could not wait for. Bounded, retried with backoff until the
+//! counter confirms; a job that keeps failing is given up (and counted) after
+//! `max_attempts`, so a dead counter cannot grow the VM without bound.
+
+use std::collections::VecDeque;
+
+use crate::events::Backoff;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job<T> {
+    pub item: T,
+    pub attempts: u32,
+    not_before_ns: u64,
+}
+
+/// What became of a job whose attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed<T> {
+    /// Queued again; the next attempt after `delay_ms`.
+    Retry { delay_ms: u64 },
+    /// Too many attempts: dropped.
+    GaveUp(T),
+}
+
+#[derive(Debug)]
+pub struct RetryQueue<T> {
+    waiting: VecDeque<Job<T>>,
+    in_flight: Vec<(u32, Job<T>)>,
+    capacity: usize,
+    max_in_flight: usize,
+    max_attempts: u32,
+    base_ms: u64,
+    max_ms: u64,
+}
+
+impl<T> RetryQueue<T> {
+    pub fn new(capacity: usize, max_in_flight: usize, max_attempts: u32) -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            in_flight: Vec::new(),
+            capacity,
+            max_in_flight,
+            max_attempts,
+            base_ms: 200,
+            max_ms: 30_000,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.in_flight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `false` when full: the item was not queued.
+    pub fn push(&mut self, item: T) -> bool {
+        if self.len() >= self.capacity {
+            return false;
+        }
+        self.waiting.push_back(Job {
+            item,
+            attempts: 0,
+            not_before_ns: 0,
+        });
+        true
+    }
+
+    /// The next job due at `now_ns`, if a slot for it is free.
+    pub fn next_due(&mut self, now_ns: u64) -> Option<Job<T>> {
+        if self.in_flight.len() >= self.max_in_flight {
+            return None;
+        }
+        let i = self
+            .waiting
+            .iter()
+            .position(|j| j.not_before_ns <= now_ns)?;
+        self.waiting.remove(i)
+    }
+
+    /// `job` was dispatched as call `token`.
+    pub fn started(&mut self, token: u32, mut job: Job<T>) {
+        job.attempts = job.attempts.saturating_add(1);
+        self.in_flight.push((token, job));
+    }
+
+    /// `job` could not even be dispatched: back to the queue, not before `delay_ms`.
+    pub fn not_started(&mut self, mut job: Job<T>, now_ns: u64, delay_ms: u64) {
+        job.not_before_ns = now_ns.saturating_add(delay_ms.saturating_mul(1_000_000));
+        self.waiting.push_back(job);
+    }
+
+    fn take(&mut self, token: u32) -> Option<Job<T>> {
+        let i = self.in_flight.iter().position(|(t, _)| *t == token)?;
+        Some(self.in_flight.swap_remove(i).1)
+    }
+
+    /// Whether `token` is one of this queue's calls.
+    pub fn owns(&self, token: u32) -> bool {
+        self.in_flight.iter().any(|(t, _)| *t == token)
+    }
+
+    /// Call `token` succeeded: the job is done.
+    pub fn succeeded(&mut self, token: u32) -> Option<T> {
+        self.take(token).map(|j| j.item)
+    }
+
+    /// Call `token` failed; `random` spreads the retries.
+    pub fn failed(&mut self, token: u32, now_ns: u64, random: u64) -> Option<Failed<T>> {
+        let job = self.take(token)?;
+        if job.attempts >= self.max_attempts {
+            return Some(Failed::GaveUp(job.item));
+        }
+        let mut backoff = Backoff::new(self.base_ms, self.max_ms);
+        let mut delay_ms = 0;
+        for _ in 0..job.attempts {
+            delay_ms = backoff.next_delay_ms(random);
+        }
+        self.not_started(job, now_ns, delay_ms);
+        Some(Failed::Retry { delay_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_until_confirmed_with_growing_delays_then_are_given_up() {
+        let mut q = RetryQueue::new(10, 2, 3);
+        assert!(q.push("r1"));
+        let job = q.next_due(0).unwrap();
+        q.started(1, job);
+        assert!(q.owns(1) && !q.owns(2));
+        let Some(Failed::Retry { delay_ms: first }) = q.failed(1, 0, 7) else {
+            panic!("should retry");
+        };
+        assert!(q.next_due(0).is_none(), "not before its delay");
+        let job = q.next_due(first * 1_000_000).unwrap();
+        q.started(2, job);
+        let Some(Failed::Retry { delay_ms: second }) = q.failed(2, 0, 7) else {
+            panic!("should retry");
+        };
+        assert!(second >= first);
+        let job = q.next_due(u64::MAX).unwrap();
+        q.started(3, job);
+        assert_eq!(q.failed(3, 0, 7), Some(Failed::GaveUp("r1")));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn capacity_and_concurrency_are_bounded() {
+        let mut q = RetryQueue::new(3, 1, 5);
+        assert!(q.push(1) && q.push(2) && q.push(3));
+        assert!(!q.push(4), "full");
+        let job = q.next_due(0).unwrap();
+        q.started(9, job);
+        assert!(q.next_due(0).is_none(), "one in flight at most");
+        assert_eq!(q.succeeded(9), Some(1));
+        assert_eq!(q.len(), 2);
+        assert!(q.next_due(0).is_some());
+    }
+}
