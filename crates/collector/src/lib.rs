@@ -5,6 +5,7 @@
 //! [`api`], [`server`]).
 
 pub mod api;
+pub mod billing;
 pub mod config;
 pub mod cursor;
 pub mod event;
