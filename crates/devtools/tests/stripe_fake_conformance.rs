@@ -1232,7 +1232,27 @@ async fn a_retry_while_the_first_request_runs_is_409_idempotency_key_in_use() {
             .body(body.clone());
         tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The delay rule is used up once the slow request is being held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: Value = fake
+            .http
+            .get(fake.url("/_fake/faults"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pending == json!([]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let busy = fake
         .post_with("/v1/billing/meter_events", &body, Some(KEY), Some("slow-1"))
         .await;
