@@ -8,6 +8,7 @@
 //! [`usage_stream`], [`server`]).
 
 pub mod api;
+pub mod billing;
 pub mod config;
 pub mod cursor;
 pub mod event;

@@ -1,5 +1,5 @@
 //! `turnpike-dev`: mint demo JWTs, print a JWKS, render the Envoy config, run the demo
-//! upstream API.
+//! upstream API, run the local Stripe Billing Meters fake.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use turnpike_devtools::render::{parse_assignment, render_envoy, values_with_defaults};
 use turnpike_devtools::token::{self, TokenSpec, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_KID};
-use turnpike_devtools::{jwks, read_file, upstream, DevError};
+use turnpike_devtools::{jwks, read_file, stripe_fake, upstream, DevError};
 
 const DEFAULT_KEY: &str = "config/demo/jwt-signing-key.pem";
 
@@ -80,6 +80,30 @@ enum Command {
             default_value = "127.0.0.1:8081"
         )]
         listen: SocketAddr,
+    },
+    /// Run a local stand-in for Stripe's Billing Meters API (see docs/stripe-fake.md).
+    StripeFake {
+        #[arg(
+            long,
+            env = "TURNPIKE_STRIPE_FAKE_LISTEN",
+            default_value = stripe_fake::DEFAULT_LISTEN
+        )]
+        listen: SocketAddr,
+        /// File of accepted secret keys, one per line (`#` comments).
+        #[arg(long, conflicts_with = "api_key")]
+        api_key_file: Option<PathBuf>,
+        /// The accepted secret key.
+        #[arg(
+            long,
+            env = "TURNPIKE_STRIPE_FAKE_KEY",
+            default_value = stripe_fake::DEFAULT_API_KEY,
+            hide_env_values = true
+        )]
+        api_key: String,
+        /// Keep meters, events and idempotency results in this JSON file across
+        /// restarts (in memory only without it).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
 }
 
@@ -176,6 +200,33 @@ fn run(command: Command) -> Result<(), DevError> {
             }
         }
         Command::Upstream { listen } => run_upstream(listen),
+        Command::StripeFake {
+            listen,
+            api_key_file,
+            api_key,
+            state,
+        } => {
+            let api_keys = match api_key_file {
+                Some(path) => {
+                    let keys = stripe_fake::parse_key_file(&read_text(&path)?);
+                    if keys.is_empty() {
+                        return Err(DevError::InvalidArg {
+                            field: "--api-key-file",
+                            reason: format!("{} holds no key", path.display()),
+                        });
+                    }
+                    keys
+                }
+                None => vec![api_key],
+            };
+            run_stripe_fake(
+                listen,
+                stripe_fake::FakeConfig {
+                    api_keys,
+                    state_file: state,
+                },
+            )
+        }
     }
 }
 
@@ -199,6 +250,27 @@ fn run_upstream(listen: SocketAddr) -> Result<(), DevError> {
         let (listener, addr) = upstream::bind(listen).await.map_err(io_err)?;
         tracing::info!(%addr, "upstream listening");
         upstream::serve(listener, shutdown_signal())
+            .await
+            .map_err(io_err)
+    })
+}
+
+fn run_stripe_fake(listen: SocketAddr, config: stripe_fake::FakeConfig) -> Result<(), DevError> {
+    let io_err = |source| DevError::Io {
+        path: listen.to_string(),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err)?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(io_err)?;
+        let addr = listener.local_addr().map_err(io_err)?;
+        tracing::info!(%addr, keys = config.api_keys.len(), state = ?config.state_file, "stripe-fake listening");
+        stripe_fake::serve(listener, config, shutdown_signal())
             .await
             .map_err(io_err)
     })

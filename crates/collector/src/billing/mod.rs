@@ -1,0 +1,3 @@
+//! Billing: syncing usage from the ledger to a billing provider.
+
+pub mod stripe;
