@@ -40,6 +40,17 @@ impl Collector {
         database_url: Option<&str>,
         redis_url: Option<&str>,
     ) -> Collector {
+        Self::start_with_args(dir, name, database_url, redis_url, &[]).await
+    }
+
+    /// [`Collector::start_with`], with extra command-line arguments.
+    pub async fn start_with_args(
+        dir: &Path,
+        name: &str,
+        database_url: Option<&str>,
+        redis_url: Option<&str>,
+        extra: &[String],
+    ) -> Collector {
         let port = free_port();
         let database = match database_url {
             Some(url) => url.to_owned(),
@@ -56,6 +67,7 @@ impl Collector {
         if let Some(redis) = redis_url {
             args.extend(["--redis".to_owned(), redis.to_owned()]);
         }
+        args.extend(extra.iter().cloned());
         let envs = [
             ("RUST_LOG", "info"),
             ("NO_COLOR", "1"),

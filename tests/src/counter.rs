@@ -166,6 +166,16 @@ impl Counter {
     pub async fn consumes_total(&self) -> u64 {
         prometheus_sum(&self.metrics().await, "turnpike_counter_consumes_total")
     }
+
+    /// Consumes this counter process admitted since it started.
+    pub async fn consumes_allowed(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("turnpike_counter_consumes_total{result=\"allowed\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod counter;
 pub mod envoy;
 pub mod fields;
 pub mod http;
+pub mod load;
 pub mod paths;
 pub mod ports;
 pub mod postgres;

@@ -28,6 +28,8 @@ pub struct StackBuilder {
     counter_args: Vec<String>,
     collectors: usize,
     collector_postgres: bool,
+    collector_stream: bool,
+    collector_args: Vec<String>,
 }
 
 impl StackBuilder {
@@ -57,6 +59,18 @@ impl StackBuilder {
 
     pub fn counter_arg(mut self, arg: &str) -> Self {
         self.counter_args.push(arg.to_owned());
+        self
+    }
+
+    /// The collectors do not read the counter's usage streams: the ledger holds only
+    /// what the proxy's usage events say.
+    pub fn collector_without_stream(mut self) -> Self {
+        self.collector_stream = false;
+        self
+    }
+
+    pub fn collector_arg(mut self, arg: &str) -> Self {
+        self.collector_args.push(arg.to_owned());
         self
     }
 
@@ -111,11 +125,12 @@ impl StackBuilder {
                 _ => format!("collector-{}", i + 1),
             };
             collectors.push(
-                Collector::start_with(
+                Collector::start_with_args(
                     dir.path(),
                     &name,
                     database_url.as_deref(),
-                    Some(&redis.url()),
+                    self.collector_stream.then(|| redis.url()).as_deref(),
+                    &self.collector_args,
                 )
                 .await,
             );
@@ -209,6 +224,8 @@ impl Stack {
             counter_args: Vec::new(),
             collectors: 0,
             collector_postgres: false,
+            collector_stream: true,
+            collector_args: Vec::new(),
         }
     }
 

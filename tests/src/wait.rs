@@ -56,3 +56,10 @@ pub async fn until_http_ok(http: &reqwest::Client, url: &str, who: &str) {
     )
     .await;
 }
+
+/// Unix milliseconds by this machine's clock.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

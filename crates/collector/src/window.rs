@@ -77,6 +77,19 @@ mod tests {
     }
 
     #[test]
+    fn the_last_tenth_of_a_second_of_a_billing_month_belongs_to_it() {
+        let last = parse_time_ms("2026-11-30T23:59:59.900Z").unwrap();
+        let (start, end) = UsageWindow::Month.bounds_ms(1, last);
+        assert_eq!(format_time_ms(start), "2026-11-01T00:00:00Z");
+        assert_eq!(format_time_ms(end), "2026-12-01T00:00:00Z");
+        assert!(start <= last && last < end);
+        // With the anchor on the 15th, the 14th's last instant closes that period.
+        let last = parse_time_ms("2026-12-14T23:59:59.999Z").unwrap();
+        let (_, end) = UsageWindow::Month.bounds_ms(15, last);
+        assert_eq!(format_time_ms(end), "2026-12-15T00:00:00Z");
+    }
+
+    #[test]
     fn only_known_windows_parse() {
         assert_eq!(UsageWindow::parse("month"), Some(UsageWindow::Month));
         assert_eq!(UsageWindow::parse("minute"), None);

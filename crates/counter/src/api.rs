@@ -458,7 +458,16 @@ impl AppState {
             ApiError::Unavailable(e) => {
                 Metrics::inc(&self.metrics.redis_errors);
                 if self.error_log.allow(Clock::default().now_secs()) {
-                    tracing::warn!(error = %e, "redis call failed");
+                    let text = e.to_string();
+                    let hint = if text.contains("NOAUTH")
+                        || text.contains("unauthenticated")
+                        || text.contains("WRONGPASS")
+                    {
+                        "; Redis wants a password: set TURNPIKE_REDIS_PASSWORD or --redis-password-file"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(error = %e, "redis call failed{hint}");
                 }
             }
             ApiError::Ledger(e) => {

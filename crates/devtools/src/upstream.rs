@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -43,7 +43,16 @@ pub fn router() -> Router {
         .fallback(echo)
 }
 
-async fn status(Path(code): Path<u16>) -> Response {
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    /// Answer only after this many milliseconds (a slow upstream, for tests).
+    delay_ms: Option<u64>,
+}
+
+async fn status(Path(code): Path<u16>, Query(query): Query<StatusQuery>) -> Response {
+    if let Some(ms) = query.delay_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     match StatusCode::from_u16(code) {
         Ok(status) => (status, Json(serde_json::json!({"status": code}))).into_response(),
         Err(_) => (

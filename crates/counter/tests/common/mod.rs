@@ -57,13 +57,20 @@ fn kill(child: &mut Child) {
 /// A throwaway redis-server without persistence.
 pub struct Redis {
     pub port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Redis {
         let mut redis = Redis {
             port: free_port(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         redis.restart();
@@ -80,13 +87,21 @@ impl Redis {
         let child = Command::new(REDIS_SERVER)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
         let port = self.port;
-        wait_until("redis", Duration::from_secs(5), || redis_ping(port));
+        let needs_auth = self.extra.iter().any(|a| a == "--requirepass");
+        wait_until("redis", Duration::from_secs(5), || {
+            if needs_auth {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                redis_ping(port)
+            }
+        });
     }
 
     pub fn stop(&mut self) {
@@ -104,7 +119,15 @@ impl Redis {
     }
 
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        let url = match self.extra.iter().position(|a| a == "--requirepass") {
+            Some(i) => format!(
+                "redis://:{}@127.0.0.1:{}",
+                self.extra.get(i + 1).map_or("", String::as_str),
+                self.port
+            ),
+            None => self.url(),
+        };
+        redis::Client::open(url)
             .and_then(|c| c.get_connection())
             .expect("redis connection")
     }

@@ -1,0 +1,445 @@
+//! What the proxy admitted is what the ledger bills, one to one, whatever fails: the
+//! collector frozen or killed under load, Envoy drained and stopped, clients that go
+//! away mid-consume or mid-refund, Redis restarted empty, a request at the last
+//! instant of a billing month. Real Envoy, counter, collector and Redis.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use turnpike_tests::counter::prometheus_sum;
+use turnpike_tests::load::{Load, LoadReport};
+use turnpike_tests::{eventually, Stack};
+
+/// How long each fault lasts under load (the issue asks for 30 s); shorter locally with
+/// `TURNPIKE_FAULT_SECS`.
+fn fault_secs() -> u64 {
+    std::env::var("TURNPIKE_FAULT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// Clients of the load: enough to keep every part of the stack busy on two cores.
+const CLIENTS: usize = 32;
+
+const BIG: &str = r#"
+default_plan = "big"
+[plans.big]
+limits = [
+  { name = "per-second", meter = "requests", window = "second", max = 1000000 },
+  { name = "monthly", meter = "requests", window = "month", max = 100000000 },
+]
+"#;
+
+/// The ledger's rows for `tenant`, walking every page: (billable ids, rows). A row
+/// that changed during the walk (a proxy's details arriving after the counter's
+/// record) comes again later in change order; its last listing is its state.
+async fn ledger_ids(stack: &Stack, tenant: &str) -> Option<(HashSet<String>, Vec<Value>)> {
+    let listed = stack.collector().all_events(tenant).await?;
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    for row in listed {
+        latest.insert(row["id"].as_str().unwrap_or_default().to_owned(), row);
+    }
+    let rows: Vec<Value> = latest.into_values().collect();
+    let billable = rows
+        .iter()
+        .filter(|r| r["billable"] == true)
+        .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    Some((billable, rows))
+}
+
+/// Waits until the ledger bills exactly what the counter admitted, then checks that
+/// the clients' 200s are among them: by id, none twice, none missing.
+async fn assert_ledger_equals_admitted(stack: &Stack, tenant: &str, report: &LoadReport) {
+    let admitted_by_counter = stack.counter.consumes_allowed().await;
+    let billable = eventually(
+        "the ledger to bill every admitted request",
+        Duration::from_secs(180),
+        || async {
+            let (billable, _) = ledger_ids(stack, tenant).await?;
+            (billable.len() as u64 == admitted_by_counter).then_some(billable)
+        },
+    )
+    .await;
+    let missing: Vec<&String> = report.admitted.difference(&billable).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} requests answered 200 are not billed, e.g. {missing:?}",
+        report.admitted.difference(&billable).count()
+    );
+    assert!(
+        report.admitted.len() as u64 <= admitted_by_counter,
+        "more 200s than consumes"
+    );
+}
+
+async fn loaded_stack() -> (Stack, String) {
+    let stack = Stack::builder(BIG)
+        .with_collector()
+        .filter_patch(json!({ "collector": { "flush_interval_ms": 100 } }))
+        .start()
+        .await;
+    let token = stack.token("loaded");
+    // The tenant's first request sets up its windows while everything answers.
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+    (stack, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collector_frozen_under_load_bills_every_admitted_request_once_resumed() {
+    let (mut stack, token) = loaded_stack().await;
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.collector_mut().process().pause();
+    tokio::time::sleep(Duration::from_secs(fault_secs())).await;
+    stack.collector_mut().process().resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop().await;
+    assert!(
+        report.admitted.len() > 1000,
+        "too little load: {:?}",
+        report.statuses
+    );
+    assert_eq!(
+        report.errors, 0,
+        "the collector's outage must not fail requests"
+    );
+    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+    assert_eq!(stack.envoy.filter_stat("billable_events_dropped").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collector_killed_under_load_bills_every_admitted_request_once_restarted() {
+    let (mut stack, token) = loaded_stack().await;
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.collector_mut().kill();
+    tokio::time::sleep(Duration::from_secs(fault_secs())).await;
+    stack.collector_mut().restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop().await;
+    assert!(
+        report.admitted.len() > 1000,
+        "too little load: {:?}",
+        report.statuses
+    );
+    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoy_drained_and_stopped_under_load_loses_no_admitted_request() {
+    let (mut stack, token) = loaded_stack().await;
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let drained = stack
+        .http
+        .post(stack.envoy.admin_url("/drain_listeners?graceful"))
+        .send()
+        .await
+        .expect("drain");
+    assert_eq!(drained.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.envoy.process().terminate(Duration::from_secs(10));
+    let report = load.stop().await;
+    assert!(
+        report.admitted.len() > 100,
+        "too little load: {:?}",
+        report.statuses
+    );
+    // Envoy is gone with whatever usage events it still held: the counter's usage
+    // stream has every admitted request anyway.
+    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+}
+
+const SMALL: &str = r#"
+default_plan = "small"
+[plans.small]
+limits = [
+  { name = "daily", meter = "requests", window = "day", max = 100 },
+  { name = "monthly", meter = "requests", window = "month", max = 10 },
+]
+"#;
+
+/// The counter's units in `tenant`'s window called `limit`.
+async fn used(stack: &Stack, tenant: &str, limit: &str) -> u64 {
+    stack.counter.used(tenant, limit).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_during_the_consume_is_refunded_and_not_billed() {
+    let mut stack = Stack::builder(SMALL).with_collector().start().await;
+    let token = stack.token("quitter");
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+    assert_eq!(used(&stack, "quitter", "daily").await, 1);
+
+    // The counter hangs: the consume waits; the client gives up and goes away.
+    stack.counter.process().pause();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(100),
+        stack
+            .request(reqwest::Method::GET, "/v1/things")
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await;
+    assert!(gone.is_err(), "the request should still be waiting");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.counter.process().resume();
+
+    eventually("the refund to land", Duration::from_secs(30), || async {
+        (used(&stack, "quitter", "daily").await == 1).then_some(())
+    })
+    .await;
+    let rows = eventually(
+        "the abandoned request in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let (billable, rows) = ledger_ids(&stack, "quitter").await?;
+            let cancelled = rows.iter().any(|r| r["decision"] == "cancelled");
+            (cancelled && billable.len() == 1).then_some(rows)
+        },
+    )
+    .await;
+    let abandoned: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["decision"] == "cancelled")
+        .collect();
+    assert_eq!(abandoned.len(), 1, "{rows:#?}");
+    assert_eq!(abandoned[0]["billable"], false);
+    assert!(stack.envoy.filter_stat("cancelled").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
+    // The refund may take up to 2 s: the client gives up well inside that wait.
+    let mut stack = Stack::builder(SMALL)
+        .with_collector()
+        .filter_patch(json!({ "counter": { "timeout_ms": 2000 } }))
+        .start()
+        .await;
+    let token = stack.token("impatient");
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+
+    // The upstream answers 500 after 600 ms; meanwhile the counter hangs, so the
+    // refund of the 5xx waits, and the client gives up during that wait.
+    let request = stack
+        .request(reqwest::Method::GET, "/status/500?delay_ms=600")
+        .bearer_auth(&token)
+        .send();
+    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(1200), request));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        used(&stack, "impatient", "daily").await,
+        2,
+        "the 5xx was admitted"
+    );
+    stack.counter.process().pause();
+    let outcome = waiting.await.expect("task");
+    assert!(outcome.is_err(), "the client should have given up first");
+    stack.counter.process().resume();
+
+    eventually("the refund to land", Duration::from_secs(30), || async {
+        (used(&stack, "impatient", "daily").await == 1).then_some(())
+    })
+    .await;
+    eventually(
+        "one billable row, the 5xx not billed",
+        Duration::from_secs(30),
+        || async {
+            let (billable, rows) = ledger_ids(&stack, "impatient").await?;
+            let refunded = rows
+                .iter()
+                .any(|r| r["refunded"] == true && r["billable"] == false);
+            (billable.len() == 1 && refunded && rows.len() == 2).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_month_brings_the_month_back_from_the_ledger() {
+    let mut stack = Stack::builder(SMALL).with_collector().start().await;
+    let token = stack.token("thrifty");
+    for i in 0..10 {
+        assert_eq!(
+            stack.get("/v1/things", Some(&token)).await.status,
+            200,
+            "request {i}"
+        );
+    }
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 429);
+    eventually(
+        "the month's usage in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let (billable, _) = ledger_ids(&stack, "thrifty").await?;
+            (billable.len() == 10).then_some(())
+        },
+    )
+    .await;
+
+    // Redis dies and comes back with nothing: no counters, no records, no streams.
+    stack.redis.stop();
+    stack.redis.restart().await;
+    assert_eq!(stack.redis.dbsize(), 0);
+    stack.counter.wait_healthy().await;
+
+    // No amnesty: the tenant at its monthly limit stays denied.
+    let reply = stack.get("/v1/things", Some(&token)).await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(used(&stack, "thrifty", "monthly").await, 10);
+    let metrics = stack.counter.metrics().await;
+    assert_eq!(
+        prometheus_sum(&metrics, "turnpike_counter_seeded_units_total"),
+        20,
+        "{metrics}"
+    );
+    // Another tenant starts from what the ledger holds for it: nothing.
+    assert_eq!(
+        stack
+            .get("/v1/things", Some(&stack.token("newcomer")))
+            .await
+            .status,
+        200
+    );
+}
+
+/// The consume time of `id` in the counter's usage stream (its entry id's ms).
+fn stream_time_ms(stack: &Stack, tenant: &str, id: &str) -> Option<i64> {
+    let key = turnpike_plans::keys::TenantKeys::new(tenant).stream();
+    let out = stack.redis.cli(&["XRANGE", &key, "-", "+"]);
+    let lines: Vec<&str> = out.lines().collect();
+    // --raw prints each entry as its id, then field, value, field, value...
+    let at = lines.iter().position(|l| *l == id)?;
+    lines[..at]
+        .iter()
+        .rev()
+        .find(|l| l.contains('-') && l.split('-').all(|p| p.parse::<u64>().is_ok()))
+        .and_then(|entry| entry.split('-').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_billed_at_the_counters_decision_time_not_when_the_exchange_ends() {
+    // The proxy's events alone, so the billing time is the one the filter stamps. (A
+    // request decided at 23:59:59.9 on a billing month's last day is then billed in
+    // that month however long the upstream takes; the month a time falls in is unit
+    // tested in the collector's and the counter's window math.)
+    let stack = Stack::builder(SMALL)
+        .with_collector()
+        .collector_without_stream()
+        .start()
+        .await;
+    let token = stack.token("owl");
+    let reply = stack.get("/status/200?delay_ms=2000", Some(&token)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let rows = eventually(
+        "the request in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let (_, rows) = ledger_ids(&stack, "owl").await?;
+            (rows.len() == 1).then_some(rows)
+        },
+    )
+    .await;
+    let row = &rows[0];
+    let id = row["id"].as_str().expect("id");
+    let decided = stream_time_ms(&stack, "owl", id).expect("the consume in the usage stream");
+    let billed = turnpike_collector_time_ms(row["time"].as_str().expect("time"));
+    assert!(
+        (billed - decided).abs() <= 1,
+        "billed at {billed}, decided at {decided}: the 2 s of the upstream must not count"
+    );
+    assert!(row["duration_ms"].as_i64().unwrap_or(0) >= 2000, "{row}");
+}
+
+/// RFC 3339 (as the ledger lists times) to unix ms.
+fn turnpike_collector_time_ms(text: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_methods_over_h2c_cost_their_neighbours_nothing() {
+    let stack = Stack::builder(BIG)
+        .with_collector()
+        .collector_without_stream()
+        .filter_patch(json!({ "collector": { "flush_interval_ms": 100 } }))
+        .start()
+        .await;
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client");
+    let (plain, odd) = (stack.token("plain"), stack.token("odd"));
+    let x_foo = reqwest::Method::from_bytes(b"X-FOO").expect("method");
+    for _ in 0..20 {
+        let ok = h2c
+            .get(stack.envoy.url("/v1/things"))
+            .bearer_auth(&plain)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(ok.status(), 200);
+        let odd_reply = h2c
+            .request(x_foo.clone(), stack.envoy.url("/v1/things"))
+            .bearer_auth(&odd)
+            .send()
+            .await
+            .expect("X-FOO");
+        assert_eq!(odd_reply.status(), 200);
+    }
+    for (tenant, method) in [("plain", "GET"), ("odd", "OTHER")] {
+        let rows = eventually(
+            &format!("{tenant}'s 20 events"),
+            Duration::from_secs(30),
+            || async {
+                let (billable, rows) = ledger_ids(&stack, tenant).await?;
+                (billable.len() == 20).then_some(rows)
+            },
+        )
+        .await;
+        assert!(
+            rows.iter().all(|r| r["method"] == method),
+            "{tenant}: {rows:#?}"
+        );
+    }
+    assert_eq!(stack.envoy.filter_stat("events_rejected").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_takes_small_batches_still_gets_every_event() {
+    let stack = Stack::builder(BIG)
+        .with_collector()
+        .collector_without_stream()
+        .collector_arg("--max-batch-events")
+        .collector_arg("3")
+        .filter_patch(json!({ "collector": { "flush_interval_ms": 500, "max_batch": 50 } }))
+        .start()
+        .await;
+    let token = stack.token("batched");
+    for _ in 0..40 {
+        assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+    }
+    eventually("40 billable rows", Duration::from_secs(60), || async {
+        let (billable, _) = ledger_ids(&stack, "batched").await?;
+        (billable.len() == 40).then_some(())
+    })
+    .await;
+    let metrics = stack.collector().metrics().await;
+    let refused: BTreeMap<&str, u64> = metrics
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("turnpike_collector_requests_rejected_total{reason=\"batch_too_long\"} ")
+        })
+        .map(|v| ("batch_too_long", v.parse().unwrap_or(0)))
+        .collect();
+    assert!(
+        refused.get("batch_too_long").copied().unwrap_or(0) >= 1,
+        "the split was exercised: {metrics}"
+    );
+    assert_eq!(stack.envoy.filter_stat("events_rejected").await, 0);
+}
