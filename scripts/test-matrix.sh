@@ -94,7 +94,11 @@ for v in "${versions[@]}"; do
     >"$log" 2>&1 || rc=$?
   secs=$(( $(date +%s) - start ))
   passed=$(grep -cE '^test .* \.\.\. ok$' "$log" || true)
-  failed_names=$(grep -E '^test .* \.\.\. FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' || true)
+  # `<binary>::<test>`: cargo names each binary ("Running tests/<binary>.rs") before
+  # its results.
+  failed_names=$(awk '
+    /^ +Running tests\/[a-z_0-9]+\.rs / { bin = $2; sub(/^tests\//, "", bin); sub(/\.rs$/, "", bin) }
+    /^test .* \.\.\. FAILED$/ { print bin "::" $2 }' "$log")
   failed=$(printf '%s' "$failed_names" | grep -c . || true)
   # Every test binary names the Envoy it ran (tests/src/paths.rs): all must be $v.
   ran=$(grep -oE 'turnpike-tests: Envoy [^ ]+' "$log" | awk '{print $3}' | sort -u | xargs || true)
