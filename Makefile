@@ -1,5 +1,7 @@
 # Turnpike: one entry point for building, testing, the demo and the benchmark.
 #   make test    install what the tests need, build everything, run every test
+#                (ENVOY_VERSION=1.37 make test: against another supported Envoy)
+#   make test-matrix  the Envoy-facing tests against every supported Envoy minor
 #   make demo    run the whole stack locally with sample tenants and tokens
 #   make bench   Envoy without vs with Turnpike, same run, ratios printed
 SHELL := /bin/bash
@@ -8,7 +10,7 @@ TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null
 WASM := $(TARGET_DIR)/wasm32-wasip1/wasm/turnpike.wasm
 BINS := -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 
-.PHONY: all tools build wasm bins test unit lint fmt demo bench clean
+.PHONY: all tools build wasm bins test test-matrix unit lint fmt demo bench clean
 
 all: build
 
@@ -28,6 +30,11 @@ build: wasm bins
 # `build` made, and Envoy/Redis/PostgreSQL that `tools` installed.
 test: tools build
 	$(CARGO) test --workspace --no-fail-fast
+
+# The end-to-end tests that exercise Envoy, against the pinned patch of every supported
+# Envoy minor in turn, then a table (scripts/test-matrix.sh; MATRIX="1.36 1.40" narrows).
+test-matrix:
+	scripts/test-matrix.sh $(MATRIX)
 
 unit:
 	$(CARGO) test --workspace --lib

@@ -12,6 +12,8 @@
 #
 #   bench/run.sh                # 10 s per variant
 #   DURATION=30 bench/run.sh
+#   ENVOY_VERSION=1.36 bench/run.sh   # another supported Envoy (a minor or its pinned
+#                                     # patch), one per run; default .tools/bin/envoy
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,9 +26,26 @@ say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
-envoy="$root/.tools/bin/envoy"
-[ -x "$envoy" ] || die "Envoy missing: run scripts/ensure-tools.sh"
+if [ -n "${ENVOY_VERSION:-}" ]; then
+  # The layout scripts/ensure-tools.sh installs (and tests/src/paths.rs reads).
+  case "$ENVOY_VERSION" in
+    *[!0-9.]*) die "ENVOY_VERSION=$ENVOY_VERSION: one version per run, a minor (1.37) or a full version (1.37.0)" ;;
+    *.*.*) envoy="$root/.tools/envoy/$ENVOY_VERSION/envoy" ;;
+    *) envoy="$root/.tools/bin/envoy-$ENVOY_VERSION" ;;
+  esac
+  [ -x "$envoy" ] || die "Envoy $ENVOY_VERSION missing: run ENVOY_VERSION=$ENVOY_VERSION scripts/ensure-tools.sh"
+else
+  envoy="$root/.tools/bin/envoy"
+  [ -x "$envoy" ] || die "Envoy missing: run scripts/ensure-tools.sh"
+fi
+envoy_version=$("$envoy" --version | sed -nE 's#.*version: [^/]*/([^/]+)/.*#\1#p')
+[ -n "$envoy_version" ] || die "$envoy --version printed no version"
+if [ -n "${ENVOY_VERSION:-}" ] && [ "$envoy_version" != "$ENVOY_VERSION" ] \
+  && [[ "$envoy_version" != "$ENVOY_VERSION".* ]]; then
+  die "ENVOY_VERSION=$ENVOY_VERSION but $envoy is Envoy $envoy_version: run ENVOY_VERSION=$ENVOY_VERSION scripts/ensure-tools.sh"
+fi
 
+say "Envoy $envoy_version (${envoy#"$root"/})"
 say "building the filter and release builds of the services"
 make --no-print-directory wasm >/dev/null
 cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-devtools
@@ -106,6 +125,7 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
 done
 
+echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1; wrk -t1 -c$CONNECTIONS -d${DURATION}s"
 python3 bench/summarize.py table "$results"
 if [ -f "$run/events.txt" ]; then
   echo "usage events in the turnpike+events run (Envoy stats, warm-up included):"

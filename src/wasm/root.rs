@@ -222,12 +222,23 @@ impl Root {
     }
 }
 
+/// Where the host keeps this Envoy's node id, first hit wins. Envoy 1.33 removed the
+/// older top-level `node` attribute from `get_property` ("use xds attributes instead",
+/// its release notes), so on every Envoy the version matrix tests (1.36 to 1.40)
+/// `node.id` is empty and only `xds.node.id` answers; `node.id` stays for older hosts.
+const NODE_ID_PATHS: [&[&str]; 2] = [&["xds", "node", "id"], &["node", "id"]];
+
 /// `collector.source`, else `//turnpike/envoy/<node id>`, as a JSON string.
 fn source_json(config: &Config) -> String {
     let source = match config.collector.as_ref().and_then(|c| c.source.clone()) {
         Some(source) => source,
         None => {
-            let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten();
+            let node = NODE_ID_PATHS.iter().find_map(|path| {
+                hostcalls::get_property(path.to_vec())
+                    .ok()
+                    .flatten()
+                    .filter(|n| !n.is_empty())
+            });
             let node = node.as_deref().and_then(|n| std::str::from_utf8(n).ok());
             let node = node.filter(|n| !n.is_empty()).unwrap_or("unknown");
             format!("//turnpike/envoy/{node}")

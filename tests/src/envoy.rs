@@ -9,7 +9,7 @@ use serde_json::Value;
 use turnpike_devtools::render::{render_envoy, values_with_defaults};
 
 use crate::http::client;
-use crate::paths::{envoy_bin, repo_root, wasm_path};
+use crate::paths::{envoy, repo_root, version_of_build, wasm_path};
 use crate::ports::free_port;
 use crate::process::Process;
 
@@ -40,6 +40,46 @@ pub struct Envoy {
 
 impl Envoy {
     pub async fn start(dir: &Path, options: &EnvoyOptions) -> Envoy {
+        let mut envoy = Envoy::launch(dir, options);
+        envoy.wait_ready().await;
+        envoy
+    }
+
+    /// Starts Envoy with a config it must refuse (e.g. a plugin configuration the filter
+    /// rejects): waits for it to exit and returns everything it logged. Panics if it
+    /// becomes ready instead, or is still running after 60 s.
+    pub async fn start_refused(dir: &Path, options: &EnvoyOptions) -> String {
+        let mut envoy = Envoy::launch(dir, options);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let url = envoy.admin_url("/ready");
+        loop {
+            if let Some(status) = envoy.process.exited() {
+                assert!(
+                    !status.success(),
+                    "Envoy exited with {status}, not an error"
+                );
+                return envoy.process.logs();
+            }
+            if let Ok(response) = envoy.http.get(&url).send().await {
+                if response.status().as_u16() == 200 {
+                    panic!(
+                        "Envoy started, but was expected to refuse its config; logs:\n{}",
+                        envoy.process.log_tail(60)
+                    );
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "Envoy neither ready nor exited after 60 s; logs:\n{}",
+                    envoy.process.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Renders the config and spawns Envoy, without waiting for it.
+    fn launch(dir: &Path, options: &EnvoyOptions) -> Envoy {
         let root = repo_root();
         let read = |rel: &str| {
             std::fs::read_to_string(root.join(rel))
@@ -106,22 +146,28 @@ impl Envoy {
             "--log-path".to_owned(),
             log_path.display().to_string(),
         ];
+        let envoy_bin = envoy();
+        // Captured with the test's output: a failure report names the Envoy it ran on.
+        eprintln!(
+            "envoy: starting Envoy {} ({}) in {}",
+            envoy_bin.version,
+            envoy_bin.path.display(),
+            dir.display()
+        );
         // Secrets reach the filter through Envoy's environment (vm_config
         // environment_variables), never through its configuration.
         let envs = [
             ("TURNPIKE_COUNTER_TOKEN", crate::secrets::SERVICE_TOKEN),
             ("TURNPIKE_INGEST_SECRET", crate::secrets::INGEST_SECRET),
         ];
-        let mut process = Process::spawn_with_env("envoy", &envoy_bin(), args, envs, dir);
+        let mut process = Process::spawn_with_env("envoy", &envoy_bin.path, args, envs, dir);
         process.add_log_file(log_path);
-        let mut envoy = Envoy {
+        Envoy {
             port,
             admin_port,
             process,
             http: client(),
-        };
-        envoy.wait_ready().await;
-        envoy
+        }
     }
 
     async fn wait_ready(&mut self) {
@@ -150,6 +196,23 @@ impl Envoy {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// The version the running Envoy reports on its admin `/server_info` (`1.36.4`).
+    pub async fn server_version(&self) -> String {
+        let info: Value = self
+            .http
+            .get(self.admin_url("/server_info"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("Envoy admin /server_info: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("Envoy /server_info JSON: {e}"));
+        let build = info["version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no version in /server_info: {info}"));
+        version_of_build(build).unwrap_or_else(|| panic!("no version in {build:?}"))
     }
 
     /// Counters and gauges whose name matches the regex `filter`.

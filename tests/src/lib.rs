@@ -5,6 +5,8 @@
 //! run cargo: build first (`make build`). Artefacts are found in the target dir
 //! (`$CARGO_TARGET_DIR`, else the one this test binary was built into); override with
 //! `TURNPIKE_ENVOY`, `TURNPIKE_COUNTER_BIN`, `TURNPIKE_COLLECTOR_BIN`, `TURNPIKE_WASM`.
+//! `ENVOY_VERSION=1.37` (a minor or a full version) runs another installed Envoy: see
+//! [`paths::envoy`].
 //!
 //! ```ignore
 //! let stack = Stack::builder(PLANS).concurrency(2).start().await;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use tempfile::TempDir;
-use turnpike_devtools::token::{mint, TokenSpec, DEFAULT_KID};
+use turnpike_devtools::token::{mint, sign, TokenSpec, DEFAULT_KID};
 
 use crate::collector::Collector;
 use crate::counter::Counter;
@@ -264,6 +264,12 @@ impl Stack {
     /// A token signed with the demo key.
     pub fn mint(&self, spec: &TokenSpec) -> String {
         mint(spec, &self.key_pem, DEFAULT_KID).unwrap_or_else(|e| panic!("cannot mint: {e}"))
+    }
+
+    /// A token with exactly these claims, signed with the demo key: for claims that
+    /// [`TokenSpec`] cannot express (a tenant that is a number, an object...).
+    pub fn sign(&self, claims: &Value) -> String {
+        sign(claims, &self.key_pem, DEFAULT_KID).unwrap_or_else(|e| panic!("cannot sign: {e}"))
     }
 
     /// A token signed with the forger's key (same kid, so only the signature is wrong).
