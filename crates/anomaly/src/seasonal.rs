@@ -1,0 +1,398 @@
+//! One candidate baseline: robust Holt-Winters smoothing (Gelper, Fried & Croux 2010)
+//! with a level, a seasonal profile over one period and a robust scale that also varies
+//! with the phase. The detector runs one per candidate period plus a flat one (no
+//! season) and picks by forecast error, which is how it finds a rhythm, or none.
+//!
+//! The profile is a ring of bins over the period, read and updated with linear
+//! interpolation between bin centres, so a 30-minute bin serves 5-minute buckets without
+//! steps. Seasonality is multiplicative (`level × factor`) for series that were never
+//! negative while seeding, so a tenant that doubles keeps its daily shape, and additive
+//! (`level + offset`) otherwise.
+
+use serde::{Deserialize, Serialize};
+
+use crate::robust::{huber, RobustScale};
+
+/// Where a bucket falls on a model's profile: the two bins around it and their weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Phase {
+    b0: usize,
+    b1: usize,
+    w1: f64,
+}
+
+/// A model's forecast of one bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forecast {
+    pub expected: f64,
+    /// Scales above and below the expectation at this phase, floored.
+    pub sigma_up: f64,
+    pub sigma_down: f64,
+    /// Seasonal factor (or offset) at this phase.
+    pub season: f64,
+    /// Relative phase scale at this phase.
+    pub phase_scale: f64,
+    pub phase: Phase,
+}
+
+/// Smoothing rates of one model, derived from the configuration once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Rates {
+    pub level: f64,
+    pub scale: f64,
+    /// Per visit of a bin, from the per-cycle rate.
+    pub season_visit: f64,
+    pub phase_scale_visit: f64,
+    pub error: f64,
+    pub huber_k: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SeasonalModel {
+    /// Period in seconds; 0 for the flat model.
+    pub period: i64,
+    /// Profile: factors (multiplicative) or offsets (additive); empty for the flat model.
+    factor: Vec<f32>,
+    /// Interpolation weight each bin has received, capped: bins are learned as a plain
+    /// mean until they have one full visit, so the first cycle is not a slow ramp.
+    seen: Vec<f32>,
+    /// Relative scale per bin (geometric mean kept at 1).
+    phase_scale: Vec<f32>,
+    pub level: f64,
+    /// Scales of positive and negative residuals: usage noise is skewed (a burst can
+    /// triple a bucket, nothing can make it negative), so each side gets its own.
+    pub scale_up: RobustScale,
+    pub scale_down: RobustScale,
+    /// Lag-1 autocorrelation of the clipped standardised residuals (numerator and
+    /// denominator of its exponential average, and the previous residual).
+    ac_num: f64,
+    ac_den: f64,
+    prev_u: f64,
+    /// Forecast error (EWMA of the clipped absolute residual) that ranks the models.
+    pub error: f64,
+    /// Index of the current cycle, to renormalise the profile when it wraps.
+    cycle: i64,
+    /// Whether every bin has been visited: only then does the model compete.
+    pub eligible: bool,
+    /// Sums over the open episode, to re-anchor the level if the episode becomes normal.
+    acc_value: f64,
+    acc_season: f64,
+    acc_value2: f64,
+    acc_cross: f64,
+    acc_season2: f64,
+    acc_n: f64,
+    /// Level and scale before the last re-anchoring, to recognise a return to them.
+    pub prev_level: f64,
+    pub prev_sigma: f64,
+}
+
+impl Forecast {
+    /// The scale on the side of residual `r`.
+    #[inline]
+    pub fn sigma(&self, r: f64) -> f64 {
+        if r >= 0.0 {
+            self.sigma_up
+        } else {
+            self.sigma_down
+        }
+    }
+}
+
+impl SeasonalModel {
+    /// `bins == 0` makes the flat model.
+    pub fn new(period: i64, bins: usize, multiplicative: bool) -> Self {
+        let neutral = if multiplicative { 1.0 } else { 0.0 };
+        SeasonalModel {
+            period,
+            factor: vec![neutral; bins],
+            seen: vec![0.0; bins],
+            phase_scale: vec![1.0; bins],
+            level: 0.0,
+            scale_up: RobustScale::new(0.0),
+            scale_down: RobustScale::new(0.0),
+            ac_num: 0.0,
+            ac_den: 0.0,
+            prev_u: 0.0,
+            error: 0.0,
+            cycle: i64::MIN / 2,
+            eligible: bins == 0,
+            acc_value: 0.0,
+            acc_season: 0.0,
+            acc_value2: 0.0,
+            acc_cross: 0.0,
+            acc_season2: 0.0,
+            acc_n: 0.0,
+            prev_level: 0.0,
+            prev_sigma: 0.0,
+        }
+    }
+
+    pub fn seed(&mut self, level: f64, sigma: f64) {
+        self.level = level;
+        self.scale_up = RobustScale::new(sigma);
+        self.scale_down = RobustScale::new(sigma);
+        // Mean absolute deviation of a normal is 0.8 σ.
+        self.error = 0.8 * sigma;
+    }
+
+    /// Called before each bucket: when the period wraps, renormalise the profile (mean
+    /// factor 1 or mean offset 0, geometric mean phase scale 1) into level and scale, so
+    /// level and profile cannot drift against each other.
+    pub fn roll(&mut self, start: i64, multiplicative: bool) {
+        if self.period <= 0 || self.factor.is_empty() {
+            return;
+        }
+        let cycle = start.div_euclid(self.period);
+        if cycle == self.cycle {
+            return;
+        }
+        let first = self.cycle == i64::MIN / 2;
+        self.cycle = cycle;
+        if first {
+            return;
+        }
+        let n = self.factor.len() as f64;
+        let mean = self.factor.iter().map(|&f| f as f64).sum::<f64>() / n;
+        if multiplicative {
+            if mean > 1e-9 {
+                for f in &mut self.factor {
+                    *f = (*f as f64 / mean) as f32;
+                }
+                self.level *= mean;
+            }
+        } else {
+            for f in &mut self.factor {
+                *f = (*f as f64 - mean) as f32;
+            }
+            self.level += mean;
+        }
+        let log_mean = self
+            .phase_scale
+            .iter()
+            .map(|&s| (s as f64).ln())
+            .sum::<f64>()
+            / n;
+        let gm = log_mean.exp();
+        for s in &mut self.phase_scale {
+            *s = (*s as f64 / gm) as f32;
+        }
+        self.scale_up.sigma *= gm;
+        self.scale_down.sigma *= gm;
+        self.eligible = self.seen.iter().all(|&s| s >= 0.5);
+    }
+
+    pub fn phase(&self, start: i64, interval: i64) -> Phase {
+        let bins = self.factor.len();
+        if bins == 0 {
+            return Phase {
+                b0: 0,
+                b1: 0,
+                w1: 0.0,
+            };
+        }
+        // Phase of the bucket's centre, in bins, measured from the first bin's centre.
+        let within = start.rem_euclid(self.period) as f64 + interval as f64 / 2.0;
+        let pos = within / self.period as f64 * bins as f64 - 0.5;
+        let lower = pos.floor();
+        let w1 = pos - lower;
+        let b0 = (lower as i64).rem_euclid(bins as i64) as usize;
+        let b1 = (b0 + 1) % bins;
+        Phase { b0, b1, w1 }
+    }
+
+    #[inline]
+    fn interp(values: &[f32], p: Phase, neutral: f64) -> f64 {
+        match (values.get(p.b0), values.get(p.b1)) {
+            (Some(&a), Some(&b)) => a as f64 * (1.0 - p.w1) + b as f64 * p.w1,
+            _ => neutral,
+        }
+    }
+
+    pub fn forecast(&self, phase: Phase, multiplicative: bool, floor: f64) -> Forecast {
+        let neutral = if multiplicative { 1.0 } else { 0.0 };
+        let season = Self::interp(&self.factor, phase, neutral);
+        let expected = if multiplicative {
+            self.level * season
+        } else {
+            self.level + season
+        };
+        let phase_scale = Self::interp(&self.phase_scale, phase, 1.0);
+        Forecast {
+            expected,
+            sigma_up: (self.scale_up.sigma * phase_scale).max(floor),
+            sigma_down: (self.scale_down.sigma * phase_scale).max(floor),
+            season,
+            phase_scale,
+            phase,
+        }
+    }
+
+    /// Learns from value `x`. The profile always learns (robustly), so a weekly rhythm
+    /// can be discovered even while its first weekend is an open episode; level, scale
+    /// and error learn only when `learn_baseline` (no open episode).
+    #[allow(clippy::too_many_arguments)]
+    pub fn learn(
+        &mut self,
+        x: f64,
+        fc: &Forecast,
+        rates: &Rates,
+        multiplicative: bool,
+        learn_baseline: bool,
+        floor: f64,
+        error_clip: f64,
+    ) {
+        let r = x - fc.expected;
+        let sigma = fc.sigma(r);
+        let u = r / sigma;
+        let u_clean = huber(u, rates.huber_k);
+        let r_clean = u_clean * sigma;
+        if learn_baseline {
+            self.error += rates.error * (r.abs().min(error_clip) - self.error);
+            self.level += rates.level * r_clean;
+            let ps = fc.phase_scale.max(1e-6);
+            // Each side sees about half the residuals: twice the rate keeps the memory.
+            let side = if r >= 0.0 {
+                &mut self.scale_up
+            } else {
+                &mut self.scale_down
+            };
+            side.update(r / ps, (2.0 * rates.scale).min(1.0), floor / ps);
+            self.ac_num += rates.error * (u_clean * self.prev_u - self.ac_num);
+            self.ac_den += rates.error * (u_clean * u_clean - self.ac_den);
+            self.prev_u = u_clean;
+        }
+        if self.factor.is_empty() {
+            return;
+        }
+        let p = fc.phase;
+        for (b, w) in [(p.b0, 1.0 - p.w1), (p.b1, p.w1)] {
+            let (Some(f), Some(seen), Some(ps)) = (
+                self.factor.get_mut(b),
+                self.seen.get_mut(b),
+                self.phase_scale.get_mut(b),
+            ) else {
+                continue;
+            };
+            if w <= 0.0 {
+                continue;
+            }
+            let first = *seen < 1.0;
+            // A bin's first visit is a plain mean of what it saw (unclipped: the
+            // baseline is not trusted yet); afterwards a robust exponential update.
+            let (gain, delta) = if first {
+                (w / (*seen as f64 + w), r)
+            } else {
+                (rates.season_visit * w, r_clean)
+            };
+            if multiplicative {
+                if self.level > 1e-9 {
+                    *f = (*f as f64 + gain * delta / self.level).clamp(0.0, 1e3) as f32;
+                }
+            } else {
+                *f = (*f as f64 + gain * delta) as f32;
+            }
+            *seen = (*seen + w as f32).min(1e6);
+            if learn_baseline && !first {
+                let g = rates.phase_scale_visit * w;
+                // Squared residual capped at 3²: less bounded than the biweight, so a
+                // phase that is noisy every day (a nightly batch) is learned in days.
+                let var = (*ps as f64).powi(2) * (1.0 - g + g * (u * u).min(9.0));
+                *ps = var.sqrt().clamp(0.05, 20.0) as f32;
+            }
+        }
+    }
+
+    /// Episode bookkeeping: remember what the episode looks like deseasonalised.
+    pub fn start_episode(&mut self) {
+        self.acc_value = 0.0;
+        self.acc_season = 0.0;
+        self.acc_value2 = 0.0;
+        self.acc_cross = 0.0;
+        self.acc_season2 = 0.0;
+        self.acc_n = 0.0;
+    }
+
+    pub fn accumulate(&mut self, x: f64, fc: &Forecast) {
+        self.acc_value += x;
+        self.acc_season += fc.season;
+        self.acc_value2 += x * x;
+        self.acc_cross += x * fc.season;
+        self.acc_season2 += fc.season * fc.season;
+        self.acc_n += 1.0;
+    }
+
+    /// Lag-1 autocorrelation of the residuals, in [0, 0.95].
+    pub fn autocorrelation(&self) -> f64 {
+        if self.ac_den > 0.0 {
+            (self.ac_num / self.ac_den).clamp(0.0, 0.95)
+        } else {
+            0.0
+        }
+    }
+
+    /// The episode lasted: its deseasonalised level becomes the baseline, and the
+    /// spread of the episode around it the scale (least squares over the episode: it
+    /// has `adapt_after` buckets, and a scale that is too wide errs on the quiet side).
+    /// `keep_prev`: the level being replaced was itself a re-anchoring: remember the
+    /// one before it, the last established normal.
+    pub fn reanchor(&mut self, multiplicative: bool, floor: f64, keep_prev: bool) {
+        let n = self.acc_n;
+        if n < 2.0 {
+            return;
+        }
+        let (new_level, rss) = if multiplicative && self.acc_season > 1e-9 {
+            let l = self.acc_value / self.acc_season;
+            let rss = self.acc_value2 - 2.0 * l * self.acc_cross + l * l * self.acc_season2;
+            (l, rss)
+        } else if multiplicative {
+            let l = self.acc_value / n;
+            (l, self.acc_value2 - n * l * l)
+        } else {
+            // Offsets: d = x − s, Σd² = Σx² − 2Σxs + Σs².
+            let sum_d = self.acc_value - self.acc_season;
+            let sum_d2 = self.acc_value2 - 2.0 * self.acc_cross + self.acc_season2;
+            let l = sum_d / n;
+            (l, sum_d2 - n * l * l)
+        };
+        let sigma = (rss.max(0.0) / (n - 1.0)).sqrt().max(floor);
+        if !keep_prev {
+            self.prev_level = self.level;
+            self.prev_sigma = self.sigma();
+        }
+        self.level = new_level;
+        self.scale_up = RobustScale::new(sigma);
+        self.scale_down = RobustScale::new(sigma);
+    }
+
+    /// Typical scale (geometric mean of the two sides).
+    pub fn sigma(&self) -> f64 {
+        (self.scale_up.sigma * self.scale_down.sigma).sqrt()
+    }
+
+    /// A series seeded as never negative went negative: it is not a count, so its
+    /// season becomes additive (`level × (factor − 1)` as offsets), once.
+    pub fn make_additive(&mut self) {
+        for f in &mut self.factor {
+            *f = (self.level * (*f as f64 - 1.0)) as f32;
+        }
+        self.acc_season = 0.0;
+        self.acc_cross = 0.0;
+        self.acc_season2 = 0.0;
+    }
+
+    /// Goes back to the level and scale before the last re-anchoring.
+    pub fn revert(&mut self) {
+        self.level = self.prev_level;
+        self.scale_up = RobustScale::new(self.prev_sigma);
+        self.scale_down = RobustScale::new(self.prev_sigma);
+    }
+
+    pub fn previous_forecast(&self, fc: &Forecast, multiplicative: bool, floor: f64) -> (f64, f64) {
+        let expected = if multiplicative {
+            self.prev_level * fc.season
+        } else {
+            self.prev_level + fc.season
+        };
+        (expected, (self.prev_sigma * fc.phase_scale).max(floor))
+    }
+}
