@@ -31,7 +31,7 @@ pub(crate) struct DenialChannel {
 
 impl DenialChannel {
     pub fn observe(&mut self, start: i64, req: Requests, cfg: &Config) -> Option<Anomaly> {
-        if !(req.total > 0.0) || !req.denied.is_finite() || !req.total.is_finite() {
+        if !req.denied.is_finite() || !req.total.is_finite() || req.total <= 0.0 {
             return None;
         }
         let q = (req.denied / req.total).clamp(0.0, 1.0);

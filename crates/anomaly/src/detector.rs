@@ -11,7 +11,7 @@ use crate::episode::{Episode, Step};
 use crate::input::Bucket;
 use crate::kinds::{Alerts, Anomaly, Judgement, Kind, Verdict};
 use crate::plan::PlanChannel;
-use crate::robust::median_and_scale;
+use crate::robust::{median_and_scale, neg_log10_normal_cdf};
 use crate::seasonal::{Forecast, Rates, SeasonalModel};
 
 /// The flat model plus at most this many seasonal periods.
@@ -23,6 +23,8 @@ const VETO_MARGIN: f64 = 1.25;
 /// A bucket within this many of the previous baseline's scales of it is a return to
 /// that baseline (the usual 3σ band).
 const RETURN_Z: f64 = 3.0;
+/// A seasonal model's level smoothing is at most this many per period.
+const LEVEL_CYCLES: f64 = 4.0;
 /// Hysteresis of the model choice.
 const SWITCH_MARGIN: f64 = 0.95;
 
@@ -52,6 +54,9 @@ struct State {
     rates: Vec<Rates>,
     cusums: Vec<Cusum>,
     selected: usize,
+    /// Evidence (decimal digits) of the current run of exact zeros: a silence.
+    silence: f64,
+    silence_start: i64,
     episode: Episode,
     /// When the baseline was last re-anchored to a persisting episode. Until it has
     /// been normal for `learning_buckets`, the established baseline before it is
@@ -79,6 +84,8 @@ impl Detector {
                 rates: Vec::new(),
                 cusums: Vec::new(),
                 selected: 0,
+                silence: 0.0,
+                silence_start: 0,
                 episode: Episode::default(),
                 provisional_since: None,
                 denial: DenialChannel::default(),
@@ -185,8 +192,7 @@ impl Detector {
         for m in 0..n {
             let model = &mut s.models[m];
             model.roll(start, mult);
-            let phase = model.phase(start, cfg.interval_secs);
-            let mut fc = model.forecast(phase, mult, floor);
+            let mut fc = model.forecast(start, cfg.interval_secs, mult, floor);
             let rel_floor = cfg.rel_scale_floor * fc.expected.abs();
             fc.sigma_up = fc.sigma_up.max(rel_floor);
             fc.sigma_down = fc.sigma_down.max(rel_floor);
@@ -217,6 +223,24 @@ impl Detector {
         let Some(fc_sel) = fcs[sel] else {
             return Verdict::Normal;
         };
+        // Silence: a run of exact zeros where usage was expected. Each zero at least 2
+        // scales below its expectation adds −log10 P(value ≤ 0) under the baseline; the
+        // run alarms as a drop once its probability is that of a single 5σ bucket
+        // (one-sided 2.9e−7), even if no single zero is that unlikely. Buckets less
+        // than 2 scales above zero add nothing: a normal model would overstate how
+        // rare a zero is for small counts.
+        if x == 0.0 && zs[sel] <= -2.0 && !learning {
+            if s.silence == 0.0 {
+                s.silence_start = start;
+            }
+            s.silence += neg_log10_normal_cdf(zs[sel]);
+        } else if x != 0.0 {
+            s.silence = 0.0;
+        }
+        let silent = s.silence >= neg_log10_normal_cdf(-cfg.z_alarm) && triggers[sel].is_none();
+        if silent {
+            triggers[sel] = Some((Direction::Down, s.silence_start));
+        }
         judgement.expected = fc_sel.expected;
         judgement.score = zs[sel];
 
@@ -231,9 +255,9 @@ impl Detector {
             } else {
                 -zs[sel]
             };
-            for m in 0..n {
-                if let Some(fc) = &fcs[m] {
-                    s.models[m].accumulate(x, fc);
+            for (model, fc) in s.models.iter_mut().zip(&fcs) {
+                if let Some(fc) = fc {
+                    model.accumulate(x, fc);
                 }
             }
             match s.episode.step(
@@ -258,12 +282,13 @@ impl Detector {
             }
         } else if let Some((dir, onset)) = triggers[sel] {
             let sel_error = s.models[sel].error;
-            let vetoed = (0..n).any(|m| {
-                m != sel
-                    && s.models[m].eligible
-                    && s.models[m].error <= sel_error * VETO_MARGIN
-                    && triggers[m].map(|t| t.0) != Some(dir)
-            });
+            let vetoed = !silent
+                && (0..n).any(|m| {
+                    m != sel
+                        && s.models[m].eligible
+                        && s.models[m].error <= sel_error * VETO_MARGIN
+                        && triggers[m].map(|t| t.0) != Some(dir)
+                });
             let returned = s.provisional_since.is_some() && {
                 let (e, sd) = s.models[sel].previous_forecast(&fc_sel, mult, floor);
                 ((x - e) / sd).abs() <= RETURN_Z
@@ -284,10 +309,10 @@ impl Detector {
                     Direction::Down => Kind::Drop,
                 };
                 s.episode.open(kind);
-                for m in 0..n {
-                    s.models[m].start_episode();
-                    if let Some(fc) = &fcs[m] {
-                        s.models[m].accumulate(x, fc);
+                for (model, fc) in s.models.iter_mut().zip(&fcs) {
+                    model.start_episode();
+                    if let Some(fc) = fc {
+                        model.accumulate(x, fc);
                     }
                 }
                 reset_cusums(s);
@@ -312,10 +337,9 @@ impl Detector {
         }
 
         let error_clip = 4.0 * fc_sel.sigma_up.max(fc_sel.sigma_down);
-        for m in 0..n {
-            if let Some(fc) = &fcs[m] {
-                let rates = s.rates[m];
-                s.models[m].learn(x, fc, &rates, mult, learn_baseline, floor, error_clip);
+        for ((model, fc), rates) in s.models.iter_mut().zip(&fcs).zip(&s.rates) {
+            if let Some(fc) = fc {
+                model.learn(x, fc, rates, mult, learn_baseline, floor, error_clip);
             }
         }
         if learn_baseline {
@@ -329,6 +353,7 @@ fn reset_cusums(s: &mut State) {
     for c in &mut s.cusums {
         c.reset();
     }
+    s.silence = 0.0;
 }
 
 /// Picks the model with the lowest forecast error, each step up in complexity (none,
@@ -370,27 +395,60 @@ fn seed(cfg: &Config, s: &mut State) {
     let sigma = sigma.max(floor);
     let interval = cfg.interval_secs.max(1);
     let error_rate = 1.0 / cfg.selection_buckets.max(1) as f64;
-    let rates_for = |visits: f64| Rates {
-        level: cfg.level_rate,
+    let rates_for = |visits: f64, per_period: f64, inner_visits: f64| Rates {
+        // A seasonal model's level must not follow its own season: its memory is at
+        // least a quarter of the period (a level that drifts through the weekend would
+        // leave the weekly profile nothing to learn).
+        level: cfg.level_rate.min(LEVEL_CYCLES / per_period),
         scale: cfg.scale_rate,
         season_visit: per_visit(cfg.season_rate, visits),
-        phase_scale_visit: per_visit(cfg.phase_scale_rate, visits),
+        inner_visit: per_visit(cfg.season_rate, inner_visits),
+        // A scale needs more samples than a mean: at least ~10 per bin of memory,
+        // however few visits a cycle has (hourly buckets visit a daily bin once).
+        phase_scale_visit: per_visit(cfg.phase_scale_rate, visits).min(0.1),
+        cycle_weight: visits,
         error: error_rate,
         huber_k: cfg.huber_k,
     };
     s.models.clear();
     s.rates.clear();
-    s.models.push(SeasonalModel::new(0, 0, s.multiplicative));
-    s.rates.push(rates_for(1.0));
-    for p in cfg.periods.iter().take(MAX_MODELS - 1) {
-        let per_period = p.secs / interval;
-        if per_period < 4 || p.max_bins < 2 {
-            continue; // too few buckets per cycle to see a rhythm in
-        }
-        let bins = (per_period as usize).min(p.max_bins as usize);
-        s.models
-            .push(SeasonalModel::new(p.secs, bins, s.multiplicative));
-        s.rates.push(rates_for(per_period as f64 / bins as f64));
+    s.models
+        .push(SeasonalModel::new(0, 0, s.multiplicative, None));
+    s.rates.push(rates_for(1.0, 1.0, 1.0));
+    // Candidate periods with enough buckets per cycle to see a rhythm in, and bins.
+    let candidates: Vec<(i64, usize, f64)> = cfg
+        .periods
+        .iter()
+        .take(MAX_MODELS - 1)
+        .filter_map(|p| {
+            let per_period = p.secs / interval;
+            (per_period >= 4 && p.max_bins >= 2).then(|| {
+                (
+                    p.secs,
+                    (per_period as usize).min(p.max_bins as usize),
+                    per_period as f64,
+                )
+            })
+        })
+        .collect();
+    for &(period, bins, per_period) in &candidates {
+        // Carry the longest shorter candidate that divides this period (day in week).
+        let inner = candidates
+            .iter()
+            .filter(|c| c.0 < period && period % c.0 == 0)
+            .max_by_key(|c| c.0)
+            .map(|c| (c.0, c.1, c.2 / c.1 as f64));
+        s.models.push(SeasonalModel::new(
+            period,
+            bins,
+            s.multiplicative,
+            inner.map(|(p, b, _)| (p, b)),
+        ));
+        s.rates.push(rates_for(
+            per_period / bins as f64,
+            per_period,
+            inner.map_or(1.0, |c| c.2),
+        ));
     }
     for model in &mut s.models {
         model.seed(level, sigma);

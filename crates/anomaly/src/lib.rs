@@ -34,6 +34,7 @@ mod plan;
 pub mod robust;
 mod seasonal;
 
+pub mod dataset;
 pub mod evaluate;
 pub mod synth;
 

@@ -43,7 +43,7 @@ impl PlanChannel {
         };
         self.buckets = self.buckets.saturating_add(1);
         self.sum += v;
-        if !(quota.limit > 0.0) || cfg.interval_secs <= 0 {
+        if quota.limit.is_nan() || quota.limit <= 0.0 || cfg.interval_secs <= 0 {
             return None;
         }
         let rate = level.unwrap_or(self.sum / self.buckets as f64).max(0.0);

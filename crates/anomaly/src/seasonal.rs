@@ -3,22 +3,162 @@
 //! with the phase. The detector runs one per candidate period plus a flat one (no
 //! season) and picks by forecast error, which is how it finds a rhythm, or none.
 //!
-//! The profile is a ring of bins over the period, read and updated with linear
+//! A profile is a ring of bins over the period, read and updated with linear
 //! interpolation between bin centres, so a 30-minute bin serves 5-minute buckets without
-//! steps. Seasonality is multiplicative (`level × factor`) for series that were never
-//! negative while seeding, so a tenant that doubles keeps its daily shape, and additive
+//! steps. A long period that a shorter candidate divides (the week, by the day) carries
+//! the shorter profile inside it, as in Taylor's double seasonal Holt-Winters (Taylor
+//! 2003, "Short-term electricity demand forecasting using double seasonal exponential
+//! smoothing", J. Operational Research Society 54): the daily shape is learned every
+//! day, the weekly profile only learns how each hour of the week differs from it.
+//! Seasonality is multiplicative (`level × factor`) for series that were never negative
+//! while seeding, so a tenant that doubles keeps its daily shape, and additive
 //! (`level + offset`) otherwise.
 
 use serde::{Deserialize, Serialize};
 
 use crate::robust::{huber, RobustScale};
 
-/// Where a bucket falls on a model's profile: the two bins around it and their weights.
-#[derive(Debug, Clone, Copy)]
+/// Where a bucket falls on a profile: the two bins around it and their weights.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Phase {
     b0: usize,
     b1: usize,
     w1: f64,
+}
+
+/// A ring of bins over one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Profile {
+    period: i64,
+    /// Factors (multiplicative, mean 1) or offsets (additive, mean 0).
+    factor: Vec<f32>,
+    /// Interpolation weight each bin has received (capped).
+    seen: Vec<f32>,
+    /// Index of the current cycle, to renormalise when the period wraps.
+    cycle: i64,
+}
+
+impl Profile {
+    fn new(period: i64, bins: usize, multiplicative: bool) -> Self {
+        Profile {
+            period,
+            factor: vec![if multiplicative { 1.0 } else { 0.0 }; bins],
+            seen: vec![0.0; bins],
+            cycle: i64::MIN / 2,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.factor.is_empty()
+    }
+
+    fn all_seen(&self) -> bool {
+        self.seen.iter().all(|&s| s >= 0.5)
+    }
+
+    fn phase(&self, start: i64, interval: i64) -> Phase {
+        let bins = self.factor.len();
+        if bins == 0 || self.period <= 0 {
+            return Phase::default();
+        }
+        // Phase of the bucket's centre, in bins, measured from the first bin's centre.
+        let within = start.rem_euclid(self.period) as f64 + interval as f64 / 2.0;
+        let pos = within / self.period as f64 * bins as f64 - 0.5;
+        let lower = pos.floor();
+        let b0 = (lower as i64).rem_euclid(bins as i64) as usize;
+        Phase {
+            b0,
+            b1: (b0 + 1) % bins,
+            w1: pos - lower,
+        }
+    }
+
+    fn value(&self, p: Phase, neutral: f64) -> f64 {
+        interp(&self.factor, p, neutral)
+    }
+
+    /// When the period wraps, renormalise (mean factor 1, mean offset 0) and return what
+    /// the level must absorb: a factor to multiply it by, or an offset to add.
+    fn roll(&mut self, start: i64, multiplicative: bool) -> Option<f64> {
+        if self.factor.is_empty() || self.period <= 0 {
+            return None;
+        }
+        let cycle = start.div_euclid(self.period);
+        if cycle == self.cycle {
+            return None;
+        }
+        let first = self.cycle == i64::MIN / 2;
+        self.cycle = cycle;
+        if first {
+            return None;
+        }
+        let mean = self.factor.iter().map(|&f| f as f64).sum::<f64>() / self.factor.len() as f64;
+        if multiplicative {
+            if mean <= 1e-9 {
+                return None;
+            }
+            for f in &mut self.factor {
+                *f = (*f as f64 / mean) as f32;
+            }
+        } else {
+            for f in &mut self.factor {
+                *f = (*f as f64 - mean) as f32;
+            }
+        }
+        Some(mean)
+    }
+
+    /// Moves the two bins of phase `p` towards explaining residual `r`. During its
+    /// first `first_weight` of weight a bin is the plain mean of what it saw, unclipped
+    /// (the scale is not trusted yet); afterwards a robust exponential update with the
+    /// cleaned residual `r_clean`. `unit` converts a residual into a factor change.
+    #[allow(clippy::too_many_arguments)]
+    fn learn(
+        &mut self,
+        p: Phase,
+        rate: f64,
+        first_weight: f64,
+        r: f64,
+        r_clean: f64,
+        unit: f64,
+        multiplicative: bool,
+    ) {
+        for (b, w) in [(p.b0, 1.0 - p.w1), (p.b1, p.w1)] {
+            let (Some(f), Some(seen)) = (self.factor.get_mut(b), self.seen.get_mut(b)) else {
+                continue;
+            };
+            if w <= 0.0 {
+                continue;
+            }
+            let (gain, delta) = if (*seen as f64) < first_weight {
+                (w / (*seen as f64 + w), r)
+            } else {
+                (rate * w, r_clean)
+            };
+            if multiplicative {
+                if unit > 1e-9 {
+                    *f = (*f as f64 + gain * delta / unit).clamp(0.0, 1e3) as f32;
+                }
+            } else {
+                *f = (*f as f64 + gain * delta) as f32;
+            }
+            *seen = (*seen + w as f32).min(1e6);
+        }
+    }
+
+    fn make_additive(&mut self, level: f64) {
+        for f in &mut self.factor {
+            *f = (level * (*f as f64 - 1.0)) as f32;
+        }
+    }
+}
+
+#[inline]
+fn interp(values: &[f32], p: Phase, neutral: f64) -> f64 {
+    match (values.get(p.b0), values.get(p.b1)) {
+        (Some(&a), Some(&b)) => a as f64 * (1.0 - p.w1) + b as f64 * p.w1,
+        _ => neutral,
+    }
 }
 
 /// A model's forecast of one bucket.
@@ -28,62 +168,14 @@ pub(crate) struct Forecast {
     /// Scales above and below the expectation at this phase, floored.
     pub sigma_up: f64,
     pub sigma_down: f64,
-    /// Seasonal factor (or offset) at this phase.
+    /// Seasonal factor (or offset) at this phase, both profiles combined.
     pub season: f64,
+    main: f64,
+    inner: f64,
     /// Relative phase scale at this phase.
     pub phase_scale: f64,
-    pub phase: Phase,
-}
-
-/// Smoothing rates of one model, derived from the configuration once.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Rates {
-    pub level: f64,
-    pub scale: f64,
-    /// Per visit of a bin, from the per-cycle rate.
-    pub season_visit: f64,
-    pub phase_scale_visit: f64,
-    pub error: f64,
-    pub huber_k: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct SeasonalModel {
-    /// Period in seconds; 0 for the flat model.
-    pub period: i64,
-    /// Profile: factors (multiplicative) or offsets (additive); empty for the flat model.
-    factor: Vec<f32>,
-    /// Interpolation weight each bin has received, capped: bins are learned as a plain
-    /// mean until they have one full visit, so the first cycle is not a slow ramp.
-    seen: Vec<f32>,
-    /// Relative scale per bin (geometric mean kept at 1).
-    phase_scale: Vec<f32>,
-    pub level: f64,
-    /// Scales of positive and negative residuals: usage noise is skewed (a burst can
-    /// triple a bucket, nothing can make it negative), so each side gets its own.
-    pub scale_up: RobustScale,
-    pub scale_down: RobustScale,
-    /// Lag-1 autocorrelation of the clipped standardised residuals (numerator and
-    /// denominator of its exponential average, and the previous residual).
-    ac_num: f64,
-    ac_den: f64,
-    prev_u: f64,
-    /// Forecast error (EWMA of the clipped absolute residual) that ranks the models.
-    pub error: f64,
-    /// Index of the current cycle, to renormalise the profile when it wraps.
-    cycle: i64,
-    /// Whether every bin has been visited: only then does the model compete.
-    pub eligible: bool,
-    /// Sums over the open episode, to re-anchor the level if the episode becomes normal.
-    acc_value: f64,
-    acc_season: f64,
-    acc_value2: f64,
-    acc_cross: f64,
-    acc_season2: f64,
-    acc_n: f64,
-    /// Level and scale before the last re-anchoring, to recognise a return to them.
-    pub prev_level: f64,
-    pub prev_sigma: f64,
+    phase: Phase,
+    inner_phase: Phase,
 }
 
 impl Forecast {
@@ -98,14 +190,68 @@ impl Forecast {
     }
 }
 
+/// Smoothing rates of one model, derived from the configuration once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Rates {
+    pub level: f64,
+    pub scale: f64,
+    /// Per unit of bin weight, from the per-cycle rates.
+    pub season_visit: f64,
+    pub inner_visit: f64,
+    pub phase_scale_visit: f64,
+    /// Weight a main bin receives in one cycle (buckets per cycle / bins).
+    pub cycle_weight: f64,
+    pub error: f64,
+    pub huber_k: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SeasonalModel {
+    /// Period in seconds; 0 for the flat model.
+    pub period: i64,
+    main: Profile,
+    /// The shorter period's profile inside this one (the day inside the week).
+    inner: Option<Profile>,
+    /// Relative scale per main bin (geometric mean kept at 1).
+    phase_scale: Vec<f32>,
+    pub level: f64,
+    /// Scales of positive and negative residuals: usage noise is skewed (a burst can
+    /// triple a bucket, nothing can make it negative), so each side gets its own.
+    pub scale_up: RobustScale,
+    pub scale_down: RobustScale,
+    /// Lag-1 autocorrelation of the clipped standardised residuals (numerator and
+    /// denominator of its exponential average, and the previous residual).
+    ac_num: f64,
+    ac_den: f64,
+    prev_u: f64,
+    /// Forecast error (EWMA of the clipped absolute residual) that ranks the models.
+    pub error: f64,
+    /// Whether every bin has been visited: only then does the model compete.
+    pub eligible: bool,
+    /// Sums over the open episode, to re-anchor the level if the episode becomes normal.
+    acc_value: f64,
+    acc_season: f64,
+    acc_value2: f64,
+    acc_cross: f64,
+    acc_season2: f64,
+    acc_n: f64,
+    /// Level and scale before the last re-anchoring, to recognise a return to them.
+    pub prev_level: f64,
+    pub prev_sigma: f64,
+}
+
 impl SeasonalModel {
-    /// `bins == 0` makes the flat model.
-    pub fn new(period: i64, bins: usize, multiplicative: bool) -> Self {
-        let neutral = if multiplicative { 1.0 } else { 0.0 };
+    /// `bins == 0` makes the flat model; `inner` is a shorter period and its bins.
+    pub fn new(
+        period: i64,
+        bins: usize,
+        multiplicative: bool,
+        inner: Option<(i64, usize)>,
+    ) -> Self {
         SeasonalModel {
             period,
-            factor: vec![neutral; bins],
-            seen: vec![0.0; bins],
+            main: Profile::new(period, bins, multiplicative),
+            inner: inner.map(|(p, b)| Profile::new(p, b, multiplicative)),
             phase_scale: vec![1.0; bins],
             level: 0.0,
             scale_up: RobustScale::new(0.0),
@@ -114,7 +260,6 @@ impl SeasonalModel {
             ac_den: 0.0,
             prev_u: 0.0,
             error: 0.0,
-            cycle: i64::MIN / 2,
             eligible: bins == 0,
             acc_value: 0.0,
             acc_season: 0.0,
@@ -135,101 +280,74 @@ impl SeasonalModel {
         self.error = 0.8 * sigma;
     }
 
-    /// Called before each bucket: when the period wraps, renormalise the profile (mean
-    /// factor 1 or mean offset 0, geometric mean phase scale 1) into level and scale, so
-    /// level and profile cannot drift against each other.
+    /// Called before each bucket: when a period wraps, renormalise its profile into the
+    /// level (and the phase scales into the scale), so that level and profiles cannot
+    /// drift against each other.
     pub fn roll(&mut self, start: i64, multiplicative: bool) {
-        if self.period <= 0 || self.factor.is_empty() {
-            return;
-        }
-        let cycle = start.div_euclid(self.period);
-        if cycle == self.cycle {
-            return;
-        }
-        let first = self.cycle == i64::MIN / 2;
-        self.cycle = cycle;
-        if first {
-            return;
-        }
-        let n = self.factor.len() as f64;
-        let mean = self.factor.iter().map(|&f| f as f64).sum::<f64>() / n;
-        if multiplicative {
-            if mean > 1e-9 {
-                for f in &mut self.factor {
-                    *f = (*f as f64 / mean) as f32;
-                }
-                self.level *= mean;
+        if let Some(inner) = self.inner.as_mut() {
+            if let Some(m) = inner.roll(start, multiplicative) {
+                fold(&mut self.level, m, multiplicative);
             }
-        } else {
-            for f in &mut self.factor {
-                *f = (*f as f64 - mean) as f32;
-            }
-            self.level += mean;
         }
-        let log_mean = self
+        let Some(m) = self.main.roll(start, multiplicative) else {
+            return;
+        };
+        fold(&mut self.level, m, multiplicative);
+        let n = self.phase_scale.len().max(1) as f64;
+        let gm = (self
             .phase_scale
             .iter()
             .map(|&s| (s as f64).ln())
             .sum::<f64>()
-            / n;
-        let gm = log_mean.exp();
+            / n)
+            .exp();
         for s in &mut self.phase_scale {
             *s = (*s as f64 / gm) as f32;
         }
         self.scale_up.sigma *= gm;
         self.scale_down.sigma *= gm;
-        self.eligible = self.seen.iter().all(|&s| s >= 0.5);
+        self.eligible = self.main.all_seen() && self.inner.as_ref().is_none_or(Profile::all_seen);
     }
 
-    pub fn phase(&self, start: i64, interval: i64) -> Phase {
-        let bins = self.factor.len();
-        if bins == 0 {
-            return Phase {
-                b0: 0,
-                b1: 0,
-                w1: 0.0,
-            };
-        }
-        // Phase of the bucket's centre, in bins, measured from the first bin's centre.
-        let within = start.rem_euclid(self.period) as f64 + interval as f64 / 2.0;
-        let pos = within / self.period as f64 * bins as f64 - 0.5;
-        let lower = pos.floor();
-        let w1 = pos - lower;
-        let b0 = (lower as i64).rem_euclid(bins as i64) as usize;
-        let b1 = (b0 + 1) % bins;
-        Phase { b0, b1, w1 }
-    }
-
-    #[inline]
-    fn interp(values: &[f32], p: Phase, neutral: f64) -> f64 {
-        match (values.get(p.b0), values.get(p.b1)) {
-            (Some(&a), Some(&b)) => a as f64 * (1.0 - p.w1) + b as f64 * p.w1,
-            _ => neutral,
-        }
-    }
-
-    pub fn forecast(&self, phase: Phase, multiplicative: bool, floor: f64) -> Forecast {
+    pub fn forecast(
+        &self,
+        start: i64,
+        interval: i64,
+        multiplicative: bool,
+        floor: f64,
+    ) -> Forecast {
         let neutral = if multiplicative { 1.0 } else { 0.0 };
-        let season = Self::interp(&self.factor, phase, neutral);
-        let expected = if multiplicative {
-            self.level * season
-        } else {
-            self.level + season
+        let phase = self.main.phase(start, interval);
+        let main = self.main.value(phase, neutral);
+        let (inner, inner_phase) = match &self.inner {
+            Some(p) => {
+                let ph = p.phase(start, interval);
+                (p.value(ph, neutral), ph)
+            }
+            None => (neutral, Phase::default()),
         };
-        let phase_scale = Self::interp(&self.phase_scale, phase, 1.0);
+        let (season, expected) = if multiplicative {
+            (main * inner, self.level * main * inner)
+        } else {
+            (main + inner, self.level + main + inner)
+        };
+        let phase_scale = interp(&self.phase_scale, phase, 1.0);
         Forecast {
             expected,
             sigma_up: (self.scale_up.sigma * phase_scale).max(floor),
             sigma_down: (self.scale_down.sigma * phase_scale).max(floor),
             season,
+            main,
+            inner,
             phase_scale,
             phase,
+            inner_phase,
         }
     }
 
-    /// Learns from value `x`. The profile always learns (robustly), so a weekly rhythm
+    /// Learns from value `x`. The profiles always learn (robustly), so a weekly rhythm
     /// can be discovered even while its first weekend is an open episode; level, scale
-    /// and error learn only when `learn_baseline` (no open episode).
+    /// and error learn only when `learn_baseline` (no open episode, nothing suspect).
     #[allow(clippy::too_many_arguments)]
     pub fn learn(
         &mut self,
@@ -261,38 +379,63 @@ impl SeasonalModel {
             self.ac_den += rates.error * (u_clean * u_clean - self.ac_den);
             self.prev_u = u_clean;
         }
-        if self.factor.is_empty() {
+        if self.main.is_empty() {
             return;
         }
-        let p = fc.phase;
-        for (b, w) in [(p.b0, 1.0 - p.w1), (p.b1, p.w1)] {
-            let (Some(f), Some(seen), Some(ps)) = (
-                self.factor.get_mut(b),
-                self.seen.get_mut(b),
-                self.phase_scale.get_mut(b),
-            ) else {
-                continue;
-            };
-            if w <= 0.0 {
-                continue;
-            }
-            let first = *seen < 1.0;
-            // A bin's first visit is a plain mean of what it saw (unclipped: the
-            // baseline is not trusted yet); afterwards a robust exponential update.
-            let (gain, delta) = if first {
-                (w / (*seen as f64 + w), r)
-            } else {
-                (rates.season_visit * w, r_clean)
-            };
+        let unit = |other: f64| {
             if multiplicative {
-                if self.level > 1e-9 {
-                    *f = (*f as f64 + gain * delta / self.level).clamp(0.0, 1e3) as f32;
-                }
+                self.level * other
             } else {
-                *f = (*f as f64 + gain * delta) as f32;
+                1.0
             }
-            *seen = (*seen + w as f32).min(1e6);
-            if learn_baseline && !first {
+        };
+        let (main_unit, inner_unit) = (unit(fc.inner), unit(fc.main));
+        // The outer profile of a double-seasonal model waits for the inner one to have
+        // seen a full cycle, then learns its whole first cycle as a plain mean: it only
+        // has to capture a deviation from a shape that is already there.
+        let main_first = match self.inner.as_mut() {
+            Some(inner) => {
+                inner.learn(
+                    fc.inner_phase,
+                    rates.inner_visit,
+                    1.0,
+                    r,
+                    r_clean,
+                    inner_unit,
+                    multiplicative,
+                );
+                if !inner.all_seen() {
+                    return;
+                }
+                rates.cycle_weight
+            }
+            None => 1.0,
+        };
+        let p = fc.phase;
+        let first = |b: usize| {
+            self.main
+                .seen
+                .get(b)
+                .is_none_or(|&s| (s as f64) < main_first)
+        };
+        let (first0, first1) = (first(p.b0), first(p.b1));
+        self.main.learn(
+            p,
+            rates.season_visit,
+            main_first,
+            r,
+            r_clean,
+            main_unit,
+            multiplicative,
+        );
+        if learn_baseline {
+            for (b, w, fresh) in [(p.b0, 1.0 - p.w1, first0), (p.b1, p.w1, first1)] {
+                let Some(ps) = self.phase_scale.get_mut(b) else {
+                    continue;
+                };
+                if fresh || w <= 0.0 {
+                    continue;
+                }
                 let g = rates.phase_scale_visit * w;
                 // Squared residual capped at 3²: less bounded than the biweight, so a
                 // phase that is noisy every day (a nightly batch) is learned in days.
@@ -372,8 +515,9 @@ impl SeasonalModel {
     /// A series seeded as never negative went negative: it is not a count, so its
     /// season becomes additive (`level × (factor − 1)` as offsets), once.
     pub fn make_additive(&mut self) {
-        for f in &mut self.factor {
-            *f = (self.level * (*f as f64 - 1.0)) as f32;
+        self.main.make_additive(self.level);
+        if let Some(inner) = self.inner.as_mut() {
+            inner.make_additive(self.level);
         }
         self.acc_season = 0.0;
         self.acc_cross = 0.0;
@@ -394,5 +538,13 @@ impl SeasonalModel {
             self.prev_level + fc.season
         };
         (expected, (self.prev_sigma * fc.phase_scale).max(floor))
+    }
+}
+
+fn fold(level: &mut f64, m: f64, multiplicative: bool) {
+    if multiplicative {
+        *level *= m;
+    } else {
+        *level += m;
     }
 }

@@ -1,10 +1,18 @@
-//! Evaluates the anomaly detector: on the synthetic labelled benchmark (default) or on
-//! CSV series with labelled windows (NAB layout). See docs/anomaly-detection.md.
+//! Evaluates the anomaly detector on the synthetic labelled benchmark (default) or on
+//! labelled CSV series (NAB layout). See docs/anomaly-detection.md.
+//!
+//! ```text
+//! turnpike-anomaly-eval [--tenants N] [--weeks W] [--seed S] [--interval SECS]
+//! turnpike-anomaly-eval --data DIR | --csv FILE ... [--windows FILE] [--probation nab|none]
+//!                       [--per-series]
+//! ```
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use turnpike_anomaly::evaluate::{quantile, replay, score, throughput, Report};
-use turnpike_anomaly::synth::{generate, SynthConfig};
+use turnpike_anomaly::dataset::{attach_windows, read_series, read_windows};
+use turnpike_anomaly::evaluate::{nab_probation, quantile, replay, score, throughput, Report};
+use turnpike_anomaly::synth::{generate, Series, SynthConfig};
 use turnpike_anomaly::Config;
 
 fn main() -> ExitCode {
@@ -20,6 +28,10 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<(), String> {
     let mut synth = SynthConfig::default();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut windows: Option<PathBuf> = None;
+    let mut nab = true;
+    let mut per_series = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
@@ -28,10 +40,28 @@ fn run(args: &[String]) -> Result<(), String> {
             "--weeks" => synth.weeks = parse(value()?)?,
             "--seed" => synth.seed = parse(value()?)?,
             "--interval" => synth.interval_secs = parse(value()?)?,
+            "--csv" => files.push(PathBuf::from(value()?)),
+            "--data" => collect_csv(Path::new(value()?), &mut files)?,
+            "--windows" => windows = Some(PathBuf::from(value()?)),
+            "--probation" => {
+                nab = match value()?.as_str() {
+                    "nab" => true,
+                    "none" => false,
+                    other => return Err(format!("--probation nab|none, not {other}")),
+                }
+            }
+            "--per-series" => per_series = true,
+            "-h" | "--help" => {
+                println!("see docs/anomaly-detection.md");
+                return Ok(());
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let config = Config::default();
+    if !files.is_empty() {
+        return run_csv(&files, windows.as_deref(), nab, per_series, &config);
+    }
     let series = generate(&synth);
     let (alerts, _, _) = replay(&series, &config);
     let report = score(&series, &alerts, |_| 0);
@@ -45,6 +75,71 @@ fn run(args: &[String]) -> Result<(), String> {
         "replay throughput: {:.2} M buckets/s (one core)",
         rate / 1e6
     );
+    Ok(())
+}
+
+fn collect_csv(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect_csv(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "csv") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn run_csv(
+    files: &[PathBuf],
+    windows: Option<&Path>,
+    nab: bool,
+    per_series: bool,
+    config: &Config,
+) -> Result<(), String> {
+    let windows = match windows {
+        Some(p) => read_windows(p)?,
+        None => Vec::new(),
+    };
+    let mut series: Vec<Series> = Vec::with_capacity(files.len());
+    for f in files {
+        let (mut s, times) = read_series(f)?;
+        attach_windows(&mut s, &times, &windows);
+        series.push(s);
+    }
+    let (alerts, _, _) = replay(&series, config);
+    let probation = |len: usize| if nab { nab_probation(len) } else { 0 };
+    if per_series {
+        for (s, a) in series.iter().zip(&alerts) {
+            let r = score(std::slice::from_ref(s), std::slice::from_ref(a), probation);
+            println!(
+                "{}  rows {}  interval {} s  windows {}  detected {}  alerts {}  false {}  NAB {:.1}",
+                s.name,
+                s.buckets.len(),
+                s.interval_secs,
+                r.windows,
+                r.detected,
+                r.alerts,
+                r.false_alerts,
+                r.nab.first().map_or(0.0, |n| n.1)
+            );
+        }
+    }
+    let report = score(&series, &alerts, probation);
+    println!(
+        "{} CSV series, probation {}",
+        series.len(),
+        if nab {
+            "NAB (15 %, at most 750 rows)"
+        } else {
+            "none"
+        }
+    );
+    print_report(&report);
     Ok(())
 }
 
