@@ -113,7 +113,7 @@ impl Default for Config {
             selection_buckets: 288,
             selection_margin: 0.1,
             huber_k: 2.0,
-            z_alarm: 5.0,
+            z_alarm: 5.5,
             cusum_k: 1.0,
             cusum_h: 8.0,
             z_continue: 2.0,

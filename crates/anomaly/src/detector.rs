@@ -59,7 +59,7 @@ struct State {
     silence_start: i64,
     episode: Episode,
     /// When the baseline was last re-anchored to a persisting episode. Until it has
-    /// been normal for `learning_buckets`, the established baseline before it is
+    /// lasted the longest candidate period, the established baseline before it is
     /// remembered (in the models), and a bucket back at that baseline is a recovery,
     /// not a new alarm.
     provisional_since: Option<u64>,
@@ -246,8 +246,10 @@ impl Detector {
 
         // While the chosen model's CUSUM is half-way to an alarm the bucket is suspect:
         // learning from it would let the baseline slide after a shift and hide it.
-        let suspect = s.cusums[sel].up.max(s.cusums[sel].down) >= cfg.cusum_h / 2.0;
-        let mut learn_baseline = !suspect;
+        let suspect = |c: &Cusum| c.up.max(c.down) >= cfg.cusum_h / 2.0;
+        let mut learn_baseline = !suspect(&s.cusums[sel]);
+        // A bucket that opens, ends or re-anchors an episode teaches no model.
+        let mut event = false;
         let mut verdict = Verdict::Normal;
         if let Some(kind) = s.episode.kind {
             let signed = if kind == Kind::Spike {
@@ -255,9 +257,10 @@ impl Detector {
             } else {
                 -zs[sel]
             };
-            for (model, fc) in s.models.iter_mut().zip(&fcs) {
+            let sign = if kind == Kind::Spike { 1.0 } else { -1.0 };
+            for ((model, fc), z) in s.models.iter_mut().zip(&fcs).zip(&zs) {
                 if let Some(fc) = fc {
-                    model.accumulate(x, fc);
+                    model.accumulate(x, fc, sign * z);
                 }
             }
             match s.episode.step(
@@ -273,28 +276,36 @@ impl Detector {
                 Step::Persisted => {
                     let keep_prev = s.provisional_since.is_some();
                     for model in &mut s.models {
-                        model.reanchor(mult, floor, keep_prev);
+                        model.reanchor(mult, floor, keep_prev, cfg.z_continue);
                     }
                     s.provisional_since = Some(s.count);
                     reset_cusums(s);
-                    learn_baseline = false;
+                    event = true;
                 }
             }
         } else if let Some((dir, onset)) = triggers[sel] {
             let sel_error = s.models[sel].error;
-            let vetoed = !silent
-                && (0..n).any(|m| {
-                    m != sel
+            let veto = (0..n)
+                .filter(|&m| {
+                    !silent
+                        && m != sel
                         && s.models[m].eligible
                         && s.models[m].error <= sel_error * VETO_MARGIN
                         && triggers[m].map(|t| t.0) != Some(dir)
-                });
-            let returned = s.provisional_since.is_some() && {
+                })
+                .min_by(|&a, &b| s.models[a].error.total_cmp(&s.models[b].error));
+            let returned = s.provisional_since.is_some() && s.models[sel].reanchored && {
                 let (e, sd) = s.models[sel].previous_forecast(&fc_sel, mult, floor);
                 ((x - e) / sd).abs() <= RETURN_Z
             };
-            if vetoed {
-                // Another model that forecasts as well finds the bucket normal.
+            if let Some(m) = veto {
+                // Another model that forecasts about as well finds the bucket normal. If
+                // it also forecasts better, it becomes the chosen one (the weekly model
+                // on the first weekend after it has seen one).
+                if s.models[m].error < sel_error {
+                    s.selected = m;
+                    reset_cusums(s);
+                }
             } else if returned {
                 // Back to the baseline before the last re-anchoring: a recovery.
                 for model in &mut s.models {
@@ -302,21 +313,22 @@ impl Detector {
                 }
                 s.provisional_since = None;
                 reset_cusums(s);
-                learn_baseline = false;
+                event = true;
             } else {
                 let kind = match dir {
                     Direction::Up => Kind::Spike,
                     Direction::Down => Kind::Drop,
                 };
                 s.episode.open(kind);
-                for (model, fc) in s.models.iter_mut().zip(&fcs) {
+                let sign = if kind == Kind::Spike { 1.0 } else { -1.0 };
+                for ((model, fc), z) in s.models.iter_mut().zip(&fcs).zip(&zs) {
                     model.start_episode();
                     if let Some(fc) = fc {
-                        model.accumulate(x, fc);
+                        model.accumulate(x, fc, sign * z);
                     }
                 }
                 reset_cusums(s);
-                learn_baseline = false;
+                event = true;
                 verdict = Verdict::Anomalous(kind);
                 judgement.alerts.push(Anomaly {
                     kind,
@@ -329,13 +341,28 @@ impl Detector {
             }
         }
 
-        if s.provisional_since
-            .is_some_and(|at| s.count - at > cfg.learning_buckets as u64)
-            && !s.episode.is_open()
-        {
+        // A re-anchored level is established once it has lasted the longest rhythm
+        // (a week by default): a weekend level adopted on Saturday must not make Monday
+        // a new alarm.
+        let interval = cfg.interval_secs.max(1);
+        let memory = s
+            .models
+            .iter()
+            .map(|m| (m.period / interval) as u64)
+            .max()
+            .unwrap_or(0)
+            .max(cfg.learning_buckets as u64);
+        if s.provisional_since.is_some_and(|at| s.count - at > memory) && !s.episode.is_open() {
             s.provisional_since = None; // the new level is established
+            for model in &mut s.models {
+                model.reanchored = false;
+            }
         }
 
+        // Level and scale learn only from normal buckets (an alarm, an ongoing episode,
+        // a suspect CUSUM, a re-anchoring or a recovery teach nothing); profiles always
+        // learn, robustly.
+        learn_baseline &= !event;
         let error_clip = 4.0 * fc_sel.sigma_up.max(fc_sel.sigma_down);
         for ((model, fc), rates) in s.models.iter_mut().zip(&fcs).zip(&s.rates) {
             if let Some(fc) = fc {

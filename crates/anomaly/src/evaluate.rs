@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::detector::Detector;
 use crate::input::Bucket;
-use crate::kinds::Kind;
+use crate::kinds::{Anomaly, Kind};
 use crate::synth::{Label, Series};
 
 /// An alert at bucket index `index` of its series.
@@ -40,6 +40,7 @@ use crate::synth::{Label, Series};
 pub struct Alert {
     pub index: usize,
     pub kind: Kind,
+    pub anomaly: Option<Anomaly>,
 }
 
 /// NAB cost profile.
@@ -145,6 +146,7 @@ pub fn replay(series: &[Series], config: &Config) -> (Vec<Vec<Alert>>, Duration,
                 alerts.push(Alert {
                     index: i,
                     kind: a.kind,
+                    anomaly: Some(*a),
                 });
             }
         }
@@ -357,6 +359,7 @@ mod tests {
             &[Alert {
                 index: 100,
                 kind: Kind::Spike,
+                anomaly: None,
             }],
             &labels,
             0,
@@ -371,6 +374,7 @@ mod tests {
             &[Alert {
                 index: 109,
                 kind: Kind::Spike,
+                anomaly: None,
             }],
             &labels,
             0,
@@ -382,6 +386,7 @@ mod tests {
             &[Alert {
                 index: 5,
                 kind: Kind::Spike,
+                anomaly: None,
             }],
             &labels,
             0,
@@ -393,6 +398,7 @@ mod tests {
             &[Alert {
                 index: 5,
                 kind: Kind::Spike,
+                anomaly: None,
             }],
             &labels,
             10,
@@ -408,10 +414,12 @@ mod tests {
             Alert {
                 index: 103,
                 kind: Kind::Spike,
+                anomaly: None,
             },
             Alert {
                 index: 500,
                 kind: Kind::Drop,
+                anomaly: None,
             },
         ]];
         let r = score(std::slice::from_ref(&s), &alerts, |_| 0);

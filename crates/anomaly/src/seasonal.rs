@@ -108,17 +108,18 @@ impl Profile {
         Some(mean)
     }
 
-    /// Moves the two bins of phase `p` towards explaining residual `r`. During its
-    /// first `first_weight` of weight a bin is the plain mean of what it saw, unclipped
-    /// (the scale is not trusted yet); afterwards a robust exponential update with the
-    /// cleaned residual `r_clean`. `unit` converts a residual into a factor change.
+    /// Moves the two bins of phase `p` towards explaining the bucket. During its first
+    /// `first_weight` of weight a bin is the weighted mean of the `target` values it
+    /// saw (what the bin would be if it alone explained the bucket), unclipped: the
+    /// scale is not trusted yet. Afterwards, a robust gradient step with the cleaned
+    /// residual `r_clean`; `unit` converts a residual into a factor change.
     #[allow(clippy::too_many_arguments)]
     fn learn(
         &mut self,
         p: Phase,
         rate: f64,
         first_weight: f64,
-        r: f64,
+        target: f64,
         r_clean: f64,
         unit: f64,
         multiplicative: bool,
@@ -130,18 +131,27 @@ impl Profile {
             if w <= 0.0 {
                 continue;
             }
-            let (gain, delta) = if (*seen as f64) < first_weight {
-                (w / (*seen as f64 + w), r)
-            } else {
-                (rate * w, r_clean)
-            };
-            if multiplicative {
+            let value = *f as f64;
+            let next = if (*seen as f64) < first_weight {
+                if target.is_finite() {
+                    value + w / (*seen as f64 + w) * (target - value)
+                } else {
+                    value
+                }
+            } else if multiplicative {
                 if unit > 1e-9 {
-                    *f = (*f as f64 + gain * delta / unit).clamp(0.0, 1e3) as f32;
+                    value + rate * w * r_clean / unit
+                } else {
+                    value
                 }
             } else {
-                *f = (*f as f64 + gain * delta) as f32;
-            }
+                value + rate * w * r_clean
+            };
+            *f = if multiplicative {
+                next.clamp(0.0, 1e3) as f32
+            } else {
+                next as f32
+            };
             *seen = (*seen + w as f32).min(1e6);
         }
     }
@@ -235,6 +245,11 @@ pub(crate) struct SeasonalModel {
     acc_cross: f64,
     acc_season2: f64,
     acc_n: f64,
+    /// Sum of this model's z over the episode, signed in the episode's direction: only a
+    /// model that found the episode abnormal too is re-anchored to it.
+    acc_z: f64,
+    /// This model was re-anchored and has a previous baseline to return to.
+    pub reanchored: bool,
     /// Level and scale before the last re-anchoring, to recognise a return to them.
     pub prev_level: f64,
     pub prev_sigma: f64,
@@ -267,6 +282,8 @@ impl SeasonalModel {
             acc_cross: 0.0,
             acc_season2: 0.0,
             acc_n: 0.0,
+            acc_z: 0.0,
+            reanchored: false,
             prev_level: 0.0,
             prev_sigma: 0.0,
         }
@@ -364,8 +381,10 @@ impl SeasonalModel {
         let u = r / sigma;
         let u_clean = huber(u, rates.huber_k);
         let r_clean = u_clean * sigma;
+        // The forecast error learns from every bucket, episodes included: a model whose
+        // misses all open episodes (and are then excused) must not look accurate.
+        self.error += rates.error * (r.abs().min(error_clip) - self.error);
         if learn_baseline {
-            self.error += rates.error * (r.abs().min(error_clip) - self.error);
             self.level += rates.level * r_clean;
             let ps = fc.phase_scale.max(1e-6);
             // Each side sees about half the residuals: twice the rate keeps the memory.
@@ -382,14 +401,21 @@ impl SeasonalModel {
         if self.main.is_empty() {
             return;
         }
-        let unit = |other: f64| {
+        let level = self.level;
+        let unit = |other: f64| if multiplicative { level * other } else { 1.0 };
+        // What a profile's bin would be if it alone explained x, the other profile and
+        // the level being right.
+        let target = |other: f64| {
             if multiplicative {
-                self.level * other
+                if level * other > 1e-9 {
+                    x / (level * other)
+                } else {
+                    f64::NAN
+                }
             } else {
-                1.0
+                x - level - other
             }
         };
-        let (main_unit, inner_unit) = (unit(fc.inner), unit(fc.main));
         // The outer profile of a double-seasonal model waits for the inner one to have
         // seen a full cycle, then learns its whole first cycle as a plain mean: it only
         // has to capture a deviation from a shape that is already there.
@@ -399,9 +425,9 @@ impl SeasonalModel {
                     fc.inner_phase,
                     rates.inner_visit,
                     1.0,
-                    r,
+                    target(fc.main),
                     r_clean,
-                    inner_unit,
+                    unit(fc.main),
                     multiplicative,
                 );
                 if !inner.all_seen() {
@@ -423,9 +449,9 @@ impl SeasonalModel {
             p,
             rates.season_visit,
             main_first,
-            r,
+            target(fc.inner),
             r_clean,
-            main_unit,
+            unit(fc.inner),
             multiplicative,
         );
         if learn_baseline {
@@ -453,9 +479,12 @@ impl SeasonalModel {
         self.acc_cross = 0.0;
         self.acc_season2 = 0.0;
         self.acc_n = 0.0;
+        self.acc_z = 0.0;
     }
 
-    pub fn accumulate(&mut self, x: f64, fc: &Forecast) {
+    /// `z_signed`: this model's z at the bucket, positive in the episode's direction.
+    pub fn accumulate(&mut self, x: f64, fc: &Forecast, z_signed: f64) {
+        self.acc_z += z_signed;
         self.acc_value += x;
         self.acc_season += fc.season;
         self.acc_value2 += x * x;
@@ -478,9 +507,11 @@ impl SeasonalModel {
     /// has `adapt_after` buckets, and a scale that is too wide errs on the quiet side).
     /// `keep_prev`: the level being replaced was itself a re-anchoring: remember the
     /// one before it, the last established normal.
-    pub fn reanchor(&mut self, multiplicative: bool, floor: f64, keep_prev: bool) {
+    pub fn reanchor(&mut self, multiplicative: bool, floor: f64, keep_prev: bool, z_continue: f64) {
         let n = self.acc_n;
-        if n < 2.0 {
+        if n < 2.0 || self.acc_z / n < z_continue || !self.eligible {
+            // This model forecast the episode well enough, or is still learning its
+            // first cycle (its forecast proves nothing yet): nothing to adopt.
             return;
         }
         let (new_level, rss) = if multiplicative && self.acc_season > 1e-9 {
@@ -498,10 +529,11 @@ impl SeasonalModel {
             (l, sum_d2 - n * l * l)
         };
         let sigma = (rss.max(0.0) / (n - 1.0)).sqrt().max(floor);
-        if !keep_prev {
+        if !(keep_prev && self.reanchored) {
             self.prev_level = self.level;
             self.prev_sigma = self.sigma();
         }
+        self.reanchored = true;
         self.level = new_level;
         self.scale_up = RobustScale::new(sigma);
         self.scale_down = RobustScale::new(sigma);
@@ -526,6 +558,10 @@ impl SeasonalModel {
 
     /// Goes back to the level and scale before the last re-anchoring.
     pub fn revert(&mut self) {
+        if !self.reanchored {
+            return;
+        }
+        self.reanchored = false;
         self.level = self.prev_level;
         self.scale_up = RobustScale::new(self.prev_sigma);
         self.scale_down = RobustScale::new(self.prev_sigma);

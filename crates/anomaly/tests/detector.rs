@@ -7,16 +7,21 @@ const T0: i64 = 1_767_571_200; // a Monday, 00:00 UTC
 const FIVE_MIN: i64 = 300;
 const DAY: usize = 288;
 
-/// A tenant with a daily rhythm (quiet nights, busy afternoons) and a quieter weekend,
-/// Poisson-like noise (normal approximation, rounded), `days` long.
+/// A tenant with a daily rhythm (quiet nights, busy afternoons), Poisson-like noise
+/// (normal approximation, rounded), `days` long.
 fn seasonal_counts(days: usize, base: f64, seed: u64) -> Vec<f64> {
+    weekly_counts(days, base, 1.0, seed)
+}
+
+/// The same with weekends at `weekend` times the weekday level.
+fn weekly_counts(days: usize, base: f64, weekend: f64, seed: u64) -> Vec<f64> {
     let mut rng = Rng::new(seed);
     (0..days * DAY)
         .map(|i| {
             let hour = (i % DAY) as f64 / 12.0;
             let day = i / DAY;
             let wave = 1.0 + 0.6 * (2.0 * std::f64::consts::PI * (hour - 15.0) / 24.0).cos();
-            let weekend = if day % 7 >= 5 { 0.7 } else { 1.0 };
+            let weekend = if day % 7 >= 5 { weekend } else { 1.0 };
             let mean = base * wave * weekend;
             (mean + mean.sqrt() * rng.normal()).round().max(0.0)
         })
@@ -46,6 +51,18 @@ fn long_clean_seasonal_series_does_not_alarm() {
     let found = alerts(&run(&mut d, &values));
     assert!(found.is_empty(), "false alarms: {found:?}");
     assert_eq!(d.period(), Some(86_400), "the daily rhythm is found");
+}
+
+#[test]
+fn weekly_rhythm_is_learned_after_the_first_weekend() {
+    // Weekends at 60 %: the first one is news (it may alarm once, and Monday is a
+    // recovery), from the second on it is the rhythm.
+    let values = weekly_counts(35, 200.0, 0.6, 11);
+    let mut d = Detector::new(Config::default());
+    let found = alerts(&run(&mut d, &values));
+    assert!(found.len() <= 1, "{found:?}");
+    assert!(found.iter().all(|(i, _)| *i < 7 * DAY), "{found:?}");
+    assert_eq!(d.period(), Some(7 * 86_400), "the weekly rhythm is found");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! ```text
 //! turnpike-anomaly-eval [--tenants N] [--weeks W] [--seed S] [--interval SECS]
 //! turnpike-anomaly-eval --data DIR | --csv FILE ... [--windows FILE] [--probation nab|none]
-//!                       [--per-series]
+//!                       [--per-series] [--alerts]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut windows: Option<PathBuf> = None;
     let mut nab = true;
     let mut per_series = false;
+    let mut list_alerts = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
@@ -51,6 +52,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
             "--per-series" => per_series = true,
+            "--alerts" => list_alerts = true,
             "-h" | "--help" => {
                 println!("see docs/anomaly-detection.md");
                 return Ok(());
@@ -60,7 +62,13 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let config = Config::default();
     if !files.is_empty() {
-        return run_csv(&files, windows.as_deref(), nab, per_series, &config);
+        return run_csv(
+            &files,
+            windows.as_deref(),
+            nab,
+            (per_series, list_alerts),
+            &config,
+        );
     }
     let series = generate(&synth);
     let (alerts, _, _) = replay(&series, &config);
@@ -98,7 +106,7 @@ fn run_csv(
     files: &[PathBuf],
     windows: Option<&Path>,
     nab: bool,
-    per_series: bool,
+    (per_series, list_alerts): (bool, bool),
     config: &Config,
 ) -> Result<(), String> {
     let windows = match windows {
@@ -127,6 +135,30 @@ fn run_csv(
                 r.false_alerts,
                 r.nab.first().map_or(0.0, |n| n.1)
             );
+        }
+    }
+    if list_alerts {
+        println!("series,row,bucket_start,kind,episode_start,score,expected,observed,in_window");
+        for (s, alerts) in series.iter().zip(&alerts) {
+            for a in alerts {
+                let Some(x) = a.anomaly else { continue };
+                let inside = s
+                    .labels
+                    .iter()
+                    .any(|l| a.index >= l.start && a.index < l.end);
+                println!(
+                    "{},{},{},{},{},{:.2},{:.4},{:.4},{}",
+                    s.name,
+                    a.index,
+                    x.bucket,
+                    x.kind,
+                    x.episode_start,
+                    x.score,
+                    x.expected,
+                    x.observed,
+                    inside
+                );
+            }
         }
     }
     let report = score(&series, &alerts, probation);
