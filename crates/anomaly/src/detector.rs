@@ -141,12 +141,7 @@ impl Detector {
 
         let s = &mut self.state;
         if let Some(quota) = bucket.quota {
-            let level = if s.seeded {
-                s.models.get(s.selected).map(|m| m.level)
-            } else {
-                None
-            };
-            if let Some(a) = s.plan.observe(start, x, quota, level, &self.config) {
+            if let Some(a) = s.plan.observe(start, x, quota, &self.config) {
                 judgement.alerts.push(a);
             }
         }

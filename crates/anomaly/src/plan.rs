@@ -1,9 +1,9 @@
 //! Plan burn: usage on track to exceed a plan limit by `burn_factor` before the period
 //! ends, i.e. the limit would be gone when at most `1/burn_factor` of the period has
-//! passed. The projection is `used + rate × buckets left`, where the rate is the
-//! baseline's level (usage per bucket with the season averaged out; before the baseline
-//! exists, the mean of the buckets seen in the period). A spike does not move the level,
-//! so plan burn reports sustained consumption, not a burst.
+//! passed. The projection is linear: `used + pace × buckets left`, the pace being the
+//! usage so far over the time elapsed in the period. It is the billing view (a spike
+//! counts as much as it consumed), stable for sparse tenants, and needs no history
+//! beyond the period, so it works on a new tenant's first day.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,6 @@ pub(crate) struct PlanChannel {
     period_start: i64,
     used: f64,
     buckets: u32,
-    sum: f64,
     pub episode: Episode,
 }
 
@@ -27,7 +26,6 @@ impl PlanChannel {
         start: i64,
         value: f64,
         quota: Quota,
-        level: Option<f64>,
         cfg: &Config,
     ) -> Option<Anomaly> {
         if quota.period_start != self.period_start {
@@ -42,11 +40,19 @@ impl PlanChannel {
             _ => self.used + v,
         };
         self.buckets = self.buckets.saturating_add(1);
-        self.sum += v;
         if quota.limit.is_nan() || quota.limit <= 0.0 || cfg.interval_secs <= 0 {
             return None;
         }
-        let rate = level.unwrap_or(self.sum / self.buckets as f64).max(0.0);
+        // The period's own pace: usage so far over the time elapsed in the period (or
+        // since the series began, for a tenant that signed up mid-period and whose
+        // ledger usage the caller did not pass).
+        let since_period = (start + cfg.interval_secs - quota.period_start).max(cfg.interval_secs);
+        let elapsed = if quota.used.is_some() {
+            since_period as f64 / cfg.interval_secs as f64
+        } else {
+            self.buckets as f64
+        };
+        let rate = (self.used / elapsed).max(0.0);
         let left = (quota.period_end - (start + cfg.interval_secs)).max(0) as f64
             / cfg.interval_secs as f64;
         let projected = self.used + rate * left;
