@@ -26,13 +26,16 @@ pub struct Config {
     /// dropped. Default: a day in 48 bins (30 min) and a week in 168 bins (1 h).
     pub periods: Vec<Period>,
 
-    /// Level smoothing per bucket (α of exponential smoothing). Default 0.05.
+    /// Level smoothing per bucket (α of exponential smoothing) of the flat model; a
+    /// seasonal model's level moves at most 4 times per period. Default 0.05.
     pub level_rate: f64,
     /// Seasonal profile smoothing, as the weight one whole cycle gets. Default 0.3.
     pub season_rate: f64,
-    /// Global scale smoothing per bucket (λ of the biweight recursion). Default 0.05.
+    /// Scale smoothing per bucket (λ of the biweight recursion; each side of the
+    /// expectation has its own scale and twice this rate). Default 0.01.
     pub scale_rate: f64,
-    /// Per-phase scale smoothing, as the weight of one cycle. Default 0.2.
+    /// Per-phase scale smoothing, as the weight of one cycle (at most 0.1 per visit of a
+    /// bin). Default 0.5.
     pub phase_scale_rate: f64,
     /// Memory, in buckets, of the forecast error that picks the seasonal model.
     /// Default 288.
@@ -44,7 +47,8 @@ pub struct Config {
     /// Huber constant: a residual moves the baseline by at most this many scales.
     /// Default 2.
     pub huber_k: f64,
-    /// |z| at which one bucket alone raises a spike or drop (Shewhart limit). Default 5.
+    /// |z| at which one bucket alone raises a spike or drop (Shewhart limit); also the
+    /// denial-storm limit and the silence evidence (that of one such bucket). Default 5.5.
     pub z_alarm: f64,
     /// CUSUM reference value k, in scales: drifts smaller than this are ignored.
     /// Default 1.
