@@ -46,6 +46,8 @@ struct State {
     /// Smallest non-zero change seen between consecutive buckets: the data's own
     /// resolution (1 for counts), a floor for the scale.
     quantum: f64,
+    /// Every value so far was exactly zero.
+    all_zero: bool,
     /// Values kept to seed the baseline; emptied once seeded.
     seed: Vec<f64>,
     seeded: bool,
@@ -77,6 +79,7 @@ impl Detector {
                 last_start: None,
                 last_value: 0.0,
                 quantum: 0.0,
+                all_zero: true,
                 seed,
                 seeded: false,
                 multiplicative: true,
@@ -121,12 +124,11 @@ impl Detector {
             return judgement;
         }
         let s = &mut self.state;
-        if s.count > 0 {
-            let d = (x - s.last_value).abs();
-            if d > 0.0 && (s.quantum == 0.0 || d < s.quantum) {
-                s.quantum = d;
-            }
-        }
+        let change = if s.count > 0 {
+            (x - s.last_value).abs()
+        } else {
+            0.0
+        };
         s.last_start = Some(start);
         s.last_value = x;
         s.count += 1;
@@ -140,6 +142,14 @@ impl Detector {
         let verdict = self.judge_value(start, x, &mut judgement);
 
         let s = &mut self.state;
+        // The resolution is learned after judging: the bucket that first moves a
+        // constant series is judged against the series as it was (a meter stuck at 5.0
+        // that reads 6.0 is news), except that the first non-zero of an all-zero series
+        // defines the resolution rather than alarming (see `judge_value`).
+        if change > 0.0 && (s.quantum == 0.0 || change < s.quantum) {
+            s.quantum = change;
+        }
+        s.all_zero &= x == 0.0;
         if let Some(quota) = bucket.quota {
             if let Some(a) = s.plan.observe(start, x, quota, &self.config) {
                 judgement.alerts.push(a);
@@ -171,7 +181,14 @@ impl Detector {
             }
         }
         let mult = s.multiplicative;
-        let floor = s.quantum.max(cfg.abs_scale_floor).max(1e-12);
+        // An all-zero series has no scale to judge its first non-zero against: that
+        // value sets the resolution instead.
+        let first_nonzero = if s.all_zero { x.abs() } else { 0.0 };
+        let floor = s
+            .quantum
+            .max(first_nonzero)
+            .max(cfg.abs_scale_floor)
+            .max(1e-12);
         let learning = s.count < cfg.learning_buckets as u64;
         let threshold = if learning {
             cfg.z_alarm * cfg.learning_z_factor
@@ -180,7 +197,13 @@ impl Detector {
         };
 
         // Forecast with every model (fixed-size, no allocation).
-        let n = s.models.len().min(MAX_MODELS);
+        // (Lengths agree by construction; a hand-edited state must not index out.)
+        let n = s
+            .models
+            .len()
+            .min(s.cusums.len())
+            .min(s.rates.len())
+            .min(MAX_MODELS);
         let mut fcs: [Option<Forecast>; MAX_MODELS] = [None; MAX_MODELS];
         let mut zs = [0.0f64; MAX_MODELS];
         let mut triggers: [Option<(Direction, i64)>; MAX_MODELS] = [None; MAX_MODELS];

@@ -237,6 +237,21 @@ fn zeros_only() {
 }
 
 #[test]
+fn a_stuck_meter_that_moves_alarms_but_a_silent_tenants_first_request_does_not() {
+    let mut values = vec![5.0; 2 * DAY];
+    values.extend(vec![6.0; 50]);
+    let found = alerts(&run(&mut Detector::new(Config::default()), &values));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].0, found[0].1.kind), (2 * DAY, Kind::Spike));
+
+    let mut values = vec![0.0; 2 * DAY];
+    values[DAY + 7] = 1.0;
+    values[DAY + 100] = 2.0;
+    let found = alerts(&run(&mut Detector::new(Config::default()), &values));
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
 fn real_valued_negative_series_with_hourly_buckets() {
     // A temperature-like gauge around −5 with a daily wave, hourly buckets, 6 weeks.
     let mut rng = Rng::new(8);
