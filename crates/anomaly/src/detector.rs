@@ -48,6 +48,8 @@ struct State {
     quantum: f64,
     /// Every value so far was exactly zero.
     all_zero: bool,
+    /// Every value so far was a non-negative integer: a count.
+    integral: bool,
     /// Values kept to seed the baseline; emptied once seeded.
     seed: Vec<f64>,
     seeded: bool,
@@ -80,6 +82,7 @@ impl Detector {
                 last_value: 0.0,
                 quantum: 0.0,
                 all_zero: true,
+                integral: true,
                 seed,
                 seeded: false,
                 multiplicative: true,
@@ -150,6 +153,7 @@ impl Detector {
             s.quantum = change;
         }
         s.all_zero &= x == 0.0;
+        s.integral &= x >= 0.0 && x.fract() == 0.0;
         if let Some(quota) = bucket.quota {
             if let Some(a) = s.plan.observe(start, x, quota, &self.config) {
                 judgement.alerts.push(a);
@@ -241,19 +245,32 @@ impl Detector {
         let Some(fc_sel) = fcs[sel] else {
             return Verdict::Normal;
         };
-        // Silence: a run of exact zeros where usage was expected. Each zero at least 2
-        // scales below its expectation adds −log10 P(value ≤ 0) under the baseline; the
-        // run alarms as a drop once its probability is that of a single 5σ bucket
-        // (one-sided 2.9e−7), even if no single zero is that unlikely. Buckets less
-        // than 2 scales above zero add nothing: a normal model would overstate how
-        // rare a zero is for small counts.
-        if x == 0.0 && zs[sel] <= -2.0 && !learning {
-            if s.silence == 0.0 {
-                s.silence_start = start;
+        // Silence: a run of exact zeros where usage was expected. Each zero adds its
+        // evidence −log10 P(value = 0) under the baseline, and the run alarms as a drop
+        // once its probability is that of one `z_alarm` bucket, even if no single zero
+        // is that unlikely. For counts (every value so far a non-negative integer)
+        // P(0) is that of a negative binomial with the baseline's mean and variance
+        // (Poisson if not overdispersed), and only buckets expecting at least 2 count:
+        // a normally active tenant. Otherwise a normal model, counting zeros at least 2
+        // scales below expectation (below that it would overstate how rare a zero is).
+        let evidence = if x != 0.0 || learning {
+            None
+        } else if s.integral {
+            let mean = fc_sel.expected;
+            let var = fc_sel.sigma_up * fc_sel.sigma_down;
+            (mean >= 2.0).then(|| zero_count_evidence(mean, var))
+        } else {
+            (zs[sel] <= -2.0).then(|| neg_log10_normal_cdf(zs[sel]))
+        };
+        match evidence {
+            Some(e) => {
+                if s.silence == 0.0 {
+                    s.silence_start = start;
+                }
+                s.silence += e;
             }
-            s.silence += neg_log10_normal_cdf(zs[sel]);
-        } else if x != 0.0 {
-            s.silence = 0.0;
+            None if x != 0.0 => s.silence = 0.0,
+            None => {}
         }
         let silent = s.silence >= neg_log10_normal_cdf(-cfg.z_alarm) && triggers[sel].is_none();
         if silent {
@@ -512,4 +529,16 @@ fn per_visit(rate: f64, visits: f64) -> f64 {
         return rate;
     }
     1.0 - (1.0 - rate).powf(1.0 / visits)
+}
+
+/// `−log10 P(X = 0)` for a count with this mean and variance: negative binomial by the
+/// method of moments (`r = mean² / (variance − mean)`), Poisson when not overdispersed.
+fn zero_count_evidence(mean: f64, variance: f64) -> f64 {
+    let ln_p0 = if variance > mean * 1.000_001 {
+        let r = mean * mean / (variance - mean);
+        -r * (mean / r).ln_1p()
+    } else {
+        -mean
+    };
+    -ln_p0 / std::f64::consts::LN_10
 }

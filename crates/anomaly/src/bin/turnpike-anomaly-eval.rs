@@ -79,10 +79,17 @@ fn run(args: &[String]) -> Result<(), String> {
     );
     print_report(&report);
     let rate = throughput(&series, &config, 3);
-    println!(
-        "replay throughput: {:.2} M buckets/s (one core)",
-        rate / 1e6
-    );
+    match rate.cpu {
+        Some(cpu) => println!(
+            "replay throughput (one thread): {:.2} M buckets/s of CPU time, {:.2} M/s wall clock",
+            cpu / 1e6,
+            rate.wall / 1e6
+        ),
+        None => println!(
+            "replay throughput (one thread): {:.2} M buckets/s wall clock",
+            rate.wall / 1e6
+        ),
+    }
     Ok(())
 }
 
