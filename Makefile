@@ -10,7 +10,7 @@ TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null
 WASM := $(TARGET_DIR)/wasm32-wasip1/wasm/turnpike.wasm
 BINS := -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 
-.PHONY: all tools build wasm bins test test-matrix unit lint fmt demo bench clean
+.PHONY: all tools build wasm bins test test-matrix unit lint fmt demo bench eval clean
 
 all: build
 
@@ -52,6 +52,11 @@ demo: tools
 
 bench: tools
 	bench/run.sh
+
+# The anomaly detector on its synthetic labelled benchmark: recall, false alarms, NAB
+# score, replay throughput (docs/anomaly-detection.md).
+eval:
+	$(CARGO) run --release -q -p turnpike-anomaly --bin turnpike-anomaly-eval
 
 clean:
 	$(CARGO) clean
