@@ -31,6 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(counter_paths::CONSUME, post(consume))
         .route(counter_paths::REFUND, post(refund))
+        .route(counter_paths::LEASE, post(crate::lease_api::lease))
+        .route(counter_paths::LEASE_REPORT, post(crate::lease_api::report))
         .route("/v1/tenants/{tenant}/usage", get(usage))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -214,7 +216,7 @@ async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse,
     ))))
 }
 
-fn ms_to_secs(ms: u64) -> i64 {
+pub(crate) fn ms_to_secs(ms: u64) -> i64 {
     i64::try_from(ms / 1000).unwrap_or(i64::MAX)
 }
 
@@ -227,7 +229,7 @@ fn ms_to_secs(ms: u64) -> i64 {
 /// Redis has held the tenant's bucket since before the month began (a new month, a
 /// new tenant, a plan or anchor change), the ledger is asked but not waited for: a
 /// collector outage must not stop every tenant at a month's first request.
-async fn seed_from_ledger(
+pub(crate) async fn seed_from_ledger(
     state: &AppState,
     tenant: &str,
     plan: turnpike_plans::ResolvedPlan<'_>,
@@ -397,7 +399,7 @@ async fn usage_inner(
     })
 }
 
-fn unauthorized(what: &str) -> Response {
+pub(crate) fn unauthorized(what: &str) -> Response {
     let mut response = problem(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
@@ -453,7 +455,7 @@ impl LogThrottle {
 }
 
 impl AppState {
-    fn note_error(&self, err: &ApiError) {
+    pub(crate) fn note_error(&self, err: &ApiError) {
         match err {
             ApiError::Unavailable(e) => {
                 Metrics::inc(&self.metrics.redis_errors);
