@@ -76,6 +76,8 @@ pub enum Fact {
         time_ms: i64,
         plan: String,
         meters: Vec<(String, i64)>,
+        /// The lease a proxy admitted it from (`None`: an exact consume).
+        lease: Option<String>,
     },
     /// The counter gave its units back.
     Refunded {
@@ -195,9 +197,11 @@ pub fn merge(row: Option<Row>, fact: &Fact, received_at_ms: i64) -> Row {
             time_ms,
             plan,
             meters,
+            lease,
         } => {
             let mut row = row.unwrap_or_else(|| Row::stub(id, tenant, *time_ms, received_at_ms));
             row.counted = true;
+            row.lease.clone_from(lease);
             row.tenant.clone_from(tenant);
             row.time_ms = *time_ms;
             row.plan = Some(plan.clone());
@@ -253,6 +257,7 @@ mod tests {
             time_ms: 1_000,
             plan: "pro".into(),
             meters: vec![("requests".into(), 1), ("search_units".into(), 5)],
+            lease: None,
         }
     }
 
