@@ -163,7 +163,13 @@ mod tests {
         assert_eq!((time_ms, lease.as_deref()), (1234, Some("77")));
         let g = fields(&[("k", "g"), ("l", "77"), ("t", "acme"), ("n", "5")]);
         assert_eq!(parse("1-0", &g), Ok(None));
-        let x = fields(&[("k", "x"), ("l", "77"), ("t", "acme"), ("g", "5"), ("s", "3")]);
+        let x = fields(&[
+            ("k", "x"),
+            ("l", "77"),
+            ("t", "acme"),
+            ("g", "5"),
+            ("s", "3"),
+        ]);
         assert_eq!(parse("1-0", &x), Ok(None));
     }
 

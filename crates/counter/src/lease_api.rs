@@ -18,7 +18,7 @@ use crate::lease::parse_index_member;
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
-use crate::store::{ConsumeCall, Leased, StoreError};
+use crate::store::{ConsumeCall, Leased, Reported, StoreError};
 use crate::ticket::Ticket;
 
 /// Rounds of one lease call: a stale ticket and a re-seed each cost one.
@@ -180,26 +180,30 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
     for (i, (id, _)) in req.records.iter().enumerate() {
         request::check_id_at(&format!("records[{i}]"), id)?;
     }
+    request::check_id_at("batch", &req.batch)?;
     let plans = state.plans.load_full();
     let plan = plans.resolve(&req.tenant, req.plan.as_deref());
     let ticket = Ticket::for_request(plan, &req.meters, state.clock.now_secs());
-    let late = state
+    let outcome = state
         .store
         .lease_report(
             &req.tenant,
             &ticket.plan,
             &request::meters_text(&req.meters),
             req.lease,
+            &req.batch,
             &req.records,
             &ticket,
         )
         .await?;
-    Metrics::add(
-        &state.metrics.lease_reported_requests,
-        req.records.len() as u64,
-    );
-    if late {
-        Metrics::add(&state.metrics.lease_late_requests, req.records.len() as u64);
+    let n = req.records.len() as u64;
+    match outcome {
+        Reported::Spent => Metrics::add(&state.metrics.lease_reported_requests, n),
+        Reported::Late => {
+            Metrics::add(&state.metrics.lease_reported_requests, n);
+            Metrics::add(&state.metrics.lease_late_requests, n);
+        }
+        Reported::Again => Metrics::inc(&state.metrics.lease_repeated_reports),
     }
     Ok(LeaseReportResponse {
         recorded: req.records.len() as u64,

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub lease_returned_requests: AtomicU64,
     pub lease_reported_requests: AtomicU64,
     pub lease_late_requests: AtomicU64,
+    pub lease_repeated_reports: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -215,6 +216,12 @@ impl Metrics {
             "turnpike_counter_lease_late_requests_total",
             "Leased requests reported after their lease closed: charged to the current windows.",
             &[("", &self.lease_late_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_repeated_reports_total",
+            "Lease reports received twice (a proxy retried after a lost answer): counted once.",
+            &[("", &self.lease_repeated_reports)],
         );
         counter(
             &mut out,

@@ -150,6 +150,17 @@ pub enum Leased {
     },
 }
 
+/// What a lease report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Counted spent from the open lease.
+    Spent,
+    /// The lease was closed: charged to the current windows.
+    Late,
+    /// This report was received before: nothing changed.
+    Again,
+}
+
 /// What closing a lease did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
@@ -315,20 +326,23 @@ impl Store {
 
     /// Append requests admitted from lease `id` to the usage stream and count them spent
     /// (or, for a lease already closed, charge them to `ticket`'s current windows).
+    #[allow(clippy::too_many_arguments)]
     pub async fn lease_report(
         &self,
         tenant: &str,
         plan: &str,
         meters: &str,
         id: u64,
+        batch: &str,
         records: &[(String, u64)],
         ticket: &Ticket,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Reported, StoreError> {
         let keys = TenantKeys::new(tenant);
         let mut invoke = self.lease_report.prepare_invoke();
         invoke
             .key(keys.lease(id))
             .key(keys.stream())
+            .key(keys.lease_report(batch))
             .arg(id)
             .arg(tenant)
             .arg(plan)
@@ -341,9 +355,14 @@ impl Store {
         for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
             invoke.key(key).arg(slot.cost).arg(slot.end);
         }
+        invoke.arg(self.record_ttl_secs);
         let mut conn = self.conn.clone();
-        let (_recorded, late): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
-        Ok(late == 1)
+        let (_recorded, outcome): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(match outcome {
+            0 => Reported::Spent,
+            1 => Reported::Late,
+            _ => Reported::Again,
+        })
     }
 
     /// Open leases past their expiry in every bucket (at most `limit` per bucket), as

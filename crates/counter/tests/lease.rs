@@ -99,7 +99,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     let (status, reported) = api
         .post(
             "/v1/lease/report",
-            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "records": records}),
+            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b1", "records": records}),
         )
         .await;
     assert_eq!(
@@ -126,7 +126,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     // Reported after the close: charged to the windows, not given back twice.
     api.post(
         "/v1/lease/report",
-        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "records": [["leased-late", now_ms]]}),
+        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b2", "records": [["leased-late", now_ms]]}),
     )
     .await;
     assert_eq!(daily_used(&api, "acme").await, 4);

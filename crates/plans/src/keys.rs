@@ -79,6 +79,11 @@ impl TenantKeys {
         lease_index_key(self.bucket)
     }
 
+    /// The marker of lease report `batch` (a report sent twice counts once).
+    pub fn lease_report(&self, batch: &str) -> String {
+        format!("{}:rb:{batch}", self.prefix)
+    }
+
     /// The record of lease `id`.
     pub fn lease(&self, id: u64) -> String {
         format!("{}:lease:{id}", self.prefix)

@@ -177,6 +177,9 @@ pub struct LeaseReport {
     /// What one request of the route costs, per meter.
     pub meters: Vec<MeterCost>,
     pub lease: u64,
+    /// Minted by the proxy for this report: the same report sent again (its answer
+    /// was lost) counts once.
+    pub batch: String,
     /// (consume id, decision time in unix ms on the counter's clock) per request.
     pub records: Vec<(String, u64)>,
 }

@@ -4,13 +4,19 @@
 -- windows instead, so nothing is both given back and used.
 -- KEYS[1]    the lease record
 -- KEYS[2]    the bucket's usage stream
--- KEYS[3..]  the current windows of the route's meters (for late records)
+-- KEYS[3]    this report's marker: a report sent again (its answer was lost) is
+--            recognised and changes nothing, so nothing is counted spent twice
+-- KEYS[4..]  the current windows of the route's meters (for late records)
 -- ARGV[1]    lease id; ARGV[2] tenant; ARGV[3] plan; ARGV[4] meters per request
 -- ARGV[5]    seconds a counter outlives its window; ARGV[6] number of records N
 -- ARGV[7 .. 6 + 2N]  records: consume id, decision time (unix ms, Redis's clock)
 -- ARGV[7 + 2N ..]    for KEYS[3..]: cost per request, window end (unix s)
--- Reply: {recorded, charged late (1/0)}
+-- ARGV[last]  how long the report's marker is kept, seconds
+-- Reply: {recorded, charged late (1/0)}; {0, 2} for a report seen before
 
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[#ARGV]) then
+  return {0, 2}
+end
 local count = tonumber(ARGV[6])
 local open = redis.call('EXISTS', KEYS[1]) == 1
 if open then
@@ -19,8 +25,8 @@ else
   local now = tonumber(redis.call('TIME')[1])
   local grace = tonumber(ARGV[5])
   local base = 7 + 2 * count
-  for i = 3, #KEYS do
-    local j = base + 2 * (i - 3)
+  for i = 4, #KEYS do
+    local j = base + 2 * (i - 4)
     local take = tonumber(ARGV[j]) * count
     local v = redis.call('INCRBY', KEYS[i], take)
     if v == take then
