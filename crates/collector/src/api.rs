@@ -384,6 +384,9 @@ pub struct EventView {
     /// A proxy's usage event for it arrived.
     pub reported: bool,
     pub refunded: bool,
+    /// The lease a proxy admitted it from (leased mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
     pub received_at: String,
     pub seq: i64,
 }
@@ -410,6 +413,7 @@ impl From<StoredEvent> for EventView {
             counted: r.counted,
             reported: r.reported,
             refunded: r.refunded,
+            lease: r.lease,
             seq: e.seq,
         }
     }
