@@ -88,7 +88,17 @@ struct Env {
 }
 
 impl Env {
+    /// Both meters summing raw events, as Turnpike needs.
     async fn new(db: TestDb, plans: &str) -> Env {
+        Self::with_meters(
+            db,
+            plans,
+            &[(REQUESTS_EVENT, Formula::Sum), (SEARCH_EVENT, Formula::Sum)],
+        )
+        .await
+    }
+
+    async fn with_meters(db: TestDb, plans: &str, meters: &[(&str, Formula)]) -> Env {
         let fake = stripe_fake::start(
             "127.0.0.1:0".parse().unwrap(),
             FakeConfig {
@@ -99,12 +109,12 @@ impl Env {
         .await
         .unwrap();
         let client = StripeClient::new(StripeConfig::new(fake.base_url(), KEY)).unwrap();
-        for event_name in [REQUESTS_EVENT, SEARCH_EVENT] {
+        for (event_name, formula) in meters {
             client
                 .create_meter(&NewMeter {
-                    display_name: event_name.to_owned(),
-                    event_name: event_name.to_owned(),
-                    formula: Formula::Sum,
+                    display_name: (*event_name).to_owned(),
+                    event_name: (*event_name).to_owned(),
+                    formula: *formula,
                     customer_payload_key: None,
                     value_payload_key: None,
                 })
@@ -936,6 +946,49 @@ async fn a_tenant_without_a_customer_is_held_as_unmapped_until_mapped() {
     env.assert_stripe_matches_ledger(&[]).await;
     let status = env.status(&collector).await;
     assert_eq!(status["unmapped"], json!([]), "{status}");
+}
+
+/// A `count` meter would count revisions, not units: nothing is sent to it, and the
+/// usage waits as `no_meter` (as it does for a meter that does not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meters_that_cannot_add_up_hourly_sums_are_not_sent_to() {
+    let tenants = tenant_names(2);
+    let env = Env::with_meters(
+        TestDb::sqlite(),
+        &plans_toml(&tenants, &[]),
+        &[
+            (REQUESTS_EVENT, Formula::Sum),
+            (SEARCH_EVENT, Formula::Count),
+        ],
+    )
+    .await;
+    let collector = env.collector().await;
+    let events = workload(19, "n", 100, &tenants, &[hour_ago(3)]);
+    env.ingest(&collector, &events).await;
+    env.sync_until_done(&collector).await;
+
+    let stripe = env.stripe_totals().await;
+    assert!(
+        stripe
+            .keys()
+            .all(|(_, event_name, _)| event_name == REQUESTS_EVENT),
+        "{stripe:?}"
+    );
+    let mut expected = env.ledger_totals(&[]).await;
+    expected.retain(|(_, event_name, _), _| event_name == REQUESTS_EVENT);
+    assert_eq!(stripe, expected);
+    let status = env.status(&collector).await;
+    let no_meter = status["no_meter"].as_array().unwrap();
+    assert_eq!(no_meter.len(), 1, "{status}");
+    assert_eq!(no_meter[0]["name"], "search_units");
+    let search_units: i64 = events
+        .iter()
+        .map(|e| e["data"]["meters"][1]["cost"].as_i64().unwrap())
+        .sum();
+    assert_eq!(no_meter[0]["units"], json!(search_units));
+    assert!(collector
+        .log_text()
+        .contains("needs formula sum and raw event ingestion"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,13 +57,12 @@ pub async fn reconcile(
         store.record_reconcile(&[], now_ms).await?;
         return Ok(Vec::new());
     };
-    let meters: HashMap<String, String> = stripe
-        .list_meters(Some(super::stripe::MeterStatus::Active))
-        .await
-        .map_err(SyncError::from_stripe)?
-        .into_iter()
-        .map(|m| (m.event_name, m.id))
-        .collect();
+    let meters: HashMap<String, String> = super::sync::usable_meters(
+        stripe
+            .list_meters(Some(super::stripe::MeterStatus::Active))
+            .await
+            .map_err(SyncError::from_stripe)?,
+    );
     let mut tenants: Vec<(&str, &str)> = plans.stripe_customers().collect();
     tenants.sort_unstable();
     if tenants.len() > MAX_TENANTS {

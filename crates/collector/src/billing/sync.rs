@@ -30,7 +30,7 @@ use super::plan::{
 };
 use super::status::BillingStatus;
 use super::store::{BillingStore, DriftRow, EventRow, HourKey, NewCredit, NewEvent};
-use super::stripe::{MeterStatus, StripeClient, StripeError};
+use super::stripe::{Formula, MeterStatus, StripeClient, StripeError};
 use crate::api::now_ms;
 use crate::event::format_time_ms;
 use crate::ledger::{Ledger, LedgerError};
@@ -261,7 +261,7 @@ impl Syncer {
                         .collect()
                 })
                 .unwrap_or_default(),
-            stripe_meters: meters.into_iter().map(|m| (m.event_name, m.id)).collect(),
+            stripe_meters: usable_meters(meters),
             plans,
             started_ms: started,
             anchors: HashMap::new(),
@@ -937,6 +937,29 @@ pub fn set_gauges(metrics: &Metrics, status: &BillingStatus) {
     {
         b.last_success_seconds.set(ms / 1000);
     }
+}
+
+/// Event name -> id of the active meters that can take Turnpike's events: hourly
+/// sums plus corrections add up only with formula `sum` and raw ingestion (a `count`
+/// meter would count revisions, `last` or a pre-aggregated window would keep only
+/// the latest event of an hour).
+pub fn usable_meters(meters: Vec<super::stripe::Meter>) -> HashMap<String, String> {
+    let mut usable = HashMap::new();
+    for m in meters {
+        if m.default_aggregation.formula != Formula::Sum || m.event_time_window.is_some() {
+            tracing::error!(
+                meter = %m.id,
+                event_name = %m.event_name,
+                formula = m.default_aggregation.formula.as_str(),
+                event_time_window = m.event_time_window.as_deref(),
+                "billing: this Stripe meter cannot take Turnpike's hourly sums and corrections \
+                 (it needs formula sum and raw event ingestion); nothing is sent to it"
+            );
+            continue;
+        }
+        usable.insert(m.event_name, m.id);
+    }
+    usable
 }
 
 /// A Stripe error for one hour: the run stops for a wrong key or an unavailable
