@@ -30,7 +30,7 @@ pub struct BillingStatus {
     pub cursor_seq: i64,
     /// The ledger's latest change; `ledger_seq - cursor_seq` is the backlog.
     pub ledger_seq: i64,
-    /// Hours per status.
+    /// Hours per status (`synced`: of the last 35 days only).
     pub hours: BTreeMap<String, i64>,
     /// Units the ledger bills that Stripe does not hold yet (open, pending and error
     /// hours).
@@ -185,7 +185,8 @@ impl BillingStatus {
     pub async fn load(store: &BillingStore) -> Result<BillingStatus, LedgerError> {
         let sync = store.sync_row().await?;
         let ledger_seq = store.ledger().last_seq().await?;
-        let counts = store.status_counts().await?;
+        let synced_since = crate::api::now_ms() - super::plan::STRIPE_PAST_WINDOW_MS;
+        let counts = store.status_counts(synced_since).await?;
         let mut hours: BTreeMap<String, i64> = HourStatus::ALL
             .iter()
             .map(|s| (s.as_str().to_owned(), 0))

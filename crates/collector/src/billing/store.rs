@@ -694,26 +694,33 @@ impl BillingStore {
         Ok(())
     }
 
-    /// Hours, unsent units, per status.
-    pub async fn status_counts(&self) -> Result<Vec<(HourStatus, i64, i64)>, LedgerError> {
-        let sql = "SELECT status, COUNT(*), \
+    /// Hours and unsent units per status; synced hours only from `synced_since_ms`
+    /// (they are most rows and only grow). Each status is an index range.
+    pub async fn status_counts(
+        &self,
+        synced_since_ms: i64,
+    ) -> Result<Vec<(HourStatus, i64, i64)>, LedgerError> {
+        let sql = "SELECT COUNT(*), \
                    CAST(COALESCE(SUM(ledger_quantity - sent_quantity + credited_quantity), 0) AS BIGINT) \
-                   FROM billing_hours GROUP BY status ORDER BY status";
-        with_pool!(&self.ledger, pool => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
-            rows.iter()
-                .map(|r| {
-                    let status: String = r.try_get(0)?;
-                    Ok((
-                        HourStatus::parse(&status).ok_or_else(|| {
-                            LedgerError::Corrupt(format!("billing hour status {status:?}"))
-                        })?,
-                        r.try_get(1)?,
-                        r.try_get(2)?,
-                    ))
-                })
-                .collect()
-        })
+                   FROM billing_hours WHERE status = $1 AND hour_start_ms >= $2";
+        let mut out = Vec::with_capacity(HourStatus::ALL.len());
+        for status in HourStatus::ALL {
+            let since = if status == HourStatus::Synced {
+                synced_since_ms
+            } else {
+                i64::MIN
+            };
+            let (hours, units): (i64, i64) = with_pool!(&self.ledger, pool => {
+                let r = sqlx::query(sql)
+                    .bind(status.as_str())
+                    .bind(since)
+                    .fetch_one(pool)
+                    .await?;
+                (r.try_get(0)?, r.try_get(1)?)
+            });
+            out.push((status, hours, units));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` hours of `status`, newest first.
