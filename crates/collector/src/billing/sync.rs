@@ -252,7 +252,7 @@ impl Syncer {
             .list_meters(Some(MeterStatus::Active))
             .await
             .map_err(SyncError::from_stripe)?;
-        let context = RunContext {
+        let mut context = RunContext {
             customers: plans
                 .as_deref()
                 .map(|p| {
@@ -299,7 +299,6 @@ impl Syncer {
                 self.settings.max_hours_per_run,
             )
             .await?;
-        let mut context = context;
         let mut lease_renewed = started;
         let ttl = duration_ms(self.settings.lease_ttl);
         for key in candidates {
