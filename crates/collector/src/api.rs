@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The counter's Redis, when configured: reconciliation compares its windows.
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// The billing sync, when a Stripe key is configured.
+    pub billing: Option<Arc<crate::billing::sync::Syncer>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -59,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reconcile", get(reconcile))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::billing::http::routes())
         .with_state(state)
 }
 
@@ -195,7 +198,7 @@ async fn ingest_inner(
 }
 
 /// Answer 401 unless the request carries a read token.
-fn require_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.read_tokens.allow(headers) {
         Ok(())
     } else {
@@ -314,7 +317,7 @@ async fn usage(
     }))
 }
 
-fn unavailable(err: crate::ledger::LedgerError) -> ApiError {
+pub(crate) fn unavailable(err: crate::ledger::LedgerError) -> ApiError {
     tracing::error!(error = %err, "ledger query failed");
     ApiError::ledger_unavailable("the ledger could not be queried; retry")
 }

@@ -25,6 +25,8 @@ pub enum Command {
     /// Compare what the counter admitted with what the ledger bills, per tenant and
     /// window, and list the differences by consume id.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Billing sync with Stripe: status, a sync run, credits.
+    Billing(crate::billing::cli::BillingCommand),
 }
 
 /// The ledger database and the usage stream, shared by the server and the commands.
@@ -101,6 +103,9 @@ pub struct ServeArgs {
         default_value_t = 1000
     )]
     pub max_batch_events: usize,
+
+    #[command(flatten)]
+    pub billing: crate::billing::config::BillingArgs,
 }
 
 /// A secret from `file` (trimmed), else from the environment variable `env`.
@@ -143,6 +148,40 @@ mod tests {
         assert_eq!(args.serve.max_body_bytes, 1 << 20);
         assert_eq!(args.serve.max_batch_events, 1000);
         assert!(args.serve.store.plans.is_none());
+        assert_eq!(args.serve.billing.stripe_api_base, "https://api.stripe.com");
+        assert_eq!(args.serve.billing.billing_sync_interval_secs, 60);
+        assert!(args.serve.billing.stripe_key_file.is_none());
+    }
+
+    #[test]
+    fn the_stripe_key_is_not_a_command_line_flag() {
+        assert!(Args::try_parse_from(["turnpike-collector", "--stripe-key", "sk_test_x"]).is_err());
+    }
+
+    #[test]
+    fn billing_subcommands_parse() {
+        let args = Args::try_parse_from([
+            "turnpike-collector",
+            "billing",
+            "status",
+            "--database",
+            "sqlite:///tmp/x.db",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(args.command, Some(Command::Billing(_))));
+        let args = Args::try_parse_from([
+            "turnpike-collector",
+            "billing",
+            "sync",
+            "--once",
+            "--stripe-api-base",
+            "http://127.0.0.1:12111",
+            "--stripe-rate",
+            "5",
+        ])
+        .unwrap();
+        assert!(matches!(args.command, Some(Command::Billing(_))));
     }
 
     #[test]

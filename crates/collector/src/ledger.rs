@@ -77,6 +77,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// What applying a set of facts did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -442,6 +443,40 @@ impl Ledger {
                 }))
                 .collect()
         })
+    }
+
+    /// Billable quantity per tenant and meter with `start_ms <= time < end_ms`, for
+    /// the given tenants only, in (tenant, meter) order.
+    pub async fn tenant_meter_totals(
+        &self,
+        tenants: &[String],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, LedgerError> {
+        let mut out = Vec::new();
+        with_pool!(self, pool => {
+            for chunk in tenants.chunks(MAX_BINDS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "SELECT tenant, meter, CAST(SUM(quantity) AS BIGINT) FROM usage_meters \
+                     WHERE billable = ",
+                );
+                qb.push_bind(true)
+                    .push(" AND time_ms >= ")
+                    .push_bind(start_ms)
+                    .push(" AND time_ms < ")
+                    .push_bind(end_ms)
+                    .push(" AND tenant IN (");
+                let mut list = qb.separated(", ");
+                for tenant in chunk {
+                    list.push_bind(tenant.as_str());
+                }
+                qb.push(") GROUP BY tenant, meter ORDER BY tenant, meter");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                }
+            }
+        });
+        Ok(out)
     }
 
     /// Up to `limit` rows changed after change sequence `after_seq`, in commit order;
