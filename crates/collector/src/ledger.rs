@@ -20,13 +20,13 @@ use crate::merge::{merge, Decision, Fact, Row};
 
 /// Stay well under SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement.
 const MAX_BINDS_PER_STATEMENT: usize = 30_000;
-const EVENT_COLUMNS: usize = 20;
+const EVENT_COLUMNS: usize = 21;
 const METER_COLUMNS: usize = 6;
 
 /// Columns of `usage_events`, in the order [`read_row`] expects.
 const ROW_COLUMNS: &str = "id, source, tenant, time_ms, plan, method, route, status, \
     request_bytes, response_bytes, duration_ms, decision, billable, meters, received_at_ms, \
-    counted, reported, refunded, lease, seq";
+    counted, reported, refunded, lease, seq, settled";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -261,7 +261,8 @@ impl Ledger {
                         .push_bind(row.reported)
                         .push_bind(row.refunded)
                         .push_bind(row.lease.as_deref())
-                        .push_bind(*seq);
+                        .push_bind(*seq)
+                        .push_bind(row.settled);
                 });
                 qb.push(
                     " ON CONFLICT (id) DO UPDATE SET source = excluded.source, \
@@ -271,7 +272,8 @@ impl Ledger {
                      duration_ms = excluded.duration_ms, decision = excluded.decision, \
                      billable = excluded.billable, meters = excluded.meters, \
                      counted = excluded.counted, reported = excluded.reported, \
-                     refunded = excluded.refunded, lease = excluded.lease, seq = excluded.seq",
+                     refunded = excluded.refunded, lease = excluded.lease, seq = excluded.seq, \
+                     settled = excluded.settled",
                 );
                 qb.build().execute(&mut *tx).await?;
             }
@@ -601,6 +603,7 @@ macro_rules! impl_row2 {
                     reported: self.try_get(16)?,
                     refunded: self.try_get(17)?,
                     lease: self.try_get(18)?,
+                    settled: self.try_get(20)?,
                 };
                 Ok(StoredEvent {
                     billable: self.try_get(12)?,

@@ -5,6 +5,7 @@
 //! k=a i=<consume id> t=<tenant> p=<plan> m=requests=1,search_units=5   admitted
 //! k=r i=<consume id> t=<tenant>                                          refunded
 //! k=c i=<consume id> t=<tenant>                                          cancelled
+//! k=s i=<consume id> t=<tenant> m=requests=1,tokens=850                  settled
 //! k=a ... l=<lease> ts=<unix ms>     admitted by a proxy from a lease, at ts
 //! k=g l=<lease> t=<tenant> n=<requests> m=...                            lease granted
 //! k=x l=<lease> t=<tenant> g=.. s=.. r=..                                lease closed
@@ -71,6 +72,12 @@ pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>
             id,
             tenant,
             time_ms,
+        })),
+        Some("s") => Ok(Some(Fact::Settled {
+            id,
+            tenant,
+            time_ms,
+            meters: parse_meters(field("m").ok_or("no meters (field m)")?)?,
         })),
         other => Err(format!("unknown entry kind {other:?}")),
     }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod reload;
 pub mod request;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod ticket;

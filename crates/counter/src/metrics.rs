@@ -79,6 +79,8 @@ pub struct Metrics {
     pub lease_reported_requests: AtomicU64,
     pub lease_late_requests: AtomicU64,
     pub lease_repeated_reports: AtomicU64,
+    pub settles_applied: AtomicU64,
+    pub settles_noop: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -146,6 +148,15 @@ impl Metrics {
                 ("result=\"cancelled\"", &self.refunds_cancelled),
                 ("result=\"noop\"", &self.refunds_noop),
                 ("result=\"error\"", &self.refunds_error),
+            ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_settles_total",
+            "Settlements by result (noop: unknown, refunded, cancelled or settled before).",
+            &[
+                ("result=\"settled\"", &self.settles_applied),
+                ("result=\"noop\"", &self.settles_noop),
             ],
         );
         counter(

@@ -76,6 +76,8 @@ pub struct Record {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordState {
     Allowed,
+    /// Allowed, then settled: its meters and slots hold the final quantities.
+    Settled,
     Refunded,
     /// A refund arrived before the consume: the consume will be refused.
     Cancelled,
@@ -92,6 +94,7 @@ impl Record {
             };
         let state = match state {
             "A" => RecordState::Allowed,
+            "S" => RecordState::Settled,
             "R" => RecordState::Refunded,
             "C" => RecordState::Cancelled,
             _ => return Err(bad()),
@@ -126,6 +129,7 @@ pub struct Store {
     consume: Script,
     refund: Script,
     seed: Script,
+    settle: Script,
     lease: Script,
     lease_close: Script,
     lease_report: Script,
@@ -148,6 +152,16 @@ pub enum Leased {
         now_ms: u64,
         required: bool,
     },
+}
+
+/// What the settle script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Settled,
+    /// Unknown (the record expired), refunded, cancelled, or settled before.
+    Nothing,
+    /// The record changed between the read and the script: read again.
+    Changed,
 }
 
 /// What a lease report did.
@@ -205,6 +219,7 @@ impl Store {
             consume: Script::new(include_str!("lua/consume.lua")),
             refund: Script::new(include_str!("lua/refund.lua")),
             seed: Script::new(include_str!("lua/seed.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
             lease: Script::new(include_str!("lua/lease.lua")),
             lease_close: Script::new(include_str!("lua/lease_close.lua")),
             lease_report: Script::new(include_str!("lua/lease_report.lua")),
@@ -497,6 +512,40 @@ impl Store {
             3 => Ok(Refunded::Changed),
             other => Err(StoreError::Reply(format!("refund script returned {other}"))),
         }
+    }
+
+    /// Settle consume `id` (whose `record` was just read) to `meters` (final quantities
+    /// of every meter) with `slots` (final cost per slot) and `deltas` (final -
+    /// reserved, per slot of the record).
+    pub async fn settle(
+        &self,
+        tenant: &str,
+        id: &str,
+        record: &Record,
+        meters: &str,
+        slots: &str,
+        deltas: &[i64],
+    ) -> Result<Settled, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.settle.prepare_invoke();
+        invoke
+            .key(keys.record(id))
+            .key(keys.stream())
+            .arg(&record.raw)
+            .arg(meters)
+            .arg(slots)
+            .arg(id)
+            .arg(tenant);
+        for ((suffix, _), delta) in record.slots.iter().zip(deltas) {
+            invoke.key(keys.window_from_suffix(suffix)).arg(*delta);
+        }
+        let mut conn = self.conn.clone();
+        let code: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(match code {
+            1 => Settled::Settled,
+            3 => Settled::Changed,
+            _ => Settled::Nothing,
+        })
     }
 
     /// Current values of window counters (0 for absent keys), without writing.

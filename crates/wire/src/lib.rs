@@ -14,6 +14,8 @@ pub mod counter_paths {
     pub const REFUND: &str = "/v1/refund";
     /// `GET /v1/tenants/{tenant}/usage`, answered by a [`super::UsageResponse`].
     pub const USAGE_PREFIX: &str = "/v1/tenants/";
+    /// `POST` a [`super::SettleRequest`], answered by a [`super::SettleResponse`].
+    pub const SETTLE: &str = "/v1/settle";
     /// `POST` a [`super::LeaseRequest`], answered by a [`super::LeaseResponse`].
     pub const LEASE: &str = "/v1/lease";
     /// `POST` a [`super::LeaseReport`], answered by a [`super::LeaseReportResponse`].
@@ -128,6 +130,24 @@ pub struct RefundResponse {
     /// (nothing consumed, nothing billed) if it arrives later.
     #[serde(default)]
     pub cancelled: bool,
+}
+
+/// What an exchange really used of some meters, replacing what its consume reserved
+/// (e.g. tokens an LLM reported). Applied once per consume id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleRequest {
+    pub id: String,
+    pub tenant: String,
+    /// Final quantity per settled meter (`cost` holds the quantity).
+    pub meters: Vec<MeterCost>,
+}
+
+/// The counter's answer to a [`SettleRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleResponse {
+    /// False when there was nothing to settle: the consume is unknown (its record
+    /// expired), refunded, cancelled or settled before.
+    pub settled: bool,
 }
 
 /// Ask for (more) requests of one route to admit locally, or give a lease back.
@@ -285,6 +305,10 @@ pub struct UsageData {
     pub response_bytes: u64,
     pub duration_ms: u64,
     pub decision: Decision,
+    /// `meters` hold what the exchange used (settled from the upstream's report), not
+    /// what was reserved before it ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
 }
 
 /// What the filter decided for a request.
