@@ -100,6 +100,34 @@ pub fn refund_body(id: &str, tenant: &str) -> Vec<u8> {
     body
 }
 
+/// Body of `POST /v1/settle`: `meters_json` is a JSON array of `{"meter","cost"}` with
+/// the final quantities. Same alphabet rules as [`consume_body`].
+pub fn settle_body(id: &str, tenant: &str, meters_json: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(40 + id.len() + tenant.len() + meters_json.len());
+    body.extend_from_slice(br#"{"id":""#);
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(br#"","tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    body.extend_from_slice(br#"","meters":"#);
+    body.extend_from_slice(meters_json.as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// A meters array `[{"meter":"m","cost":n},...]` (meter names are `[a-z0-9_]`).
+pub fn meters_json(meters: &[(String, u64)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("[");
+    for (i, (meter, cost)) in meters.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, r#"{{"meter":"{meter}","cost":{cost}}}"#);
+    }
+    out.push(']');
+    out
+}
+
 /// Body of `POST /v1/lease`: `want` more requests of a route on `lease` (or a new
 /// one), or with `close` give `lease` back. Same alphabet rules as [`consume_body`].
 pub fn lease_body(
@@ -323,6 +351,17 @@ mod tests {
             (10_000, 8_001, 1_999, 123_456, Some(8_000))
         );
         assert!(l.soft_crossed);
+    }
+
+    #[test]
+    fn settle_bodies_are_wire_requests() {
+        let meters = meters_json(&[("tokens".into(), 850), ("prompt_tokens".into(), 40)]);
+        let req: turnpike_wire::SettleRequest =
+            serde_json::from_slice(&settle_body("c1", "acme", &meters)).unwrap();
+        assert_eq!(
+            (req.id.as_str(), req.meters.len(), req.meters[0].cost),
+            ("c1", 2, 850)
+        );
     }
 
     #[test]
