@@ -66,6 +66,14 @@ struct RawConfig {
     refund_on_5xx: bool,
     #[serde(default = "default_warning_header")]
     soft_warning_header: String,
+    /// Set `turnpike-tenant` and `turnpike-consume-id` on metered requests (two
+    /// hostcalls each request: off when the upstream does not read them).
+    #[serde(default = "default_true")]
+    upstream_headers: bool,
+    /// Add `RateLimit-Policy` and `RateLimit` to allowed answers (429s always carry
+    /// them).
+    #[serde(default = "default_true")]
+    ratelimit_headers: bool,
     #[serde(default)]
     collector: Option<RawCollector>,
     #[serde(default)]
@@ -273,6 +281,9 @@ struct RawExempt {
     path_prefix: Option<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_warning_header() -> String {
     "turnpike-quota-warning".to_owned()
 }
@@ -332,6 +343,8 @@ pub struct Config {
     pub matcher: RequestMatcher,
     pub refund_on_5xx: bool,
     pub soft_warning_header: String,
+    pub upstream_headers: bool,
+    pub ratelimit_headers: bool,
     /// Where usage events go; `None`: no events.
     pub collector: Option<CollectorConfig>,
     /// How leased routes lease (defaults when the section is absent).
@@ -456,6 +469,8 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         matcher: RequestMatcher::new(routes, default_route, exempt),
         refund_on_5xx: raw.refund_on_5xx,
         soft_warning_header: header,
+        upstream_headers: raw.upstream_headers,
+        ratelimit_headers: raw.ratelimit_headers,
         collector: raw
             .collector
             .map(|c| compile_collector(c, env))

@@ -406,6 +406,13 @@ impl HttpFilter {
     }
 
     fn set_upstream_headers(&self) {
+        if !self
+            .plugin
+            .as_ref()
+            .is_some_and(|p| p.config.upstream_headers)
+        {
+            return;
+        }
         for (name, value) in [(CONSUME_ID_HEADER, &self.id), (TENANT_HEADER, &self.tenant)] {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
         }
@@ -459,7 +466,11 @@ impl HttpFilter {
         let body = call_response_body(body_size);
         let outcome = match &body {
             Err(e) => Err(*e),
-            Ok(body) => callout::parse_consume_answer(status.as_deref(), body.as_deref()),
+            // JSON from a counter that does not know the compact answer.
+            Ok(Some(b)) if b.first() == Some(&b'{') => {
+                callout::parse_consume_answer(status.as_deref(), Some(b))
+            }
+            Ok(body) => callout::parse_compact_answer(status.as_deref(), body.as_deref()),
         };
         if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {
             u.decided_ms = answer.time_ms;
@@ -752,10 +763,14 @@ impl HttpContext for HttpFilter {
             );
         }
         let h = &self.headers;
+        let ratelimit = plugin.config.ratelimit_headers;
         for (name, value) in [
-            ("ratelimit-policy", &h.policy),
-            ("ratelimit", &h.remaining),
-            (plugin.config.soft_warning_header.as_str(), &h.warning),
+            ("ratelimit-policy", h.policy.as_ref().filter(|_| ratelimit)),
+            ("ratelimit", h.remaining.as_ref().filter(|_| ratelimit)),
+            (
+                plugin.config.soft_warning_header.as_str(),
+                h.warning.as_ref(),
+            ),
         ] {
             if let Some(value) = value {
                 let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
@@ -903,6 +918,7 @@ fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a str, &'a s
         (":path", path),
         (":authority", counter.authority.as_str()),
         ("content-type", "application/json"),
+        ("accept", turnpike_wire::COMPACT_ANSWER),
     ];
     if let Some(auth) = &counter.authorization {
         headers.push(("authorization", auth.as_str()));
