@@ -208,23 +208,25 @@ async fn an_envoy_killed_with_leases_out_gives_them_back_when_they_expire() {
     // windows hold what the proxy reported spent. Wait for that, and for the ledger to
     // stop changing.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = (u64::MAX, usize::MAX);
+    let mut last = (0, u64::MAX, usize::MAX);
     let (used, rows) = loop {
-        let used = daily_used(&stack, "orphan").await;
-        let rows = billed(&stack, "orphan").await.unwrap_or_default();
+        // The close count is read before the windows: a lease closed between the two
+        // reads would otherwise pass for settled with windows read before it returned.
         let metrics = stack.counter.metrics().await;
         let closed = turnpike_tests::counter::prometheus_sum(
             &metrics,
             "turnpike_counter_leases_closed_total",
         );
-        if closed > 0 && last == (used, rows.len()) {
+        let used = daily_used(&stack, "orphan").await;
+        let rows = billed(&stack, "orphan").await.unwrap_or_default();
+        if closed > 0 && last == (closed, used, rows.len()) {
             break (used, rows);
         }
         assert!(
             Instant::now() < deadline,
             "leases not closed, or the ledger still moving: {last:?}"
         );
-        last = (used, rows.len());
+        last = (closed, used, rows.len());
         tokio::time::sleep(Duration::from_millis(1500)).await;
     };
     let billed_n = rows.len() as u64;
