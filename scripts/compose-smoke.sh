@@ -247,6 +247,27 @@ check_access() {
     || die "Envoy's /config_dump does not name TURNPIKE_COUNTER_TOKEN among the VM's host environment keys"
 }
 
+# Redis keeps what it held across a restart (AOF on its volume): the counter's hour,
+# day and month windows read the same before and after. Every counter write is a Lua
+# script, which the AOF records as MULTI/EXEC: this is what catches an ACL whose
+# `default` user cannot replay them (docs/operations-redis.md).
+check_redis_restart() {
+  local before after i
+  usage_of() { curl -fsS -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" "$counter/v1/tenants/$tenant/usage" 2>/dev/null; }
+  long_windows() { # usage JSON on stdin -> "name=used ..." of the hour/day/month limits
+    python3 -c 'import json, sys; print(" ".join("%s=%s" % (l["name"], l["used"]) for l in json.load(sys.stdin)["limits"] if l["window"] in ("hour", "day", "month")))'
+  }
+  before=$(usage_of | long_windows) || die "cannot read the counter's usage of $tenant before restarting Redis"
+  [[ " $before " == *" monthly=$allowed "* ]] || die "the counter's monthly window for $tenant shows '$before', want monthly=$allowed"
+  "${compose[@]}" restart redis >"$run/restart-redis.log" 2>&1 || { cat "$run/restart-redis.log" >&2; die "compose restart redis failed"; }
+  after=""
+  for i in $(seq 1 30); do
+    after=$(usage_of | long_windows 2>/dev/null) && [ -n "$after" ] && break
+    sleep 1
+  done
+  [ "$after" = "$before" ] || die "after a Redis restart the counter's long windows for $tenant read '${after:-nothing}', before '$before' (AOF replay lost writes?)"
+}
+
 # One pass over the stack: up, requests, ledger, down. $1 names the ledger backend.
 exercise() {
   local backend=$1
@@ -327,6 +348,9 @@ exercise() {
 
   check_access
   lap "access checks ($backend pass): credentials required everywhere, admin and Redis unreachable from outside"
+
+  check_redis_restart
+  lap "Redis restarted ($backend pass): the counter's long windows came back from the AOF"
   "${compose[@]}" down -v --remove-orphans >"$run/down.log" 2>&1 \
     || { cat "$run/down.log" >&2; die "compose down failed"; }
   compose_up=""

@@ -9,10 +9,14 @@
 #   TURNPIKE_REDIS_ADMIN_PASSWORD      user turnpike-admin (operators: ACL, INFO, CONFIG)
 #   TURNPIKE_REDIS_MAXMEMORY           maxmemory (default 256mb)
 #
-# The users' rules are the same as in deploy/istio/redis.yaml (validate.sh checks those):
-# the services reach only `tp:*` keys and no dangerous command (FLUSHALL, CONFIG, DEBUG,
-# KEYS, SHUTDOWN, ...); the collector cannot write counters or run scripts; `default`
-# is off, so a connection without a user and password can run nothing.
+# The users' rules are the same as in deploy/istio/secrets.yaml (validate.sh checks
+# that): the services reach only `tp:*` keys and no dangerous command (FLUSHALL,
+# CONFIG, DEBUG, KEYS, SHUTDOWN, ...); the collector cannot write counters or run
+# scripts. `default` is off: nobody can authenticate as it, so a connection without a
+# user and password can run nothing. It keeps every permission all the same, because
+# Redis replays the AOF as the `default` user and re-checks that user's permissions at
+# every EXEC: restricted, it would silently drop every scripted write (all of the
+# counter's) when Redis restarts (redis/redis#14541; valkey-io/valkey#3983).
 set -euo pipefail
 
 conf=/etc/turnpike/redis/redis.conf
@@ -38,7 +42,7 @@ done
 
 umask 077
 cat >"$acl" <<ACL
-user default off resetpass resetkeys resetchannels -@all
+user default off resetpass resetkeys ~* resetchannels &* +@all
 user turnpike-counter on #$(hash TURNPIKE_REDIS_COUNTER_PASSWORD) resetkeys ~tp:* resetchannels +@all -@dangerous
 user turnpike-collector on #$(hash TURNPIKE_REDIS_COLLECTOR_PASSWORD) resetkeys ~tp:* resetchannels -@all +@read +@stream +@connection +time -xadd -xsetid -xdel -@dangerous
 user turnpike-admin on #$(hash TURNPIKE_REDIS_ADMIN_PASSWORD) ~* &* +@all

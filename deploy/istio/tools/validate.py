@@ -929,6 +929,16 @@ def check_redis(idx, redis, users, errors):
     default = acl.get("default", ["on", "nopass", "~*", "&*", "+@all"])
     if "off" not in default and "nopass" in default:
         errors.append(f"{where}: the ACL's `default` user runs commands without a password: switch it off")
+    # Redis replays the AOF as `default` and re-checks its permissions at each EXEC:
+    # without all of them, scripted writes vanish on restart (redis/redis#14541).
+    if not ({"~*", "allkeys"} & set(default) and {"+@all", "allcommands"} & set(default)) or any(
+        r.startswith("-") for r in default
+    ):
+        errors.append(
+            f"{where}: the ACL's `default` user must keep every permission (~* +@all) and stay "
+            "`off`: Redis replays the AOF as that user, and a restricted one drops every "
+            "scripted write on restart (redis/redis#14541)"
+        )
     for role, (owner, user, password, cred_source) in users.items():
         rules = acl.get(user)
         if rules is None:
