@@ -342,7 +342,10 @@ exercise() {
   lap "collector ledger ($backend pass) shows requests=$allowed for $tenant"
   if [ -n "${expect_cluster:-}" ]; then
     # Proves the pass ran with the intended config: the callouts used that cluster.
-    admin /stats | grep -qF "cluster.$expect_cluster.upstream_rq_total: " \
+    # Into a file first: `grep -q` stops reading at the first match, and under pipefail
+    # the writer's SIGPIPE would fail the check.
+    admin /stats >"$run/stats.txt" || die "cannot read Envoy's /stats"
+    grep -qF "cluster.$expect_cluster.upstream_rq_total: " "$run/stats.txt" \
       || die "Envoy has no callouts through cluster $expect_cluster"
   fi
 
