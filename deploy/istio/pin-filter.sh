@@ -31,8 +31,19 @@ case "$ref" in oci://*) ref=${ref#oci://} ;; esac
 repo="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
 tag=${BASH_REMATCH[3]}
 
-command -v docker >/dev/null || die "docker not found"
 command -v python3 >/dev/null || die "python3 not found"
+# The Dockerfile needs BuildKit (cache mounts): a CLI with buildx, or a 20.10 one (which
+# has BuildKit built in, e.g. Debian's docker.io). $DOCKER picks one explicitly.
+docker=${DOCKER:-}
+if [ -z "$docker" ]; then
+  for cli in docker /usr/bin/docker; do
+    command -v "$cli" >/dev/null || continue
+    if "$cli" buildx version >/dev/null 2>&1; then docker=$cli; break; fi
+    major=$("$cli" version --format '{{.Client.Version}}' 2>/dev/null | cut -d. -f1)
+    if [ -n "$major" ] && [ "$major" -lt 23 ] 2>/dev/null; then docker=$cli; break; fi
+  done
+fi
+[ -n "$docker" ] || die "no docker CLI with BuildKit (install the buildx plugin, or set DOCKER=/path/to/docker)"
 version=$(python3 -c 'import sys, tomllib; c = tomllib.load(open("Cargo.toml", "rb")); print(c["workspace"]["package"]["version"])') \
   || die "cannot read the workspace version from Cargo.toml"
 [ "$tag" = "$version" ] || die "tag $tag is not the workspace version $version (Cargo.toml)"
@@ -45,22 +56,22 @@ fi
 commit=$(git rev-parse HEAD)
 
 echo "pin-filter: building $ref (filter-oci) at $commit" >&2
-DOCKER_BUILDKIT=1 docker build -f deploy/docker/Dockerfile --target filter-oci -t "$ref" . >&2 \
+DOCKER_BUILDKIT=1 "$docker" build -f deploy/docker/Dockerfile --target filter-oci -t "$ref" . >&2 \
   || die "docker build --target filter-oci failed"
 echo "pin-filter: pushing $ref" >&2
-docker push "$ref" >&2 || die "docker push $ref failed"
+"$docker" push "$ref" >&2 || die "docker push $ref failed"
 
 # The manifest digest the registry stored, as docker recorded it on push.
-digest=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$ref" \
+digest=$("$docker" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$ref" \
   | sed -n "s|^${repo}@sha256:\([a-f0-9]\{64\}\)$|\1|p" | head -n 1)
 [ -n "$digest" ] || die "docker recorded no digest for $repo after the push (docker image inspect $ref)"
 
 # The module itself, for the record (and for anyone comparing with a local build).
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cid=$(docker create "$ref" /plugin.wasm) || die "docker create $ref failed"
-docker cp "$cid:/plugin.wasm" "$work/plugin.wasm" >/dev/null || { docker rm "$cid" >/dev/null; die "no /plugin.wasm in $ref"; }
-docker rm "$cid" >/dev/null
+cid=$("$docker" create "$ref" /plugin.wasm) || die "docker create $ref failed"
+"$docker" cp "$cid:/plugin.wasm" "$work/plugin.wasm" >/dev/null || { "$docker" rm "$cid" >/dev/null; die "no /plugin.wasm in $ref"; }
+"$docker" rm "$cid" >/dev/null
 module=$(sha256sum "$work/plugin.wasm" | cut -d' ' -f1)
 
 python3 - "$here/tools/filter-pin.json" "oci://$ref" "$digest" "$module" "$commit" <<'PY'
