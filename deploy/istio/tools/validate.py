@@ -67,7 +67,7 @@ PLACEHOLDER_REGISTRY = "registry.example.com"
 UNPINNED = "0" * 64
 OPERATOR_LABEL = ("turnpike.io/role", "operator")
 # Environment variables that carry a credential's value (their *_FILE twins name files).
-SECRET_VAR = re.compile(r"(TOKEN|SECRET|PASSWORD)$")
+SECRET_VAR = re.compile(r"(TOKEN|SECRET|PASSWORD|_KEY)$")
 # Said, but not failed on (e.g. the unpinned template).
 NOTES = []
 
@@ -1084,6 +1084,16 @@ def allowed(idx, workload, req, certain):
     )
 
 
+def wire_paths(module):
+    """The path constants of `pub mod MODULE` in crates/wire/src/lib.rs: the API the
+    proxies and services speak, so a new endpoint is checked the day it is added."""
+    text = (ROOT / "crates" / "wire" / "src" / "lib.rs").read_text()
+    m = re.search(rf"pub mod {module} \{{(.*?)\n\}}", text, re.S)
+    if not m:
+        raise SystemExit(f"crates/wire/src/lib.rs: no `pub mod {module}`")
+    return dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', m.group(1)))
+
+
 def check_authorization(docs, errors):
     idx = Index(docs)
     accounts = {
@@ -1189,13 +1199,20 @@ def check_authorization(docs, errors):
         """The port Istio's policies see: the workload's container port."""
         return str(next((p["containerPort"] for p in main_container(workload).get("ports", [])), ""))
 
-    for path in ("/v1/consume", "/v1/refund"):
-        expect(counter, f"POST {path}", "POST", path, port(counter), exactly=metered)
-    expect(counter, "GET usage", "GET", "/v1/tenants/t/usage", port(counter), at_most=operators, at_least=operators)
+    # Every counter endpoint but the usage reads takes the service token: the proxies'.
+    counter_paths = wire_paths("counter_paths")
+    for name, path in sorted(counter_paths.items()):
+        if name != "USAGE_PREFIX":
+            expect(counter, f"POST {path}", "POST", path, port(counter), exactly=metered)
+    usage = counter_paths.get("USAGE_PREFIX", "/v1/tenants/") + "t/usage"
+    expect(counter, "GET usage", "GET", usage, port(counter), at_most=operators, at_least=operators)
     expect(counter, "any other request", "DELETE", "/v1/unknown", port(counter), exactly=set())
-    expect(collector, "POST /v1/events", "POST", "/v1/events", port(collector), exactly=metered)
+    collector_paths = wire_paths("collector_paths")
+    events = collector_paths.get("EVENTS", "/v1/events")
+    expect(collector, f"POST {events}", "POST", events, port(collector), exactly=metered)
     ledger = literal_env(main_container(counter), "TURNPIKE_LEDGER_URL")
-    expect(collector, "POST totals", "POST", "/v1/tenants/t/totals", port(collector),
+    totals = "/v1/tenants/t" + collector_paths.get("TOTALS_SUFFIX", "/totals")
+    expect(collector, "POST totals", "POST", totals, port(collector),
            at_most=operators | {counter_sa}, at_least=operators | ({counter_sa} if ledger else set()))
     for path in ("/v1/tenants/t/usage", "/v1/tenants/t/events", "/v1/ledger/changes", "/v1/quarantine", "/v1/reconcile"):
         expect(collector, f"GET {path}", "GET", path, port(collector), at_most=operators, at_least=operators)
