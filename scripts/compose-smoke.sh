@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Smoke test of docker-compose.yml: builds the images, starts the stack, sends a handful
 # of real requests through Envoy on 127.0.0.1 (200s, then a 429, then the usage in the
-# collector's API) and always takes the stack down again (`down -v`).
+# collector's API), checks who may call what (the counter, the collector and Redis
+# refuse callers without their credentials; Envoy's admin interface is not reachable
+# from the network; no secret shows in Envoy's config) and always takes the stack down
+# again (`down -v`). Every pass runs with fresh random credentials, not the compose
+# file's demo defaults, so a service that ignored its variable would fail the pass.
 #
 #   scripts/compose-smoke.sh [--offline] [--postgres] [--istio]
 #
@@ -132,11 +136,137 @@ lap "turnpike images built"
 
 # --- the stack ------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-export TURNPIKE_HTTP_PORT TURNPIKE_ADMIN_PORT TURNPIKE_COUNTER_PORT TURNPIKE_COLLECTOR_PORT
+export TURNPIKE_HTTP_PORT TURNPIKE_COUNTER_PORT TURNPIKE_COLLECTOR_PORT
 TURNPIKE_HTTP_PORT=$(free_port)
-TURNPIKE_ADMIN_PORT=$(free_port)
 TURNPIKE_COUNTER_PORT=$(free_port)
 TURNPIKE_COLLECTOR_PORT=$(free_port)
+
+# Fresh credentials for this run (docker-compose.yml reads them from the environment).
+random_secret() { python3 -c 'import secrets; print("smoke-" + secrets.token_hex(16))'; }
+secret_vars=(TURNPIKE_SERVICE_TOKEN TURNPIKE_READ_TOKEN TURNPIKE_INGEST_SECRET
+  TURNPIKE_REDIS_COUNTER_PASSWORD TURNPIKE_REDIS_COLLECTOR_PASSWORD TURNPIKE_REDIS_ADMIN_PASSWORD)
+for var in "${secret_vars[@]}"; do
+  printf -v "$var" '%s' "$(random_secret)"
+  export "${var?}"
+done
+
+# Who may call what, on the running stack (docs/security.md).
+check_access() {
+  local code body
+  # The counter: consume needs the service token; reads need the read token, and the
+  # service token is not one.
+  body='{"id":"smoke-probe-1","tenant":"smoke-probe","meters":[{"meter":"requests","cost":1}]}'
+  code=$(request counter-anon -X POST -H 'content-type: application/json' -d "$body" "$counter/v1/consume")
+  [ "$code" = 401 ] || die "the counter answered an unauthenticated consume with $code, want 401"
+  code=$(request counter-wrong -X POST -H 'content-type: application/json' \
+    -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" -d "$body" "$counter/v1/consume")
+  [ "$code" = 401 ] || die "the counter answered a consume with the read token with $code, want 401"
+  code=$(request counter-consume -X POST -H 'content-type: application/json' \
+    -H "Authorization: Bearer $TURNPIKE_SERVICE_TOKEN" -d "$body" "$counter/v1/consume")
+  [ "$code" = 200 ] || die "the counter answered a consume with the service token with $code, want 200: $(cat "$run/counter-consume.body")"
+  code=$(request counter-read-anon "$counter/v1/tenants/smoke/usage")
+  [ "$code" = 401 ] || die "the counter answered an unauthenticated usage read with $code, want 401"
+  code=$(request counter-read-service -H "Authorization: Bearer $TURNPIKE_SERVICE_TOKEN" "$counter/v1/tenants/smoke/usage")
+  [ "$code" = 401 ] || die "the counter answered a usage read with the service token with $code, want 401"
+  code=$(request counter-read -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" "$counter/v1/tenants/smoke/usage")
+  [ "$code" = 200 ] || die "the counter answered a usage read with the read token with $code, want 200"
+
+  # The collector: reads need the read token, ingest needs the ingest secret.
+  code=$(request collector-read-anon "$collector/v1/tenants/smoke/usage?window=day")
+  [ "$code" = 401 ] || die "the collector answered an unauthenticated usage read with $code, want 401"
+  code=$(request collector-read-ingest -H "Authorization: Bearer $TURNPIKE_INGEST_SECRET" \
+    "$collector/v1/tenants/smoke/usage?window=day")
+  [ "$code" = 401 ] || die "the collector answered a usage read with the ingest secret with $code, want 401"
+  code=$(request collector-ingest-anon -X POST -H 'content-type: application/cloudevents-batch+json' \
+    -d '[]' "$collector/v1/events")
+  [ "$code" = 401 ] || die "the collector answered an unauthenticated ingest with $code, want 401"
+
+  # Redis: nothing without a user and password; each service's user only what it needs.
+  # Passwords go in on stdin (AUTH), never on a command line.
+  redis_as() { # user password command...: prints the reply to the command
+    local user=$1 pass=$2; shift 2
+    printf 'AUTH %s %s\n%s\n' "$user" "$pass" "$*" \
+      | "${compose[@]}" exec -T redis redis-cli 2>&1 | sed '/^$/d' | tail -n +2
+  }
+  local reply
+  reply=$("${compose[@]}" exec -T redis redis-cli GET tp:smoke 2>&1)
+  [[ "$reply" == NOAUTH* ]] || die "Redis answered GET without credentials with '$reply', want NOAUTH"
+  reply=$("${compose[@]}" exec -T redis redis-cli PING 2>&1)
+  [[ "$reply" == NOAUTH* ]] || die "Redis answered PING without credentials with '$reply', want NOAUTH"
+  # Nothing the services ran was refused by the ACL (checked before the refusals below,
+  # which the ACL log records too).
+  reply=$(redis_as turnpike-admin "$TURNPIKE_REDIS_ADMIN_PASSWORD" ACL LOG)
+  [ -z "$reply" ] || die "Redis's ACL log is not empty after the requests (a service needs a command its user lacks?): $reply"
+  reply=$(redis_as turnpike-counter "$TURNPIKE_REDIS_COUNTER_PASSWORD" FLUSHALL)
+  [[ "$reply" == NOPERM* ]] || die "Redis let the counter's user run FLUSHALL: '$reply'"
+  reply=$(redis_as turnpike-counter "$TURNPIKE_REDIS_COUNTER_PASSWORD" GET not-turnpike)
+  [[ "$reply" == NOPERM* ]] || die "Redis let the counter's user read a key outside tp:*: '$reply'"
+  reply=$(redis_as turnpike-collector "$TURNPIKE_REDIS_COLLECTOR_PASSWORD" SET tp:smoke 1)
+  [[ "$reply" == NOPERM* ]] || die "Redis let the collector's user write a counter: '$reply'"
+  reply=$(redis_as turnpike-counter "$TURNPIKE_REDIS_COLLECTOR_PASSWORD" GET tp:smoke)
+  [[ "$reply" == NOAUTH* ]] || die "Redis took the collector's password for the counter's user: '$reply'"
+  # The settings docs/operations-redis.md relies on are the live ones.
+  local setting want
+  for setting in appendonly=yes appendfsync=everysec maxmemory-policy=noeviction protected-mode=yes; do
+    want=${setting#*=}
+    reply=$(redis_as turnpike-admin "$TURNPIKE_REDIS_ADMIN_PASSWORD" CONFIG GET "${setting%%=*}" | tail -n 1)
+    [ "$reply" = "$want" ] || die "Redis runs with ${setting%%=*} '$reply', want '$want'"
+  done
+  reply=$(redis_as turnpike-admin "$TURNPIKE_REDIS_ADMIN_PASSWORD" CONFIG GET maxmemory | tail -n 1)
+  [[ "$reply" =~ ^[1-9][0-9]*$ ]] || die "Redis runs without a maxmemory ('$reply')"
+
+  # Envoy's admin interface: only inside its container. Not published, and not
+  # reachable from another container on the compose network.
+  # `port` prints HOST:PORT for a published port (compose v1 prints ":0" or nothing
+  # for one that is not).
+  published() { "${compose[@]}" port "$1" "$2" 2>/dev/null | grep -E ':[1-9][0-9]*$' | head -n 1 || true; }
+  [ -z "$(published envoy 9901)" ] || die "Envoy's admin port 9901 is published ($(published envoy 9901))"
+  "${compose[@]}" exec -T counter timeout 5 bash -c 'exec 3<>/dev/tcp/envoy/10000' 2>/dev/null \
+    || die "the counter's container cannot reach envoy:10000 (so the admin check below would prove nothing)"
+  if "${compose[@]}" exec -T counter timeout 5 bash -c 'exec 3<>/dev/tcp/envoy/9901' 2>/dev/null; then
+    die "Envoy's admin interface answers on the compose network (it must listen on 127.0.0.1 only)"
+  fi
+  # Published ports bind 127.0.0.1 only.
+  local service port mapped
+  for service in envoy:10000 counter:8081 collector:8082; do
+    mapped=$(published "${service%%:*}" "${service#*:}")
+    [[ "$mapped" == 127.0.0.1:* ]] || die "${service%%:*} port ${service#*:} is published on '$mapped', want 127.0.0.1 only"
+  done
+  for service in redis upstream; do
+    for port in 6379 8080; do
+      mapped=$(published "$service" "$port")
+      [ -z "$mapped" ] || die "$service port $port is published ($mapped)"
+    done
+  done
+  # Secrets reach the filter through the VM's environment: none in the config dump.
+  admin /config_dump >"$run/config_dump.json" || die "cannot read Envoy's /config_dump"
+  for var in TURNPIKE_SERVICE_TOKEN TURNPIKE_INGEST_SECRET; do
+    if grep -qF "${!var}" "$run/config_dump.json"; then die "\$$var shows in Envoy's /config_dump"; fi
+  done
+  grep -qF TURNPIKE_COUNTER_TOKEN "$run/config_dump.json" \
+    || die "Envoy's /config_dump does not name TURNPIKE_COUNTER_TOKEN among the VM's host environment keys"
+}
+
+# Redis keeps what it held across a restart (AOF on its volume): the counter's hour,
+# day and month windows read the same before and after. Every counter write is a Lua
+# script, which the AOF records as MULTI/EXEC: this is what catches an ACL whose
+# `default` user cannot replay them (docs/operations-redis.md).
+check_redis_restart() {
+  local before after i
+  usage_of() { curl -fsS -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" "$counter/v1/tenants/$tenant/usage" 2>/dev/null; }
+  long_windows() { # usage JSON on stdin -> "name=used ..." of the hour/day/month limits
+    python3 -c 'import json, sys; print(" ".join("%s=%s" % (l["name"], l["used"]) for l in json.load(sys.stdin)["limits"] if l["window"] in ("hour", "day", "month")))'
+  }
+  before=$(usage_of | long_windows) || die "cannot read the counter's usage of $tenant before restarting Redis"
+  [[ " $before " == *" monthly=$allowed "* ]] || die "the counter's monthly window for $tenant shows '$before', want monthly=$allowed"
+  "${compose[@]}" restart redis >"$run/restart-redis.log" 2>&1 || { cat "$run/restart-redis.log" >&2; die "compose restart redis failed"; }
+  after=""
+  for i in $(seq 1 30); do
+    after=$(usage_of | long_windows 2>/dev/null) && [ -n "$after" ] && break
+    sleep 1
+  done
+  [ "$after" = "$before" ] || die "after a Redis restart the counter's long windows for $tenant read '${after:-nothing}', before '$before' (AOF replay lost writes?)"
+}
 
 # One pass over the stack: up, requests, ledger, down. $1 names the ledger backend.
 exercise() {
@@ -148,13 +278,16 @@ exercise() {
     || { cat "$run/up.log" >&2; die "compose up failed"; }
 
   api="http://127.0.0.1:$TURNPIKE_HTTP_PORT"
+  counter="http://127.0.0.1:$TURNPIKE_COUNTER_PORT"
   collector="http://127.0.0.1:$TURNPIKE_COLLECTOR_PORT"
+  # Envoy's admin interface listens on 127.0.0.1 inside its container only.
+  admin() { "${compose[@]}" exec -T envoy turnpike-admin "$1"; }
   ready=""
   for _ in $(seq 1 120); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$TURNPIKE_ADMIN_PORT/ready" 2>/dev/null; then ready=1; break; fi
+    if admin /ready >/dev/null 2>&1; then ready=1; break; fi
     sleep 1
   done
-  [ -n "$ready" ] || die "Envoy did not become ready on 127.0.0.1:$TURNPIKE_ADMIN_PORT within 120 s"
+  [ -n "$ready" ] || die "Envoy did not become ready (turnpike-admin /ready inside the envoy container) within 120 s"
   lap "stack up (Envoy on $api)"
 
   # --- requests -------------------------------------------------------------------------
@@ -199,7 +332,8 @@ exercise() {
   # The filter ships usage events in batches; the ledger must show exactly the 200s.
   usage=""
   for _ in $(seq 1 30); do
-    usage=$(curl -fsS "$collector/v1/tenants/$tenant/usage?window=day" 2>/dev/null || true)
+    usage=$(curl -fsS -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" \
+      "$collector/v1/tenants/$tenant/usage?window=day" 2>/dev/null || true)
     got=$(printf '%s' "$usage" | python3 -c 'import json, sys; print(sum(m["quantity"] for m in json.load(sys.stdin)["meters"] if m["meter"] == "requests"))' 2>/dev/null || true)
     [ "$got" = "$allowed" ] && break
     sleep 1
@@ -208,9 +342,18 @@ exercise() {
   lap "collector ledger ($backend pass) shows requests=$allowed for $tenant"
   if [ -n "${expect_cluster:-}" ]; then
     # Proves the pass ran with the intended config: the callouts used that cluster.
-    curl -fsS "http://127.0.0.1:$TURNPIKE_ADMIN_PORT/stats" | grep -qF "cluster.$expect_cluster.upstream_rq_total: " \
+    # Into a file first: `grep -q` stops reading at the first match, and under pipefail
+    # the writer's SIGPIPE would fail the check.
+    admin /stats >"$run/stats.txt" || die "cannot read Envoy's /stats"
+    grep -qF "cluster.$expect_cluster.upstream_rq_total: " "$run/stats.txt" \
       || die "Envoy has no callouts through cluster $expect_cluster"
   fi
+
+  check_access
+  lap "access checks ($backend pass): credentials required everywhere, admin and Redis unreachable from outside"
+
+  check_redis_restart
+  lap "Redis restarted ($backend pass): the counter's long windows came back from the AOF"
   "${compose[@]}" down -v --remove-orphans >"$run/down.log" 2>&1 \
     || { cat "$run/down.log" >&2; die "compose down failed"; }
   compose_up=""

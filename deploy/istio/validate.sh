@@ -2,8 +2,11 @@
 # Offline validation of the Istio manifests in this directory (see tools/validate.py):
 # Kubernetes kinds against the Kubernetes schemas (PyPI kubernetes-validate, strict),
 # Istio kinds against tools/istio-crd-subset.schema.json, references between the
-# resources, and the generated parts (plugin config, plans, JWKS) against the files
-# they come from. Installs what it needs into .tools/istio-validate. Exit 1 on any error.
+# resources, the generated parts (plugin config, plans, Redis config, JWKS, the module
+# pin) against the files they come from, the credentials (what each side presents is
+# what the other accepts; none inline) and the AuthorizationPolicies (who can reach
+# the counter, the collector and Redis). Installs what it needs into
+# .tools/istio-validate. Exit 1 on any error.
 #
 #   deploy/istio/validate.sh            check
 #   deploy/istio/validate.sh --write    regenerate the generated parts, then check
