@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The counter's Redis, when configured: reconciliation compares its windows.
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// Anomaly judging in this replica (see [`crate::anomalies`]).
+    pub anomalies: Arc<crate::anomalies::Status>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -59,6 +61,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reconcile", get(reconcile))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::anomalies::http::routes())
+        .merge(crate::console::routes())
         .with_state(state)
 }
 
@@ -195,7 +199,7 @@ async fn ingest_inner(
 }
 
 /// Answer 401 unless the request carries a read token.
-fn require_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.read_tokens.allow(headers) {
         Ok(())
     } else {
@@ -601,6 +605,7 @@ pub async fn run_reconcile(
     )
     .await?;
     if tenant.is_none() {
+        state.metrics.reconcile_last_run.set(now_ms() / 1000);
         state
             .metrics
             .reconcile_drift_units

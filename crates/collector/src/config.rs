@@ -25,6 +25,9 @@ pub enum Command {
     /// Compare what the counter admitted with what the ledger bills, per tenant and
     /// window, and list the differences by consume id.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Replay the anomaly detector over the ledger's history and print every anomaly
+    /// it would have raised, in time order.
+    Anomalies(crate::anomalies::replay::ReplayArgs),
 }
 
 /// The ledger database and the usage stream, shared by the server and the commands.
@@ -101,6 +104,9 @@ pub struct ServeArgs {
         default_value_t = 1000
     )]
     pub max_batch_events: usize,
+
+    #[command(flatten)]
+    pub anomalies: crate::anomalies::AnomalyArgs,
 }
 
 /// A secret from `file` (trimmed), else from the environment variable `env`.

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub reconcile_drift_units: Gauge,
     /// Consume ids found on one side only, last reconciliation.
     pub reconcile_differences: Gauge,
+    /// When the last whole-ledger reconciliation finished (unix seconds; 0: not yet).
+    pub reconcile_last_run: Gauge,
+    pub anomaly: crate::anomalies::metrics::AnomalyMetrics,
 }
 
 impl Default for Metrics {
@@ -152,8 +155,17 @@ impl Metrics {
             "Consumes the counter admitted but the ledger does not bill as such, or the reverse, at the last reconciliation",
             reconcile_differences.clone(),
         );
+        let reconcile_last_run = Gauge::default();
+        registry.register(
+            "reconcile_last_run_timestamp_seconds",
+            "When the last whole-ledger reconciliation finished (unix seconds; 0: not yet)",
+            reconcile_last_run.clone(),
+        );
+        let anomaly = crate::anomalies::metrics::AnomalyMetrics::register(&mut registry);
         Metrics {
             registry,
+            reconcile_last_run,
+            anomaly,
             events_accepted,
             events_duplicate,
             batches_stored,
@@ -195,6 +207,11 @@ impl Metrics {
     pub fn set_stream_backlog(&self, n: u64) {
         self.stream_backlog
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The usage-stream backlog as last measured.
+    pub fn stream_backlog(&self) -> i64 {
+        self.stream_backlog.get()
     }
 
     pub fn rejected(&self, reason: RejectReason) {

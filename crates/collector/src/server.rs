@@ -89,12 +89,29 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         .consumer
         .clone()
         .unwrap_or_else(|| format!("{}-{}", host_name(), args.listen.port()));
-    let stream = stream_config(&args.store, consumer)?;
+    let stream = stream_config(&args.store, consumer.clone())?;
     let redis = match &stream {
         Some(config) => Some(crate::usage_stream::connect(config).await?),
         None => None,
     };
+    let anomaly_status = Arc::new(crate::anomalies::Status::new(
+        &args.anomalies,
+        consumer.clone(),
+    ));
+    let webhook = match &args.anomalies.anomaly_webhook {
+        Some(url) => Some(crate::anomalies::webhook::Webhook {
+            url: url.clone(),
+            secret: secret_from(
+                "--anomaly-webhook-secret-file",
+                args.anomalies.anomaly_webhook_secret_file.as_deref(),
+                "TURNPIKE_ANOMALY_WEBHOOK_SECRET",
+            )
+            .map_err(StartError::Config)?,
+        }),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        anomalies: anomaly_status.clone(),
         redis,
         ledger: ledger.clone(),
         plans: plans.map(ArcSwap::from_pointee),
@@ -109,6 +126,20 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         None => None,
     };
     let reconciler = tokio::spawn(reconcile_every(state.clone(), RECONCILE_EVERY));
+    let anomaly_tasks = if anomaly_status.enabled {
+        let mut tasks = vec![tokio::spawn(crate::anomalies::online::run(state.clone()))];
+        if let Some(webhook) = webhook {
+            tasks.push(tokio::spawn(crate::anomalies::webhook::run(
+                ledger.clone(),
+                webhook,
+                anomaly_status.clone(),
+                metrics.clone(),
+            )));
+        }
+        tasks
+    } else {
+        Vec::new()
+    };
     let stream_task = match stream {
         Some(config) => {
             let stream = UsageStream::connect(&config, ledger.clone(), metrics.clone()).await?;
@@ -138,6 +169,17 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         .await
         .map_err(StartError::Serve)?;
     reconciler.abort();
+    for task in anomaly_tasks {
+        task.abort();
+    }
+    if anomaly_status.holding() {
+        // Hand over now rather than when the lease expires.
+        if let Err(error) =
+            crate::anomalies::store::release_lease(&ledger, &anomaly_status.holder).await
+        {
+            tracing::warn!(%error, "could not release the anomaly judging lease");
+        }
+    }
     if let Some(task) = stream_task {
         // A round in flight is cut short before its acknowledgement: its entries stay
         // pending and are read again by the next collector with this name.
