@@ -258,17 +258,14 @@ async fn round(state: &AppState, c: &mut Cache, width: i64) -> Result<bool, Stor
             cloud_event,
         })
         .collect();
-    let new_ids = store::commit_tick(
-        ledger,
-        &state.anomalies.holder,
-        now,
-        now + LEASE_MS,
-        c.scanned_seq,
-        width,
-        &updates,
-        &anomalies,
-    )
-    .await?;
+    let commit = store::Round {
+        holder: &state.anomalies.holder,
+        now_ms: now,
+        lease_until_ms: now + LEASE_MS,
+        scanned_seq: c.scanned_seq,
+        bucket_secs: width,
+    };
+    let new_ids = store::commit_tick(ledger, &commit, &updates, &anomalies).await?;
     drop(updates);
     for key in &touched {
         if let Some(e) = c.series.get_mut(key) {

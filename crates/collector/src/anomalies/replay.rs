@@ -114,7 +114,7 @@ pub async fn main(args: ReplayArgs) -> Result<(), ReplayError> {
 
 /// Every anomaly of the series matching `filter` in `[since, until)` (bucket starts,
 /// unix seconds; each series from its first row when `since` is `None`), sorted by
-/// bucket, tenant, meter and kind.
+/// bucket, tenant, meter and kind name.
 pub async fn replay(
     ledger: &Ledger,
     plans: Option<&Plans>,
@@ -175,7 +175,12 @@ pub async fn replay(
         ));
     }
     found.sort_by(|a, b| {
-        (a.bucket, &a.tenant, &a.meter, a.kind).cmp(&(b.bucket, &b.tenant, &b.meter, b.kind))
+        (a.bucket, &a.tenant, &a.meter, a.kind.as_str()).cmp(&(
+            b.bucket,
+            &b.tenant,
+            &b.meter,
+            b.kind.as_str(),
+        ))
     });
     Ok(found)
 }

@@ -275,6 +275,18 @@ pub struct NewAnomaly<'a> {
     pub cloud_event: Option<String>,
 }
 
+/// Who commits a round, when, and what it scanned.
+#[derive(Debug, Clone, Copy)]
+pub struct Round<'a> {
+    pub holder: &'a str,
+    pub now_ms: i64,
+    /// The lease is renewed to here.
+    pub lease_until_ms: i64,
+    /// Ledger change sequence scanned for new series.
+    pub scanned_seq: i64,
+    pub bucket_secs: i64,
+}
+
 /// Commit one tick in one transaction: fenced by the lease (the first statement fails
 /// unless `holder` still holds it, and on PostgreSQL holds the lease row locked to the
 /// commit), each series advanced only from where it was read (compare-and-set),
@@ -282,14 +294,17 @@ pub struct NewAnomaly<'a> {
 /// the same commit. Returns the anomalies new to the table.
 pub async fn commit_tick(
     ledger: &Ledger,
-    holder: &str,
-    now_ms: i64,
-    lease_until_ms: i64,
-    scanned_seq: i64,
-    bucket_secs: i64,
+    round: &Round<'_>,
     series: &[SeriesUpdate<'_>],
     anomalies: &[NewAnomaly<'_>],
 ) -> Result<Vec<String>, StoreError> {
+    let Round {
+        holder,
+        now_ms,
+        lease_until_ms,
+        scanned_seq,
+        bucket_secs,
+    } = *round;
     with_pool!(ledger, pool => {
         let mut tx = pool.begin().await?;
         let fenced = sqlx::query(
