@@ -168,10 +168,36 @@ async fn the_online_judge_finds_the_planted_anomalies_and_lists_them(db: &TestDb
     assert_eq!(again[..all.len()], all[..]);
 }
 
+async fn changing_the_bucket_width_starts_the_series_again(db: &TestDb) {
+    let span = Span::now();
+    let plans = plans_arg(db);
+    ingest_history(db, span).await;
+    let mut c = Collector::start(db, &["--plans", &plans]).await;
+    wait_judged(&c, span).await;
+    assert!(c.terminate().success());
+    let c = Collector::start(db, &["--plans", &plans, "--anomaly-bucket-secs", "600"]).await;
+    let status = wait_judged(&c, span).await;
+    assert_eq!(status["bucket_secs"], 600);
+    let all = all_anomalies(&c, "", 1000).await;
+    assert!(all.iter().any(|a| a.bucket_secs == 300));
+    let spikes: Vec<_> = one(&all, "acme", "requests", "spike")
+        .into_iter()
+        .filter(|a| a.bucket_secs == 600)
+        .collect();
+    assert_eq!(spikes.len(), 1, "{all:#?}");
+    assert!(
+        c.log_text().contains("the bucket width changed"),
+        "{}",
+        c.log_text()
+    );
+}
+
 /// The judged range as stored: every series ends at the same bucket after a round.
 async fn judged_until(db: &TestDb) -> i64 {
     let ledger = db.ledger().await;
-    let (_, oldest) = store::series_summary(&ledger).await.expect("summary");
+    let (_, oldest) = store::series_summary(&ledger, BUCKET)
+        .await
+        .expect("summary");
     let newest: i64 = match &ledger {
         turnpike_collector::ledger::Ledger::Sqlite(pool) => {
             sqlx::query_scalar("SELECT MAX(last_bucket) FROM anomaly_series")
@@ -443,6 +469,11 @@ mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_replay_prints_what_the_online_judge_stored() {
         super::the_replay_prints_what_the_online_judge_stored(&TestDb::sqlite()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changing_the_bucket_width_starts_the_series_again() {
+        super::changing_the_bucket_width_starts_the_series_again(&TestDb::sqlite()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -194,7 +194,7 @@ pub struct JudgeStatus {
 
 pub async fn judge_status(state: &AppState) -> Result<JudgeStatus, ApiError> {
     let s = &state.anomalies;
-    let (series, oldest_last) = store::series_summary(&state.ledger)
+    let (series, oldest_last) = store::series_summary(&state.ledger, s.bucket_secs)
         .await
         .map_err(unavailable)?;
     let (holder, until_ms, _) = store::lease(&state.ledger).await.map_err(unavailable)?;

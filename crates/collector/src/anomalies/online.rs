@@ -112,6 +112,14 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 async fn load(state: &AppState, width: i64) -> Result<Cache, StoreError> {
+    let forgotten = store::forget_other_widths(&state.ledger, width).await?;
+    if forgotten > 0 {
+        tracing::warn!(
+            series = forgotten,
+            bucket_secs = width,
+            "the bucket width changed: series start again from their first rows"
+        );
+    }
     let stored = store::load_series(&state.ledger, width).await?;
     let (_, _, scanned_seq) = store::lease(&state.ledger).await?;
     let series = stored
@@ -228,7 +236,7 @@ async fn round(state: &AppState, c: &mut Cache, width: i64) -> Result<bool, Stor
         .map(|(k, _)| k.clone())
         .collect();
     if !changed && advanced.is_empty() && fresh.is_empty() {
-        update_gauges(state, c, now, width);
+        update_gauges(state, c, now);
         return Ok(behind);
     }
     let mut touched: Vec<SeriesKey> = advanced;
@@ -283,11 +291,11 @@ async fn round(state: &AppState, c: &mut Cache, width: i64) -> Result<bool, Stor
     if !new_ids.is_empty() && state.anomalies.webhook {
         state.anomalies.notify_outbox();
     }
-    update_gauges(state, c, now, width);
+    update_gauges(state, c, now);
     Ok(behind)
 }
 
-fn update_gauges(state: &AppState, c: &Cache, now_ms: i64, _width: i64) {
+fn update_gauges(state: &AppState, c: &Cache, now_ms: i64) {
     let m = &state.metrics.anomaly;
     m.series
         .set(i64::try_from(c.series.len()).unwrap_or(i64::MAX));

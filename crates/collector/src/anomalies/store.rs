@@ -218,11 +218,37 @@ pub async fn load_series(
     })
 }
 
-/// How many series are stored, and the oldest `last_bucket` among them.
-pub async fn series_summary(ledger: &Ledger) -> Result<(i64, Option<i64>), StoreError> {
-    let sql = "SELECT CAST(COUNT(*) AS BIGINT), MIN(last_bucket) FROM anomaly_series";
+/// Forget series judged with another bucket width (the flag changed): their states
+/// cannot continue, and their rows would block the new ones. Rescans the ledger for
+/// series from the start when any were forgotten. Returns how many.
+pub async fn forget_other_widths(ledger: &Ledger, bucket_secs: i64) -> Result<u64, StoreError> {
     with_pool!(ledger, pool => {
-        let r = sqlx::query(sql).fetch_one(pool).await?;
+        let mut tx = pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM anomaly_series WHERE bucket_secs <> $1")
+            .bind(bucket_secs)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone > 0 {
+            sqlx::query("UPDATE anomaly_lease SET scanned_seq = 0 WHERE one = 1")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
+    })
+}
+
+/// How many series of this bucket width are stored, and the oldest `last_bucket`
+/// among them.
+pub async fn series_summary(
+    ledger: &Ledger,
+    bucket_secs: i64,
+) -> Result<(i64, Option<i64>), StoreError> {
+    let sql = "SELECT CAST(COUNT(*) AS BIGINT), MIN(last_bucket) FROM anomaly_series \
+               WHERE bucket_secs = $1";
+    with_pool!(ledger, pool => {
+        let r = sqlx::query(sql).bind(bucket_secs).fetch_one(pool).await?;
         Ok((r.try_get(0)?, r.try_get(1)?))
     })
 }

@@ -30,13 +30,18 @@ pub fn int(n: i64) -> String {
     out
 }
 
-/// A real number: separators when whole, else two decimals.
+/// A real number with separators: whole numbers as such, others to two decimals.
 pub fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        int(x as i64)
-    } else {
-        format!("{x:.2}")
+    if !x.is_finite() || x.abs() >= 1e15 {
+        return format!("{x}");
     }
+    if x.fract() == 0.0 {
+        return int(x as i64);
+    }
+    let text = format!("{:.2}", x.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, "00"));
+    let sign = if x < 0.0 && text != "0.00" { "-" } else { "" };
+    format!("{sign}{}.{fraction}", int(whole.parse().unwrap_or(0)))
 }
 
 fn meter_label(meter: &str) -> &str {
@@ -264,7 +269,7 @@ pub fn anomalies(page: &AnomalyPage, p: &ListParams) -> Markup {
                 input name="until" value=(v(&p.until)) placeholder="until (RFC 3339)" aria-label="until";
                 button type="submit" { "Filter" }
             }
-            p.muted { "Newest first. " span data-k="anomalies:count" { (page.anomalies.len()) } " on this page." }
+            p.muted { "Most recently detected first. " span data-k="anomalies:count" { (page.anomalies.len()) } " on this page." }
             (anomaly_rows(&page.anomalies, true))
             div.pager {
                 @if page.more { a.next href={ "/console/anomalies?" (query(&page.next_cursor)) } { "older »" } }
@@ -361,6 +366,8 @@ mod tests {
         assert_eq!(int(-1234567), "-1,234,567");
         assert_eq!(num(2.5), "2.50");
         assert_eq!(num(1e6), "1,000,000");
+        assert_eq!(num(3757.4321), "3,757.43");
+        assert_eq!(num(-0.5), "-0.50");
     }
 
     #[test]
