@@ -192,6 +192,83 @@ async fn changing_the_bucket_width_starts_the_series_again(db: &TestDb) {
     );
 }
 
+/// The commit of a judging round is fenced: without the lease, or from a stale read
+/// of a series, it changes nothing.
+async fn a_judge_without_the_lease_or_with_a_stale_series_commits_nothing(db: &TestDb) {
+    use turnpike_collector::anomalies::series::{SeriesKey, SeriesState};
+    use turnpike_collector::anomalies::store::{commit_tick, take_lease, Round, SeriesUpdate};
+
+    let ledger = db.ledger().await;
+    let now = 1_800_000_000_000;
+    assert!(take_lease(&ledger, "a", now, now + 30_000)
+        .await
+        .expect("lease"));
+    assert!(!take_lease(&ledger, "b", now + 1, now + 30_001)
+        .await
+        .expect("lease"));
+    let key = SeriesKey::new("acme", "requests");
+    let state = SeriesState::new(300);
+    let round = |holder| Round {
+        holder,
+        now_ms: now + 10,
+        lease_until_ms: now + 30_010,
+        scanned_seq: 0,
+        bucket_secs: 300,
+    };
+    let update = |previous, last| SeriesUpdate {
+        key: &key,
+        previous_last_bucket: previous,
+        last_bucket: last,
+        state: &state,
+    };
+    // B does not hold the lease.
+    let lost = commit_tick(&ledger, &round("b"), &[update(None, 0)], &[]).await;
+    assert!(
+        matches!(lost, Err(store::StoreError::LostLease)),
+        "{lost:?}"
+    );
+    // A does; the series is new.
+    commit_tick(&ledger, &round("a"), &[update(None, 0)], &[])
+        .await
+        .expect("first commit");
+    // A second "new" insert, or an advance from a stale last_bucket, is a conflict.
+    let again = commit_tick(&ledger, &round("a"), &[update(None, 300)], &[]).await;
+    assert!(
+        matches!(again, Err(store::StoreError::Conflict { .. })),
+        "{again:?}"
+    );
+    let stale = commit_tick(&ledger, &round("a"), &[update(Some(-300), 300)], &[]).await;
+    assert!(
+        matches!(stale, Err(store::StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    commit_tick(&ledger, &round("a"), &[update(Some(0), 300)], &[])
+        .await
+        .expect("advance from what was read");
+    // Past its expiry, the lease is anyone's, and the old holder is fenced out.
+    let later = now + 60_000;
+    assert!(take_lease(&ledger, "b", later, later + 30_000)
+        .await
+        .expect("lease"));
+    let fenced = commit_tick(
+        &ledger,
+        &Round {
+            now_ms: later,
+            ..round("a")
+        },
+        &[update(Some(300), 600)],
+        &[],
+    )
+    .await;
+    assert!(
+        matches!(fenced, Err(store::StoreError::LostLease)),
+        "{fenced:?}"
+    );
+    let (series, oldest) = store::series_summary(&ledger, 300).await.expect("summary");
+    assert_eq!((series, oldest), (1, Some(300)));
+    ledger.close().await;
+}
+
 /// The judged range as stored: every series ends at the same bucket after a round.
 async fn judged_until(db: &TestDb) -> i64 {
     let ledger = db.ledger().await;
@@ -472,6 +549,12 @@ mod sqlite {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_judge_without_the_lease_or_with_a_stale_series_commits_nothing() {
+        super::a_judge_without_the_lease_or_with_a_stale_series_commits_nothing(&TestDb::sqlite())
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changing_the_bucket_width_starts_the_series_again() {
         super::changing_the_bucket_width_starts_the_series_again(&TestDb::sqlite()).await;
     }
@@ -497,6 +580,14 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_replay_prints_what_the_online_judge_stored() {
         super::the_replay_prints_what_the_online_judge_stored(&TestDb::postgres()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_judge_without_the_lease_or_with_a_stale_series_commits_nothing() {
+        super::a_judge_without_the_lease_or_with_a_stale_series_commits_nothing(
+            &TestDb::postgres(),
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
