@@ -79,6 +79,10 @@ fn one<'a>(all: &'a [AnomalyView], tenant: &str, meter: &str, kind: &str) -> Vec
         .collect()
 }
 
+/// A judge that waits 10 s for late rows (and for history still arriving) rather than
+/// two minutes.
+const GRACE: [&str; 2] = ["--anomaly-grace-secs", "10"];
+
 fn plans_arg(db: &TestDb) -> String {
     write_file(db.dir.path(), "plans.toml", PLANS)
         .display()
@@ -89,7 +93,7 @@ async fn the_online_judge_finds_the_planted_anomalies_and_lists_them(db: &TestDb
     let span = Span::now();
     let plans = plans_arg(db);
     ingest_history(db, span).await;
-    let mut c = Collector::start(db, &["--plans", &plans]).await;
+    let mut c = Collector::start(db, &["--plans", &plans, GRACE[0], GRACE[1]]).await;
     wait_judged(&c, span).await;
     let all = all_anomalies(&c, "", 1000).await;
 
@@ -160,7 +164,7 @@ async fn the_online_judge_finds_the_planted_anomalies_and_lists_them(db: &TestDb
 
     // A restart continues where the judge stopped: nothing is found twice.
     assert!(c.terminate().success(), "{}", c.log_text());
-    let c = Collector::start(db, &["--plans", &plans]).await;
+    let c = Collector::start(db, &["--plans", &plans, GRACE[0], GRACE[1]]).await;
     wait_judged(&c, span).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let again = all_anomalies(&c, "", 1000).await;
@@ -172,10 +176,21 @@ async fn changing_the_bucket_width_starts_the_series_again(db: &TestDb) {
     let span = Span::now();
     let plans = plans_arg(db);
     ingest_history(db, span).await;
-    let mut c = Collector::start(db, &["--plans", &plans]).await;
+    let mut c = Collector::start(db, &["--plans", &plans, GRACE[0], GRACE[1]]).await;
     wait_judged(&c, span).await;
     assert!(c.terminate().success());
-    let c = Collector::start(db, &["--plans", &plans, "--anomaly-bucket-secs", "600"]).await;
+    let c = Collector::start(
+        db,
+        &[
+            "--plans",
+            &plans,
+            GRACE[0],
+            GRACE[1],
+            "--anomaly-bucket-secs",
+            "600",
+        ],
+    )
+    .await;
     let status = wait_judged(&c, span).await;
     assert_eq!(status["bucket_secs"], 600);
     let all = all_anomalies(&c, "", 1000).await;
@@ -295,11 +310,45 @@ async fn judged_until(db: &TestDb) -> i64 {
 }
 
 async fn the_replay_prints_what_the_online_judge_stored(db: &TestDb) {
+    replay_equals_online(db, false).await;
+}
+
+/// History sent while the judge runs (in time order, a batch at a time) is judged as
+/// it arrives, not taken for silence before it does.
+async fn history_backfilled_behind_a_running_judge_is_judged_as_it_arrives(db: &TestDb) {
+    replay_equals_online(db, true).await;
+}
+
+async fn replay_equals_online(db: &TestDb, backfill: bool) {
     let span = Span::now();
     let plans = plans_arg(db);
-    ingest_history(db, span).await;
-    let mut c = Collector::start(db, &["--plans", &plans]).await;
-    wait_judged(&c, span).await;
+    let mut c = if backfill {
+        let c = Collector::start(db, &["--plans", &plans, GRACE[0], GRACE[1]]).await;
+        let client = reqwest::Client::new();
+        for chunk in history(span).chunks(1000) {
+            let (status, body) = post_batch(&client, &c, chunk).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        c
+    } else {
+        ingest_history(db, span).await;
+        Collector::start(db, &["--plans", &plans, GRACE[0], GRACE[1]]).await
+    };
+    let status = wait_judged(&c, span).await;
+    if backfill {
+        let all = all_anomalies(&c, "", 1000).await;
+        assert_eq!(
+            one(&all, "acme", "requests", "spike").len(),
+            1,
+            "{status} {all:#?}"
+        );
+        assert_eq!(one(&all, "acme", "*", "denial_storm").len(), 1, "{all:#?}");
+        assert_eq!(
+            one(&all, "newco", "requests", "plan_burn").len(),
+            1,
+            "{all:#?}"
+        );
+    }
     assert!(c.terminate().success());
     let until = judged_until(db).await;
     let stored: Vec<AnomalyView> = {
@@ -376,8 +425,30 @@ async fn two_replicas_judge_once(db: &TestDb) {
     let span = Span::now();
     let plans = plans_arg(db);
     ingest_history(db, span).await;
-    let a = Collector::start(db, &["--plans", &plans, "--consumer", "replica-a"]).await;
-    let b = Collector::start(db, &["--plans", &plans, "--consumer", "replica-b"]).await;
+    let a = Collector::start(
+        db,
+        &[
+            "--plans",
+            &plans,
+            GRACE[0],
+            GRACE[1],
+            "--consumer",
+            "replica-a",
+        ],
+    )
+    .await;
+    let b = Collector::start(
+        db,
+        &[
+            "--plans",
+            &plans,
+            GRACE[0],
+            GRACE[1],
+            "--consumer",
+            "replica-b",
+        ],
+    )
+    .await;
     let status_a = wait_judged(&a, span).await;
     let status_b = wait_judged(&b, span).await;
     assert_eq!(status_a["judge"], status_b["judge"]);
@@ -462,6 +533,8 @@ async fn every_anomaly_reaches_the_webhook_exactly_once_across_an_outage_and_a_r
     let args = [
         "--plans",
         &plans,
+        GRACE[0],
+        GRACE[1],
         "--consumer",
         "replica-a",
         "--anomaly-webhook",
@@ -546,6 +619,12 @@ mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_replay_prints_what_the_online_judge_stored() {
         super::the_replay_prints_what_the_online_judge_stored(&TestDb::sqlite()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_backfilled_behind_a_running_judge_is_judged_as_it_arrives() {
+        super::history_backfilled_behind_a_running_judge_is_judged_as_it_arrives(&TestDb::sqlite())
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,16 @@ async fn every_console_page_loads_in_chromium_without_errors_and_shows_the_apis_
     let span = Span::now();
     load_history(&db, span).await;
     let plans = write_file(db.dir.path(), "plans.toml", PLANS);
-    let c = Collector::start(&db, &["--plans", &plans.display().to_string()]).await;
+    let c = Collector::start(
+        &db,
+        &[
+            "--plans",
+            &plans.display().to_string(),
+            "--anomaly-grace-secs",
+            "10",
+        ],
+    )
+    .await;
     wait_judged(&c, span).await;
     let client = reqwest::Client::new();
 

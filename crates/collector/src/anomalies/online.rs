@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use turnpike_plans::Plans;
 
-use super::series::{bucket_of, closed_until, judge_series, PlanLimit, SeriesKey, SeriesState};
+use super::series::{bucket_of, judge_series, series_until, PlanLimit, SeriesKey, SeriesState};
 use super::store::{self, Filter, NewAnomaly, SeriesUpdate, StoreError};
 use super::webhook::cloud_event;
 use crate::api::{now_ms, AppState};
@@ -41,6 +41,10 @@ struct Entry {
     /// Start of the next bucket to judge.
     next: i64,
     state: SeriesState,
+    /// Billing time of the newest row seen, and when the latest row arrived (unix
+    /// seconds; 0 until this replica sees rows of the series).
+    newest: i64,
+    received: i64,
 }
 
 struct Cache {
@@ -131,6 +135,8 @@ async fn load(state: &AppState, width: i64) -> Result<Cache, StoreError> {
                     stored: Some(s.last_bucket),
                     next: s.last_bucket + width,
                     state: s.state,
+                    newest: 0,
+                    received: 0,
                 },
             )
         })
@@ -152,42 +158,46 @@ async fn round(state: &AppState, c: &mut Cache, width: i64) -> Result<bool, Stor
     if upto_seq > c.scanned_seq {
         for seen in store::series_changed(ledger, c.scanned_seq, upto_seq).await? {
             let first = bucket_of(seen.first_ms.div_euclid(1000), width);
-            match c.series.get(&seen.key) {
-                Some(entry) if first < entry.next => tracing::debug!(
+            let entry = c.series.entry(seen.key.clone()).or_insert_with(|| Entry {
+                stored: None,
+                next: first,
+                state: SeriesState::new(width),
+                newest: 0,
+                received: 0,
+            });
+            if first < entry.next {
+                tracing::debug!(
                     tenant = %seen.key.tenant, meter = %seen.key.meter,
                     "rows for buckets already judged: not judged again (replay sees them)"
-                ),
-                Some(_) => {}
-                None => {
-                    c.series.insert(
-                        seen.key,
-                        Entry {
-                            stored: None,
-                            next: first,
-                            state: SeriesState::new(width),
-                        },
-                    );
-                }
+                );
             }
+            entry.newest = entry.newest.max(seen.last_ms.div_euclid(1000));
+            entry.received = entry.received.max(seen.received_ms.div_euclid(1000));
         }
         c.scanned_seq = upto_seq;
         changed = true;
     }
 
-    let until = closed_until(now.div_euclid(1000), state.anomalies.grace_secs, width);
-    let mut groups: BTreeMap<i64, Vec<SeriesKey>> = BTreeMap::new();
+    let now_secs = now.div_euclid(1000);
+    let grace = state.anomalies.grace_secs;
+    // Series judged together share a range: (from, to).
+    let mut groups: BTreeMap<(i64, i64), Vec<SeriesKey>> = BTreeMap::new();
     for (key, entry) in &c.series {
-        if entry.next < until {
-            groups.entry(entry.next).or_default().push(key.clone());
+        let to = series_until(now_secs, grace, width, entry.newest, entry.received);
+        if entry.next < to {
+            groups
+                .entry((entry.next, to))
+                .or_default()
+                .push(key.clone());
         }
     }
     let plans = state.plans.as_ref().map(|p| p.load_full());
     let mut found = Vec::new();
     let mut advanced: Vec<SeriesKey> = Vec::new();
     let mut behind = false;
-    for (from, keys) in groups {
-        let to = until.min(from + MAX_BUCKETS_PER_ROUND * width);
-        behind |= to < until;
+    for ((from, series_to), keys) in groups {
+        let to = series_to.min(from + MAX_BUCKETS_PER_ROUND * width);
+        behind |= to < series_to;
         let shared = if keys.len() > PER_SERIES_QUERY_MAX {
             Some(
                 store::buckets_between(ledger, &Filter::default(), from * 1000, to * 1000, width)

@@ -202,6 +202,26 @@ pub fn closed_until(now_secs: i64, grace_secs: i64, width: i64) -> i64 {
     bucket_of(now_secs - grace_secs.max(0), width)
 }
 
+/// How far one series may be judged at `now` (all unix seconds): to the closed buckets,
+/// except while its rows are still arriving (one arrived less than `grace` ago) for
+/// buckets before the newest row's: then only up to that row's bucket. A backfill sends
+/// old rows in time order; judging past the newest would call the rest silence. Live
+/// traffic is not held back: its newest row is in the open bucket.
+pub fn series_until(
+    now_secs: i64,
+    grace_secs: i64,
+    width: i64,
+    newest_row_secs: i64,
+    received_secs: i64,
+) -> i64 {
+    let closed = closed_until(now_secs, grace_secs, width);
+    if received_secs > now_secs - grace_secs.max(0) {
+        closed.min(bucket_of(newest_row_secs, width))
+    } else {
+        closed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +344,16 @@ mod tests {
                 .any(|d| d.kind == Kind::DenialStorm && d.bucket == 80 * 60),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_series_whose_history_is_still_arriving_waits_for_it() {
+        // Rows up to t=3000 arrived 10 s ago: judge only before the newest row's bucket.
+        assert_eq!(series_until(10_000, 120, 300, 3000, 9_990), 3000);
+        // Nothing for longer than the grace: the rest is silence, judge it.
+        assert_eq!(series_until(10_000, 120, 300, 3000, 9_800), 9_600);
+        // Live traffic: the newest row is in the open bucket; nothing held back.
+        assert_eq!(series_until(10_000, 120, 300, 9_990, 9_995), 9_600);
     }
 
     #[test]

@@ -92,33 +92,49 @@ pub async fn series_between(
     Ok(out)
 }
 
+/// What ingest brought for one series since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub key: SeriesKey,
+    /// Billing times of the earliest and latest of those rows.
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// When the latest of them arrived.
+    pub received_ms: i64,
+}
+
 /// Series with rows whose change sequence is in `(after_seq, upto_seq]`: what ingest
-/// (backfill included) brought since the last look, with the earliest such row.
+/// (backfill included) brought since the last look.
 pub async fn series_changed(
     ledger: &Ledger,
     after_seq: i64,
     upto_seq: i64,
-) -> Result<Vec<FirstSeen>, StoreError> {
+) -> Result<Vec<Changed>, StoreError> {
     let mut out = Vec::new();
-    let meters = "SELECT m.tenant, m.meter, MIN(m.time_ms) FROM usage_events e \
+    let meters = "SELECT m.tenant, m.meter, MIN(m.time_ms), MAX(m.time_ms), \
+                  MAX(e.received_at_ms) FROM usage_events e \
                   JOIN usage_meters m ON m.id = e.id \
                   WHERE e.seq > $1 AND e.seq <= $2 AND m.billable = $3 \
                   GROUP BY m.tenant, m.meter";
-    let tenants = "SELECT tenant, MIN(time_ms) FROM usage_events \
-                   WHERE seq > $1 AND seq <= $2 GROUP BY tenant";
+    let tenants = "SELECT tenant, MIN(time_ms), MAX(time_ms), MAX(received_at_ms) \
+                   FROM usage_events WHERE seq > $1 AND seq <= $2 GROUP BY tenant";
     with_pool!(ledger, pool => {
         for r in sqlx::query(meters).bind(after_seq).bind(upto_seq).bind(true)
             .fetch_all(pool).await?
         {
-            out.push(FirstSeen {
+            out.push(Changed {
                 key: SeriesKey::new(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?),
                 first_ms: r.try_get(2)?,
+                last_ms: r.try_get(3)?,
+                received_ms: r.try_get(4)?,
             });
         }
         for r in sqlx::query(tenants).bind(after_seq).bind(upto_seq).fetch_all(pool).await? {
-            out.push(FirstSeen {
+            out.push(Changed {
                 key: SeriesKey::new(r.try_get::<String, _>(0)?, REQUESTS),
                 first_ms: r.try_get(1)?,
+                last_ms: r.try_get(2)?,
+                received_ms: r.try_get(3)?,
             });
         }
     });
