@@ -15,9 +15,9 @@ use turnpike_collector::anomalies::store;
 use turnpike_collector::anomalies::AnomalyView;
 use usage_data::*;
 
-/// The generated history in the ledger, ingested by a collector that does not judge:
-/// the online judge takes rows as they come, so history is loaded before it runs
-/// (backfill behind a running judge is for the replay; see the docs).
+/// The generated history in the ledger, ingested by a collector that does not judge,
+/// so the judge's first round sees all of it (history sent to a running judge is
+/// `history_backfilled_behind_a_running_judge_is_judged_as_it_arrives`).
 async fn ingest_history(db: &TestDb, span: Span) {
     let mut c = Collector::start(db, &["--no-anomaly-detection"]).await;
     let client = reqwest::Client::new();
