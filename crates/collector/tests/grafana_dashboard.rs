@@ -1,9 +1,10 @@
 //! `deploy/grafana/turnpike.json` is a valid dashboard, and every metric it queries is
 //! one the services expose: the collector's and the counter's real expositions (their
 //! metrics code, rendered here), and the filter's stats as Envoy's `/stats/prometheus`
-//! names them. Envoy (checked on 1.40.0) exports the `wasmcustom` stat namespace without
-//! the `envoy_` prefix and without the namespace: `wasmcustom.turnpike.allowed` is
-//! `turnpike_allowed`, and its histogram `turnpike_callout_latency_ms_bucket`.
+//! names them. Envoy exports the `wasmcustom` stat namespace without the `envoy_` prefix
+//! and without the namespace: `wasmcustom.turnpike.allowed` is `turnpike_allowed`, and
+//! its histogram `turnpike_callout_latency_ms_bucket` (`tests/tests/grafana.rs` scrapes
+//! a running Envoy, counter and collector to hold this to what they really expose).
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
