@@ -65,17 +65,26 @@ wait_http() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 REDIS_PORT=$(free_port); COUNTER_PORT=$(free_port); COLLECTOR_PORT=$(free_port)
+# The benchmark's own credentials (what a deployment keeps in files or secrets).
+export TURNPIKE_SERVICE_TOKEN=bench-service-token-0123456789
+export TURNPIKE_READ_TOKEN=bench-read-token-0123456789
+export TURNPIKE_INGEST_SECRET=bench-ingest-secret-0123456789
+export TURNPIKE_COUNTER_TOKEN=$TURNPIKE_SERVICE_TOKEN
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$run/redis.log" 2>&1 &
 redis_pid=$!; pids+=($redis_pid)
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-"$target/release/turnpike-counter" --listen "127.0.0.1:$COUNTER_PORT" \
-  --redis "redis://127.0.0.1:$REDIS_PORT" --plans bench/plans.toml >"$run/counter.log" 2>&1 &
-counter_pid=$!; pids+=($counter_pid)
-wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
+# The collector consumes the counter's usage streams (every admitted request reaches
+# the ledger through them) and the counter re-seeds lost windows from it.
 "$target/release/turnpike-collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
-  --database "sqlite://$run/ledger.db" --ingest-secret bench >"$run/collector.log" 2>&1 &
+  --database "sqlite://$run/ledger.db" --redis "redis://127.0.0.1:$REDIS_PORT" \
+  >"$run/collector.log" 2>&1 &
 collector_pid=$!; pids+=($collector_pid)
 wait_http "http://127.0.0.1:$COLLECTOR_PORT/healthz"
+"$target/release/turnpike-counter" --listen "127.0.0.1:$COUNTER_PORT" \
+  --redis "redis://127.0.0.1:$REDIS_PORT" --plans bench/plans.toml \
+  --ledger-url "http://127.0.0.1:$COLLECTOR_PORT" >"$run/counter.log" 2>&1 &
+counter_pid=$!; pids+=($counter_pid)
+wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
 
 token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
@@ -95,7 +104,7 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
     --set UPSTREAM_HOST=127.0.0.1 --set UPSTREAM_PORT=1 \
     --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT="$COUNTER_PORT" \
     --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT="$COLLECTOR_PORT" \
-    --set INGEST_SECRET=bench ${patch:+--patch-filter "$patch"} \
+    ${patch:+--patch-filter "$patch"} \
     --out "$run/rendered.yaml"
   python3 bench/derive.py "$base" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
   "$envoy" -c "$run/envoy-$variant.yaml" --concurrency 1 --base-id $((9000 + RANDOM % 1000)) \
@@ -119,7 +128,7 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
   if [ "$variant" = turnpike+events ]; then
     sleep 3 # let the last batches flush
     curl -s "http://127.0.0.1:$ADMIN_PORT/stats" \
-      | grep -E 'wasmcustom\.turnpike\.(events_(queued|sent|dropped)|buffer_depth):' \
+      | grep -E 'wasmcustom\.turnpike\.((billable_)?events_(queued|sent|dropped|rejected)|buffer_depth):' \
       | sed 's/^/  /' >"$run/events.txt"
   fi
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
@@ -130,9 +139,21 @@ python3 bench/summarize.py table "$results"
 if [ -f "$run/events.txt" ]; then
   echo "usage events in the turnpike+events run (Envoy stats, warm-up included):"
   cat "$run/events.txt"
-  echo "  stored by the collector: $(curl -s "http://127.0.0.1:$COLLECTOR_PORT/metrics" \
-    | awk '/^turnpike_collector_events_accepted_total/ {s += $2} END {print s + 0}')"
 fi
+# Every request the counter admitted (all variants, warm-ups included) must be billed by
+# the ledger, once: it reaches the ledger through the counter's usage stream, whatever
+# the proxy's event buffer did under saturation.
+admitted=$(curl -s "http://127.0.0.1:$COUNTER_PORT/metrics" \
+  | awk '/^turnpike_counter_consumes_total\{result="allowed"\}/ {print $2}')
+billed=0
+for _ in $(seq 1 240); do
+  billed=$(curl -s -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" \
+    "http://127.0.0.1:$COLLECTOR_PORT/v1/tenants/bench-tenant/usage?window=month" \
+    | python3 -c 'import json,sys; print(sum(m["quantity"] for m in json.load(sys.stdin)["meters"] if m["meter"] == "requests"))')
+  [ "$billed" = "${admitted:-0}" ] && break
+  sleep 0.5
+done
+echo "ledger vs admitted: the counter admitted ${admitted:-0} requests, the ledger bills $billed$([ "$billed" = "${admitted:-0}" ] && echo ' (equal)' || echo ' (NOT equal: see the collector log)')"
 
 if [ "${INGEST:-1}" = 1 ]; then
   echo

@@ -100,6 +100,95 @@ pub fn refund_body(id: &str, tenant: &str) -> Vec<u8> {
     body
 }
 
+/// Body of `POST /v1/lease`: `want` more requests of a route on `lease` (or a new
+/// one), or with `close` give `lease` back. Same alphabet rules as [`consume_body`].
+pub fn lease_body(
+    tenant: &str,
+    plan: Option<&str>,
+    meters_json: &str,
+    want: u64,
+    lease: Option<u64>,
+    close: bool,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut body = Vec::with_capacity(96 + tenant.len() + meters_json.len());
+    body.extend_from_slice(br#"{"tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    if let Some(plan) = plan {
+        body.extend_from_slice(br#"","plan":""#);
+        body.extend_from_slice(plan.as_bytes());
+    }
+    body.extend_from_slice(br#"","meters":"#);
+    body.extend_from_slice(meters_json.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(body, r#","want":{want},"close":{close}"#);
+    if let Some(id) = lease {
+        let _ = write!(body, r#","lease":{id}"#);
+    }
+    body.push(b'}');
+    body
+}
+
+/// Body of `POST /v1/lease/report`: requests admitted from `lease`, as (consume id,
+/// decision time in unix ms on the counter's clock).
+pub fn report_body(
+    tenant: &str,
+    plan: Option<&str>,
+    meters_json: &str,
+    lease: u64,
+    batch: &str,
+    records: &[(String, u64)],
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut body = Vec::with_capacity(96 + tenant.len() + meters_json.len() + records.len() * 64);
+    body.extend_from_slice(br#"{"tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    if let Some(plan) = plan {
+        body.extend_from_slice(br#"","plan":""#);
+        body.extend_from_slice(plan.as_bytes());
+    }
+    body.extend_from_slice(br#"","meters":"#);
+    body.extend_from_slice(meters_json.as_bytes());
+    let _ = write!(body, r#","lease":{lease},"batch":"{batch}","records":["#);
+    for (i, (id, at_ms)) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let _ = write!(body, r#"["{id}",{at_ms}]"#);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// The parts of a `LeaseResponse` the filter uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LeaseAnswer<'a> {
+    #[serde(default)]
+    pub lease: Option<u64>,
+    pub granted: u64,
+    pub expires_ms: u64,
+    pub time_ms: u64,
+    #[serde(borrow)]
+    pub plan: Cow<'a, str>,
+    #[serde(borrow)]
+    pub limits: Vec<LimitAnswer<'a>>,
+}
+
+/// Interpret a lease callout's outcome.
+pub fn parse_lease_answer<'a>(
+    status: Option<&str>,
+    body: Option<&'a [u8]>,
+) -> Result<LeaseAnswer<'a>, CounterError> {
+    check_status(status)?;
+    let body = body.ok_or(CounterError::BadBody)?;
+    serde_json::from_slice(body).map_err(|_| CounterError::BadBody)
+}
+
+/// Whether a callout that only needs a 200 (a report) succeeded.
+pub fn parse_ok(status: Option<&str>) -> Result<(), CounterError> {
+    check_status(status)
+}
+
 /// Interpret the callout's outcome. `status` is the `:status` pseudo-header (absent when
 /// the call timed out or was reset), `body` the response body.
 pub fn parse_consume_answer<'a>(
@@ -234,6 +323,50 @@ mod tests {
             (10_000, 8_001, 1_999, 123_456, Some(8_000))
         );
         assert!(l.soft_crossed);
+    }
+
+    #[test]
+    fn lease_and_report_bodies_are_wire_requests() {
+        let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), false);
+        let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (req.want, req.lease, req.close, req.plan.as_deref()),
+            (40, Some(7), false, Some("pro"))
+        );
+        assert_eq!(req.meters.len(), 2);
+        let body = lease_body("acme", None, METERS, 0, Some(7), true);
+        let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
+        assert!(req.close && req.plan.is_none());
+        let records = vec![("a1".to_owned(), 5), ("a2".to_owned(), 6)];
+        let body = report_body("acme", None, METERS, 7, "b1", &records);
+        let rep: turnpike_wire::LeaseReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (rep.lease, rep.batch.as_str(), rep.records),
+            (7, "b1", records)
+        );
+    }
+
+    #[test]
+    fn a_lease_answer_parses() {
+        let answer = turnpike_wire::LeaseResponse {
+            lease: Some(9),
+            granted: 30,
+            expires_ms: 2_000,
+            time_ms: 1_000,
+            plan: "pro".into(),
+            limits: wire_response(true).limits,
+        };
+        let json = serde_json::to_vec(&answer).unwrap();
+        let a = parse_lease_answer(Some("200"), Some(&json)).unwrap();
+        assert_eq!(
+            (a.lease, a.granted, a.expires_ms, a.time_ms),
+            (Some(9), 30, 2_000, 1_000)
+        );
+        assert_eq!(a.limits.len(), 1);
+        assert_eq!(
+            parse_lease_answer(Some("503"), Some(&json)),
+            Err(CounterError::Status(503))
+        );
     }
 
     #[test]

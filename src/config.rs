@@ -68,6 +68,8 @@ struct RawConfig {
     soft_warning_header: String,
     #[serde(default)]
     collector: Option<RawCollector>,
+    #[serde(default)]
+    lease: Option<RawLease>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,59 @@ struct RawRoute {
     #[serde(default)]
     path_prefix: Option<String>,
     meters: BTreeMap<String, u64>,
+    /// `exact` (one consume per request, the default) or `leased`.
+    #[serde(default)]
+    mode: Mode,
+}
+
+/// How a route's requests are decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One consume per request: every decision is made in Redis.
+    #[default]
+    Exact,
+    /// Requests come from a block leased from the counter and shared by the workers;
+    /// near a limit (no lease granted) requests are decided exactly.
+    Leased,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    #[serde(default = "default_lease_target_ms")]
+    target_ms: u64,
+    #[serde(default = "default_lease_max_request")]
+    max_request: u64,
+    #[serde(default = "default_lease_report_interval_ms")]
+    report_interval_ms: u64,
+    #[serde(default = "default_lease_idle_return_ms")]
+    idle_return_ms: u64,
+}
+
+fn default_lease_target_ms() -> u64 {
+    200
+}
+fn default_lease_max_request() -> u64 {
+    10_000
+}
+fn default_lease_report_interval_ms() -> u64 {
+    100
+}
+fn default_lease_idle_return_ms() -> u64 {
+    2_000
+}
+
+/// How leased routes lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub tuning: crate::lease_state::LeaseTuning,
+    /// Admitted requests are reported to the counter (and so the ledger) this often;
+    /// also how often renewals and returns go out. What an Envoy killed outright had
+    /// not reported yet is the most leased mode can lose.
+    pub report_interval: Duration,
+    /// A lease the tenant has not spent from for this long goes back.
+    pub idle_return_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +195,8 @@ struct RawRoute {
 struct RawDefaultRoute {
     name: String,
     meters: BTreeMap<String, u64>,
+    #[serde(default)]
+    mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +271,8 @@ pub struct Config {
     pub soft_warning_header: String,
     /// Where usage events go; `None`: no events.
     pub collector: Option<CollectorConfig>,
+    /// How leased routes lease (defaults when the section is absent).
+    pub lease: LeaseConfig,
 }
 
 /// How usage events reach the collector.
@@ -264,6 +323,7 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
             .transpose()?,
     };
     let counter = compile_counter(raw.counter, env)?;
+    let counter_timeout_ms = u64::try_from(counter.timeout.as_millis()).unwrap_or(u64::MAX);
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -276,23 +336,23 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         }
         let path = compile_path(&field, r.path_exact, r.path_prefix)?;
         let method = compile_method(&field, r.method)?;
-        routes.push(Route::new(
+        let mut route = Route::new(
             check_route_name(&field, r.name)?,
             method,
             path,
             compile_meters(&field, r.meters)?,
-        ));
+        );
+        route.mode = r.mode;
+        routes.push(route);
     }
     let default_route = raw
         .default_route
         .map(|d| -> Result<Route, ConfigError> {
             let name = check_route_name("default_route", d.name)?;
-            Ok(Route::new(
-                name,
-                None,
-                None,
-                compile_meters("default_route", d.meters)?,
-            ))
+            let mut route =
+                Route::new(name, None, None, compile_meters("default_route", d.meters)?);
+            route.mode = d.mode;
+            Ok(route)
         })
         .transpose()?;
 
@@ -328,6 +388,7 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
             .collector
             .map(|c| compile_collector(c, env))
             .transpose()?,
+        lease: compile_lease(raw.lease, counter_timeout_ms)?,
     })
 }
 
@@ -358,6 +419,50 @@ fn check_callout_target(
         ));
     }
     Ok(())
+}
+
+fn compile_lease(
+    raw: Option<RawLease>,
+    counter_timeout_ms: u64,
+) -> Result<LeaseConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawLease {
+        target_ms: default_lease_target_ms(),
+        max_request: default_lease_max_request(),
+        report_interval_ms: default_lease_report_interval_ms(),
+        idle_return_ms: default_lease_idle_return_ms(),
+    });
+    if !(10..=60_000).contains(&raw.target_ms) {
+        return Err(ConfigError::new("lease.target_ms", "must be in 10..=60000"));
+    }
+    if !(1..=100_000).contains(&raw.max_request) {
+        return Err(ConfigError::new(
+            "lease.max_request",
+            "must be in 1..=100000",
+        ));
+    }
+    if !(10..=10_000).contains(&raw.report_interval_ms) {
+        return Err(ConfigError::new(
+            "lease.report_interval_ms",
+            "must be in 10..=10000",
+        ));
+    }
+    if raw.idle_return_ms < raw.report_interval_ms || raw.idle_return_ms > 3_600_000 {
+        return Err(ConfigError::new(
+            "lease.idle_return_ms",
+            "must be in report_interval_ms..=3600000",
+        ));
+    }
+    Ok(LeaseConfig {
+        tuning: crate::lease_state::LeaseTuning {
+            target_ms: raw.target_ms,
+            max_request: raw.max_request,
+            // A renewal goes out on the next report tick and takes one callout.
+            renew_timeout_ms: raw.report_interval_ms + 2 * counter_timeout_ms,
+            expiry_margin_ms: 50,
+        },
+        report_interval: Duration::from_millis(raw.report_interval_ms),
+        idle_return_ms: raw.idle_return_ms,
+    })
 }
 
 /// A secret from the VM environment variable `name` (for `field`).

@@ -51,6 +51,53 @@ impl RateLimitHeaders {
     }
 }
 
+/// What a lease's answer lets the proxy say about each limit afterwards: the fixed
+/// policy, each limit's remaining room when granted and when its window resets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseLimits {
+    pub policy: Option<String>,
+    /// (name, remaining at grant, window end in unix ms on this proxy's clock).
+    limits: Vec<(String, u64, u64)>,
+    pub warning: Option<String>,
+}
+
+impl LeaseLimits {
+    /// From a lease answer's limits, received at `now_ms` (this proxy's clock).
+    pub fn from_grant(limits: &[LimitAnswer<'_>], now_ms: u64) -> Self {
+        let base = RateLimitHeaders::from_limits(limits);
+        LeaseLimits {
+            policy: base.policy,
+            limits: limits
+                .iter()
+                .map(|l| {
+                    let end = now_ms.saturating_add(l.reset.saturating_mul(1000));
+                    (l.name.to_string(), l.remaining, end)
+                })
+                .collect(),
+            warning: base.warning,
+        }
+    }
+
+    /// `RateLimit` for a request admitted from a lease with `balance` requests left:
+    /// conservative, `r` is never more than the lease still holds (other proxies may
+    /// hold the rest of a window's room).
+    pub fn remaining(&self, balance: u64, now_ms: u64) -> Option<String> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.limits.len() * 32);
+        for (i, (name, room, end)) in self.limits.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            push_sf_string(&mut out, name);
+            let secs = end.saturating_sub(now_ms).div_ceil(1000).max(1);
+            let _ = write!(out, ";r={};t={secs}", balance.min(*room));
+        }
+        Some(out)
+    }
+}
+
 /// Seconds a denied client should wait: the counter's `retry_after`, else the latest
 /// reset among exhausted limits (never earlier than the window's end), at least 1.
 pub fn retry_after_secs(answer: &ConsumeAnswer<'_>) -> u64 {
@@ -167,6 +214,24 @@ mod tests {
             time_ms: None,
             exceeds_limit: None,
         }
+    }
+
+    #[test]
+    fn lease_headers_never_promise_more_than_the_lease_holds() {
+        let limits = vec![
+            limit("per-minute", 60, 60, 50, 42),
+            limit("monthly", 1000, 2_592_000, 900, 90_000),
+        ];
+        let l = LeaseLimits::from_grant(&limits, 1_000_000);
+        assert_eq!(
+            l.policy.as_deref(),
+            Some(r#""per-minute";q=60;w=60, "monthly";q=1000;w=2592000"#)
+        );
+        assert_eq!(
+            l.remaining(7, 1_002_000).as_deref(),
+            Some(r#""per-minute";r=7;t=40, "monthly";r=7;t=89998"#)
+        );
+        assert_eq!(LeaseLimits::default().remaining(3, 0), None);
     }
 
     #[test]

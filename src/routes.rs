@@ -35,6 +35,8 @@ pub struct Route {
     /// `meters` as the JSON array of the consume request, built once here so the hot
     /// path only copies it.
     pub meters_json: String,
+    /// Exact (a consume per request) or leased.
+    pub mode: crate::config::Mode,
 }
 
 impl Route {
@@ -60,6 +62,7 @@ impl Route {
             path,
             meters,
             meters_json,
+            mode: crate::config::Mode::Exact,
         }
     }
 
@@ -149,6 +152,14 @@ impl RequestMatcher {
                 .map_or(Matched::Unmetered, Matched::Metered)
         };
         (matched, method.value)
+    }
+
+    /// Whether any route is leased.
+    pub fn has_leased_routes(&self) -> bool {
+        self.routes
+            .iter()
+            .chain(self.default_route.as_ref())
+            .any(|r| r.mode == crate::config::Mode::Leased)
     }
 
     /// Every route name, the default route's included.

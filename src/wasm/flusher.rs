@@ -6,7 +6,6 @@
 //! enqueue under a host lock, a cross-thread post and an `on_queue_ready` VM call.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use log::warn;
 use proxy_wasm::hostcalls;
@@ -77,10 +76,6 @@ impl Flusher {
     /// No batch in flight and none waiting.
     pub fn idle(&self) -> bool {
         self.in_flight.is_empty() && self.vm.events.try_borrow().is_ok_and(|b| b.is_empty())
-    }
-
-    pub fn tick_period(&self) -> Duration {
-        self.config.flush_interval
     }
 
     pub fn on_tick(&mut self) {

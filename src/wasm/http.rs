@@ -10,11 +10,13 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use turnpike_wire::{counter_paths, Decision};
 
+use super::lease;
 use super::metrics::Metrics;
 use super::now_ns;
 use super::root::{Plugin, Refund, Vm};
 use crate::callout::{self, CounterError};
 use crate::claims::{parse_plan, parse_tenant};
+use crate::config::Mode;
 use crate::decision::{decide, Verdict};
 use crate::events::{encode_event, report_method, Pushed, UsageRecord, NO_RESPONSE_STATUS};
 use crate::problem;
@@ -42,6 +44,19 @@ enum Stage {
     Rejected,
     /// Response headers paused, refund callout in flight.
     Refunding { token: u32 },
+    /// Admitted from a lease (no callout).
+    Leased,
+}
+
+/// A request admitted from a lease: what its report needs.
+struct LeasedRequest {
+    key: String,
+    lease: u64,
+    route: Rc<Route>,
+    /// Decision time on the counter's clock, unix ms.
+    decided_ms: u64,
+    /// Given back into the lease (upstream 5xx): not reported, not billed.
+    refunded: bool,
 }
 
 pub struct HttpFilter {
@@ -53,6 +68,7 @@ pub struct HttpFilter {
     headers: RateLimitHeaders,
     /// What goes into the usage event; `None` when there is no event to send.
     usage: Option<Usage>,
+    leased: Option<LeasedRequest>,
 }
 
 /// The parts of a metered exchange its usage event needs.
@@ -87,6 +103,7 @@ impl HttpFilter {
             tenant: String::new(),
             headers: RateLimitHeaders::default(),
             usage: None,
+            leased: None,
         }
     }
 
@@ -119,6 +136,9 @@ impl HttpFilter {
                 &plugin.missing_tenant_body,
             );
         };
+        if route.mode == Mode::Leased && self.spend_lease(plugin, tenant, &route, &head) {
+            return Action::Continue;
+        }
         let plan_raw = plugin
             .config
             .tenant
@@ -162,6 +182,75 @@ impl HttpFilter {
                 decide(Err(CounterError::Dispatch), counter.failure_mode),
             ),
         }
+    }
+
+    /// Admit the request from the tenant's lease on this route if it holds any; ask
+    /// for more when it runs low (the root context sends it). `false`: decide exactly.
+    fn spend_lease(
+        &mut self,
+        plugin: &Plugin,
+        tenant: &str,
+        route: &Rc<Route>,
+        head: &RequestHead,
+    ) -> bool {
+        let key = lease::shared_key(tenant, &route.name);
+        let Some((spend, state)) = lease::spend(&key, &plugin.config.lease) else {
+            return false;
+        };
+        let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
+            return false;
+        };
+        if let Some(want) = spend.renew {
+            let plan_raw = plugin
+                .config
+                .tenant
+                .plan
+                .as_ref()
+                .and_then(|p| property(p.as_property_path()));
+            let plan = plan_raw.as_deref().and_then(parse_plan);
+            book.renew(&key, tenant, route, plan, want);
+        }
+        if !spend.admitted {
+            return false;
+        }
+        let now = lease::now_ms();
+        let decided_ms = book.counter_time_ms(now);
+        let (policy, remaining, warning) = book.headers(&key, state.balance);
+        drop(book);
+        self.count(|m| m.allowed);
+        self.count(|m| m.leased);
+        if warning.is_some() {
+            self.count(|m| m.soft_warnings);
+        }
+        self.headers = RateLimitHeaders {
+            policy,
+            remaining,
+            warning,
+        };
+        self.id = self.vm.minter.mint();
+        self.tenant = tenant.to_owned();
+        if self.vm.events_on.get() {
+            self.usage = Some(Usage {
+                decision: Decision::Allowed,
+                route: route.clone(),
+                method: report_method(&head.method),
+                plan: None,
+                started_ns: now_ns(),
+                decided_ms: Some(decided_ms),
+                status: None,
+                refunded: false,
+            });
+        }
+        self.leased = Some(LeasedRequest {
+            key,
+            lease: state.id,
+            route: route.clone(),
+            decided_ms,
+            refunded: false,
+        });
+        self.stage = Stage::Leased;
+        self.set_upstream_headers();
+        true
     }
 
     /// Act on a verdict. `Continue` means the request goes on to the upstream.
@@ -451,6 +540,24 @@ impl HttpContext for HttpFilter {
                     u.refunded = true;
                 }
             }
+            // Admitted from a lease: the counter learns of it in the next report.
+            Stage::Leased => {
+                if let Some(l) = self.leased.take().filter(|l| !l.refunded) {
+                    let recorded = self.vm.leases.try_borrow_mut().is_ok_and(|mut book| {
+                        book.record(
+                            &l.key,
+                            &self.tenant,
+                            &l.route,
+                            l.lease,
+                            self.id.clone(),
+                            l.decided_ms,
+                        )
+                    });
+                    if !recorded {
+                        self.count(|m| m.lease_records_lost);
+                    }
+                }
+            }
             _ => {}
         }
         let (Some(plugin), Some(usage)) = (self.plugin.clone(), self.usage.take()) else {
@@ -474,14 +581,17 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        if !matches!(self.stage, Stage::Allowed | Stage::Unverified) {
+        if !matches!(
+            self.stage,
+            Stage::Allowed | Stage::Unverified | Stage::Leased
+        ) {
             return Action::Continue;
         }
         let status = response_status();
         if let Some(u) = &mut self.usage {
             u.status = status;
         }
-        if self.stage != Stage::Allowed {
+        if self.stage == Stage::Unverified {
             return Action::Continue;
         }
         let Some(plugin) = self.plugin.clone() else {
@@ -498,6 +608,18 @@ impl HttpContext for HttpFilter {
             }
         }
         let failed = status.is_some_and(|s| s >= 500);
+        if let (Stage::Leased, Some(l)) = (self.stage, &mut self.leased) {
+            // Back into the lease it came from: no callout, nothing to report.
+            if plugin.config.refund_on_5xx && failed {
+                lease::give_back(&l.key, l.lease);
+                l.refunded = true;
+                self.count(|m| m.refunds);
+                if let Some(u) = &mut self.usage {
+                    u.refunded = true;
+                }
+            }
+            return Action::Continue;
+        }
         if plugin.config.refund_on_5xx && failed && self.start_refund(&plugin) {
             // Hold the response until the counter confirms (bounded by the callout
             // timeout); if the stream ends first, on_log hands the refund on.

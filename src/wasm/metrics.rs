@@ -25,6 +25,10 @@ pub struct Metrics {
     pub cancelled: u32,
     pub refunds_queued: u32,
     pub refunds_abandoned: u32,
+    pub leased: u32,
+    pub lease_renewals: u32,
+    pub lease_empty_grants: u32,
+    pub lease_records_lost: u32,
 }
 
 impl Metrics {
@@ -48,6 +52,10 @@ impl Metrics {
             cancelled: counter("turnpike.cancelled")?,
             refunds_queued: counter("turnpike.refunds_queued")?,
             refunds_abandoned: counter("turnpike.refunds_abandoned")?,
+            leased: counter("turnpike.leased")?,
+            lease_renewals: counter("turnpike.lease_renewals")?,
+            lease_empty_grants: counter("turnpike.lease_empty_grants")?,
+            lease_records_lost: counter("turnpike.lease_records_lost")?,
             buffer_depth: hostcalls::define_metric(MetricType::Gauge, "turnpike.buffer_depth")
                 .ok()?,
             callout_latency_ms: hostcalls::define_metric(

@@ -4,6 +4,7 @@
 
 mod flusher;
 mod http;
+mod lease;
 mod metrics;
 mod root;
 

@@ -55,6 +55,8 @@ pub struct Vm {
     /// Refunds for requests that are gone (client reset, fail_closed on a slow
     /// counter, a 5xx whose refund was cut off): sent and retried by the root context.
     pub refunds: RefCell<RetryQueue<Refund>>,
+    /// Leases this worker spends from, and what it owes the counter about them.
+    pub leases: RefCell<super::lease::LeaseBook>,
 }
 
 /// One configuration, compiled, with what is precomputed from it.
@@ -89,6 +91,7 @@ impl Root {
                     MAX_REFUNDS_IN_FLIGHT,
                     MAX_REFUND_ATTEMPTS,
                 )),
+                leases: RefCell::new(super::lease::LeaseBook::new()),
             }),
             plugin: None,
             flusher: None,
@@ -98,10 +101,20 @@ impl Root {
         }
     }
 
-    /// Nothing in flight or waiting: no refund, no batch.
+    /// Nothing in flight or waiting: no refund, no batch, no lease call or report.
     fn idle(&self) -> bool {
         self.vm.refunds.try_borrow().is_ok_and(|q| q.is_empty())
+            && self.vm.leases.try_borrow().is_ok_and(|b| b.idle())
             && self.flusher.as_ref().is_none_or(Flusher::idle)
+    }
+
+    fn lease_tick(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
+            book.tick(&plugin, self.vm.metrics.as_ref(), self.stopping);
+        }
     }
 
     fn count(&self, pick: fn(&Metrics) -> u32) {
@@ -196,11 +209,6 @@ impl Root {
         let Some(collector) = config.collector.clone() else {
             // Events already buffered still go out to the previous collector.
             self.vm.events_on.set(false);
-            if self.flusher.is_none() && hostcalls::set_tick_period(DEFAULT_TICK).is_err() {
-                error!(
-                    "cannot set the tick period: refunds of abandoned requests will not be sent"
-                );
-            }
             return;
         };
         if let Ok(mut buffer) = self.vm.events.try_borrow_mut() {
@@ -215,10 +223,22 @@ impl Root {
             // A random jitter seed per VM, so workers' retries spread apart.
             None => Flusher::new(self.vm.clone(), collector, entropy_u64()),
         };
-        if hostcalls::set_tick_period(flusher.tick_period().min(DEFAULT_TICK)).is_err() {
-            error!("cannot set the tick period: usage events will not be sent");
-        }
         self.flusher = Some(flusher);
+    }
+
+    /// The root context's tick: the shortest of what it runs on it (refund retries,
+    /// event flushes, lease reports and renewals).
+    fn set_tick(&self, config: &Config) {
+        let mut tick = DEFAULT_TICK;
+        if let Some(c) = &config.collector {
+            tick = tick.min(c.flush_interval);
+        }
+        if config.matcher.has_leased_routes() {
+            tick = tick.min(config.lease.report_interval);
+        }
+        if hostcalls::set_tick_period(tick).is_err() {
+            error!("cannot set the tick period: refunds, usage events and lease reports will not be sent");
+        }
     }
 }
 
@@ -257,7 +277,14 @@ impl Context for Root {
         body: usize,
         _trailers: usize,
     ) {
-        if self.refund_answered(token, body).is_some() {
+        let lease_call = self.vm.leases.try_borrow().is_ok_and(|b| b.owns(token));
+        if lease_call {
+            if let (Some(plugin), Ok(mut book)) =
+                (self.plugin.clone(), self.vm.leases.try_borrow_mut())
+            {
+                book.answered(token, body, &plugin, self.vm.metrics.as_ref());
+            }
+        } else if self.refund_answered(token, body).is_some() {
             self.send_refunds();
         } else if let Some(flusher) = &mut self.flusher {
             let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
@@ -276,6 +303,7 @@ impl Context for Root {
     fn on_done(&mut self) -> bool {
         self.stopping = true;
         self.send_refunds();
+        self.lease_tick();
         if let Some(flusher) = &mut self.flusher {
             flusher.on_stop();
         }
@@ -314,6 +342,7 @@ impl RootContext for Root {
             warn!("collector section removed: no new usage events");
         }
         self.start_events(&config);
+        self.set_tick(&config);
         self.plugin = Some(Rc::new(Plugin {
             missing_tenant_body: problem::missing_tenant(config.tenant.tenant.claim()),
             unavailable_body: problem::counter_unavailable(),
@@ -325,6 +354,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.send_refunds();
+        self.lease_tick();
         if let Some(flusher) = &mut self.flusher {
             flusher.on_tick();
         }

@@ -155,10 +155,12 @@ impl StackBuilder {
             },
         };
         let envoy = Envoy::start(dir.path(), &options).await;
+        let envoy_options = options.clone();
         let key_pem = std::fs::read(repo_root().join("config/demo/jwt-signing-key.pem"))
             .unwrap_or_else(|e| panic!("cannot read the demo signing key: {e}"));
         Stack {
             envoy,
+            envoy_options,
             counter,
             collectors,
             postgres,
@@ -177,6 +179,7 @@ pub const LEDGER_DATABASE: &str = "ledger";
 /// Field order is drop order: Envoy goes first, the temp dir last.
 pub struct Stack {
     pub envoy: Envoy,
+    envoy_options: EnvoyOptions,
     pub counter: Counter,
     /// In the order of the collector cluster's endpoints; empty without collectors.
     pub collectors: Vec<Collector>,
@@ -254,6 +257,14 @@ impl Stack {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Another Envoy configured like the first one (its own ports, in `<dir>/<name>`):
+    /// a second proxy of the same fleet.
+    pub async fn another_envoy(&self, name: &str) -> Envoy {
+        let dir = self.dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
+        Envoy::start(&dir, &self.envoy_options).await
     }
 
     /// A valid demo token for `tenant`.

@@ -48,6 +48,8 @@ pub struct AppState {
     pub redis: Option<redis::aio::ConnectionManager>,
     /// Anomaly judging in this replica (see [`crate::anomalies`]).
     pub anomalies: Arc<crate::anomalies::Status>,
+    /// The billing sync, when a Stripe key is configured.
+    pub billing: Option<Arc<crate::billing::sync::Syncer>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -63,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::anomalies::http::routes())
         .merge(crate::console::routes())
+        .merge(crate::billing::http::routes())
         .with_state(state)
 }
 
@@ -318,7 +321,7 @@ async fn usage(
     }))
 }
 
-fn unavailable(err: crate::ledger::LedgerError) -> ApiError {
+pub(crate) fn unavailable(err: crate::ledger::LedgerError) -> ApiError {
     tracing::error!(error = %err, "ledger query failed");
     ApiError::ledger_unavailable("the ledger could not be queried; retry")
 }
@@ -388,6 +391,9 @@ pub struct EventView {
     /// A proxy's usage event for it arrived.
     pub reported: bool,
     pub refunded: bool,
+    /// The lease a proxy admitted it from (leased mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
     pub received_at: String,
     pub seq: i64,
 }
@@ -414,6 +420,7 @@ impl From<StoredEvent> for EventView {
             counted: r.counted,
             reported: r.reported,
             refunded: r.refunded,
+            lease: r.lease,
             seq: e.seq,
         }
     }

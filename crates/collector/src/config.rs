@@ -28,6 +28,8 @@ pub enum Command {
     /// Replay the anomaly detector over the ledger's history and print every anomaly
     /// it would have raised, in time order.
     Anomalies(crate::anomalies::replay::ReplayArgs),
+    /// Billing sync with Stripe: status, a sync run, credits.
+    Billing(crate::billing::cli::BillingCommand),
 }
 
 /// The ledger database and the usage stream, shared by the server and the commands.
@@ -107,6 +109,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub anomalies: crate::anomalies::AnomalyArgs,
+
+    #[command(flatten)]
+    pub billing: crate::billing::config::BillingArgs,
 }
 
 /// A secret from `file` (trimmed), else from the environment variable `env`.
@@ -149,6 +154,40 @@ mod tests {
         assert_eq!(args.serve.max_body_bytes, 1 << 20);
         assert_eq!(args.serve.max_batch_events, 1000);
         assert!(args.serve.store.plans.is_none());
+        assert_eq!(args.serve.billing.stripe_api_base, "https://api.stripe.com");
+        assert_eq!(args.serve.billing.billing_sync_interval_secs, 60);
+        assert!(args.serve.billing.stripe_key_file.is_none());
+    }
+
+    #[test]
+    fn the_stripe_key_is_not_a_command_line_flag() {
+        assert!(Args::try_parse_from(["turnpike-collector", "--stripe-key", "sk_test_x"]).is_err());
+    }
+
+    #[test]
+    fn billing_subcommands_parse() {
+        let args = Args::try_parse_from([
+            "turnpike-collector",
+            "billing",
+            "status",
+            "--database",
+            "sqlite:///tmp/x.db",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(args.command, Some(Command::Billing(_))));
+        let args = Args::try_parse_from([
+            "turnpike-collector",
+            "billing",
+            "sync",
+            "--once",
+            "--stripe-api-base",
+            "http://127.0.0.1:12111",
+            "--stripe-rate",
+            "5",
+        ])
+        .unwrap();
+        assert!(matches!(args.command, Some(Command::Billing(_))));
     }
 
     #[test]

@@ -246,6 +246,7 @@ fn validate(event: UsageEvent) -> Result<Reported, FieldError> {
             WireDecision::Cancelled => Decision::Cancelled,
         },
         meters,
+        settled: data.settled,
     })
 }
 

@@ -20,13 +20,13 @@ use crate::merge::{merge, Decision, Fact, Row};
 
 /// Stay well under SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement.
 const MAX_BINDS_PER_STATEMENT: usize = 30_000;
-const EVENT_COLUMNS: usize = 20;
+const EVENT_COLUMNS: usize = 21;
 const METER_COLUMNS: usize = 6;
 
 /// Columns of `usage_events`, in the order [`read_row`] expects.
 const ROW_COLUMNS: &str = "id, source, tenant, time_ms, plan, method, route, status, \
     request_bytes, response_bytes, duration_ms, decision, billable, meters, received_at_ms, \
-    counted, reported, refunded, lease, seq";
+    counted, reported, refunded, lease, seq, settled";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -77,6 +77,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// What applying a set of facts did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -260,7 +261,8 @@ impl Ledger {
                         .push_bind(row.reported)
                         .push_bind(row.refunded)
                         .push_bind(row.lease.as_deref())
-                        .push_bind(*seq);
+                        .push_bind(*seq)
+                        .push_bind(row.settled);
                 });
                 qb.push(
                     " ON CONFLICT (id) DO UPDATE SET source = excluded.source, \
@@ -270,7 +272,8 @@ impl Ledger {
                      duration_ms = excluded.duration_ms, decision = excluded.decision, \
                      billable = excluded.billable, meters = excluded.meters, \
                      counted = excluded.counted, reported = excluded.reported, \
-                     refunded = excluded.refunded, lease = excluded.lease, seq = excluded.seq",
+                     refunded = excluded.refunded, lease = excluded.lease, seq = excluded.seq, \
+                     settled = excluded.settled",
                 );
                 qb.build().execute(&mut *tx).await?;
             }
@@ -444,6 +447,40 @@ impl Ledger {
         })
     }
 
+    /// Billable quantity per tenant and meter with `start_ms <= time < end_ms`, for
+    /// the given tenants only, in (tenant, meter) order.
+    pub async fn tenant_meter_totals(
+        &self,
+        tenants: &[String],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, LedgerError> {
+        let mut out = Vec::new();
+        with_pool!(self, pool => {
+            for chunk in tenants.chunks(MAX_BINDS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "SELECT tenant, meter, CAST(SUM(quantity) AS BIGINT) FROM usage_meters \
+                     WHERE billable = ",
+                );
+                qb.push_bind(true)
+                    .push(" AND time_ms >= ")
+                    .push_bind(start_ms)
+                    .push(" AND time_ms < ")
+                    .push_bind(end_ms)
+                    .push(" AND tenant IN (");
+                let mut list = qb.separated(", ");
+                for tenant in chunk {
+                    list.push_bind(tenant.as_str());
+                }
+                qb.push(") GROUP BY tenant, meter ORDER BY tenant, meter");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                }
+            }
+        });
+        Ok(out)
+    }
+
     /// Up to `limit` rows changed after change sequence `after_seq`, in commit order;
     /// `tenant` alone when given. A row changed twice is listed at its last change.
     pub async fn changes_after(
@@ -586,6 +623,7 @@ macro_rules! impl_row2 {
                     reported: self.try_get(16)?,
                     refunded: self.try_get(17)?,
                     lease: self.try_get(18)?,
+                    settled: self.try_get(20)?,
                 };
                 Ok(StoredEvent {
                     billable: self.try_get(12)?,

@@ -16,6 +16,9 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Reconcile(reconcile)) => turnpike_collector::reconcile::main(reconcile)
             .await
             .map_err(|e| e.to_string()),
+        Some(Command::Billing(billing)) => turnpike_collector::billing::cli::main(billing)
+            .await
+            .map_err(|e| e.to_string()),
         Some(Command::Anomalies(replay)) => turnpike_collector::anomalies::replay::main(replay)
             .await
             .map_err(|e| e.to_string()),

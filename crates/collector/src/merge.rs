@@ -63,7 +63,15 @@ pub struct Reported {
     pub decision: Decision,
     /// (meter, quantity), names unique.
     pub meters: Vec<(String, i64)>,
+    /// The quantities were settled by the proxy (what the exchange used, not what was
+    /// reserved).
+    pub settled: bool,
 }
+
+/// Who settled a row's quantities; a later source never overrides an earlier one.
+pub const SETTLED_NONE: i16 = 0;
+pub const SETTLED_BY_PROXY: i16 = 1;
+pub const SETTLED_BY_COUNTER: i16 = 2;
 
 /// One fact about a consume id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +84,8 @@ pub enum Fact {
         time_ms: i64,
         plan: String,
         meters: Vec<(String, i64)>,
+        /// The lease a proxy admitted it from (`None`: an exact consume).
+        lease: Option<String>,
     },
     /// The counter gave its units back.
     Refunded {
@@ -89,13 +99,23 @@ pub enum Fact {
         tenant: String,
         time_ms: i64,
     },
+    /// The counter settled the consume: final quantities of every meter.
+    Settled {
+        id: String,
+        tenant: String,
+        time_ms: i64,
+        meters: Vec<(String, i64)>,
+    },
 }
 
 impl Fact {
     pub fn id(&self) -> &str {
         match self {
             Fact::Reported(r) => &r.id,
-            Fact::Counted { id, .. } | Fact::Refunded { id, .. } | Fact::Cancelled { id, .. } => id,
+            Fact::Counted { id, .. }
+            | Fact::Refunded { id, .. }
+            | Fact::Cancelled { id, .. }
+            | Fact::Settled { id, .. } => id,
         }
     }
 }
@@ -121,6 +141,8 @@ pub struct Row {
     pub reported: bool,
     pub refunded: bool,
     pub lease: Option<String>,
+    /// Who settled `meters` ([`SETTLED_NONE`], [`SETTLED_BY_PROXY`], [`SETTLED_BY_COUNTER`]).
+    pub settled: i16,
 }
 
 impl Row {
@@ -160,6 +182,7 @@ impl Row {
             reported: false,
             refunded: false,
             lease: None,
+            settled: SETTLED_NONE,
         }
     }
 }
@@ -180,11 +203,18 @@ pub fn merge(row: Option<Row>, fact: &Fact, received_at_ms: i64) -> Row {
             row.decision = r.decision;
             row.reported = true;
             if !row.counted {
-                // The counter's record, when it comes, is the billing truth for time,
-                // plan and quantities.
+                // The counter's record, when it comes, is the billing truth for time
+                // and plan.
                 row.tenant.clone_from(&r.tenant);
                 row.time_ms = r.time_ms;
                 row.plan.clone_from(&r.plan);
+            }
+            // Quantities: the counter's settlement, else the proxy's, else what the
+            // counter admitted, else what the proxy said.
+            if r.settled && row.settled < SETTLED_BY_COUNTER {
+                row.meters.clone_from(&r.meters);
+                row.settled = SETTLED_BY_PROXY;
+            } else if !row.counted && row.settled == SETTLED_NONE {
                 row.meters.clone_from(&r.meters);
             }
             row
@@ -195,13 +225,28 @@ pub fn merge(row: Option<Row>, fact: &Fact, received_at_ms: i64) -> Row {
             time_ms,
             plan,
             meters,
+            lease,
         } => {
             let mut row = row.unwrap_or_else(|| Row::stub(id, tenant, *time_ms, received_at_ms));
             row.counted = true;
+            row.lease.clone_from(lease);
             row.tenant.clone_from(tenant);
             row.time_ms = *time_ms;
             row.plan = Some(plan.clone());
+            if row.settled == SETTLED_NONE {
+                row.meters.clone_from(meters);
+            }
+            row
+        }
+        Fact::Settled {
+            id,
+            tenant,
+            time_ms,
+            meters,
+        } => {
+            let mut row = row.unwrap_or_else(|| Row::stub(id, tenant, *time_ms, received_at_ms));
             row.meters.clone_from(meters);
+            row.settled = SETTLED_BY_COUNTER;
             row
         }
         Fact::Refunded {
@@ -243,6 +288,7 @@ mod tests {
             duration_ms: 3,
             decision,
             meters: vec![("requests".into(), 1)],
+            settled: false,
         })
     }
 
@@ -253,6 +299,7 @@ mod tests {
             time_ms: 1_000,
             plan: "pro".into(),
             meters: vec![("requests".into(), 1), ("search_units".into(), 5)],
+            lease: None,
         }
     }
 
@@ -341,6 +388,28 @@ mod tests {
         let row = all_orders(&[cancelled.clone(), reported(Decision::Cancelled)]);
         assert!(!row.billable());
         assert_eq!(fold(&[&cancelled]).decision, Decision::Cancelled);
+    }
+
+    #[test]
+    fn settled_quantities_win_in_any_order_the_counters_over_the_proxys() {
+        let settled = Fact::Settled {
+            id: "c1".into(),
+            tenant: "acme".into(),
+            time_ms: 1_500,
+            meters: vec![("requests".into(), 1), ("search_units".into(), 2)],
+        };
+        let mut by_proxy = reported(Decision::Allowed);
+        if let Fact::Reported(r) = &mut by_proxy {
+            r.settled = true;
+            r.meters = vec![("requests".into(), 1), ("search_units".into(), 3)];
+        }
+        let row = all_orders(&[counted(), settled.clone(), by_proxy.clone()]);
+        assert_eq!(row.meters[1], ("search_units".into(), 2));
+        assert_eq!((row.settled, row.time_ms), (SETTLED_BY_COUNTER, 1_000));
+        // Without the counter's settlement, the proxy's beats the reservation.
+        let row = all_orders(&[counted(), by_proxy]);
+        assert_eq!(row.meters[1], ("search_units".into(), 3));
+        assert!(row.billable());
     }
 
     #[test]

@@ -51,6 +51,141 @@ struct OriginLabels {
     origin: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The billing sync's metrics (`turnpike_collector_billing_*`).
+#[derive(Default)]
+pub struct BillingMetrics {
+    runs: Family<OutcomeLabels, Counter>,
+    pub events_sent: Counter,
+    pub units_sent: Counter,
+    pub already_delivered: Counter,
+    pub cancels: Counter,
+    pub credits_recorded: Counter,
+    pub credit_units_recorded: Counter,
+    pub pending_hours: Gauge,
+    pub pending_units: Gauge,
+    pub error_hours: Gauge,
+    pub unmapped_tenants: Gauge,
+    pub unmapped_units: Gauge,
+    pub no_meter_units: Gauge,
+    pub too_old_units: Gauge,
+    pub open_credits: Gauge,
+    pub open_credit_units: Gauge,
+    pub drift_unexplained_units: Gauge,
+    pub backlog_changes: Gauge,
+    pub last_success_seconds: Gauge,
+}
+
+impl BillingMetrics {
+    /// How a sync run ended: `ok`, `auth_failed`, `stripe_unavailable`, `busy`, `error`.
+    pub fn run(&self, outcome: &'static str) {
+        self.runs.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("billing");
+        r.register(
+            "sync_runs",
+            "Billing sync runs, by outcome",
+            self.runs.clone(),
+        );
+        r.register(
+            "meter_events_sent",
+            "Meter events Stripe accepted (one per tenant, meter, hour and revision)",
+            self.events_sent.clone(),
+        );
+        r.register(
+            "units_sent",
+            "Units in the meter events Stripe accepted",
+            self.units_sent.clone(),
+        );
+        r.register(
+            "already_delivered",
+            "Meter events found already at Stripe when an unconfirmed one was retried (crash recovery)",
+            self.already_delivered.clone(),
+        );
+        r.register(
+            "cancels",
+            "Meter events cancelled at Stripe to correct a refund",
+            self.cancels.clone(),
+        );
+        r.register(
+            "credits_recorded",
+            "Credits recorded for refunds Stripe could no longer cancel",
+            self.credits_recorded.clone(),
+        );
+        r.register(
+            "credit_units_recorded",
+            "Units of the credits recorded",
+            self.credit_units_recorded.clone(),
+        );
+        r.register(
+            "pending_hours",
+            "Closed hours with units not yet in Stripe",
+            self.pending_hours.clone(),
+        );
+        r.register(
+            "pending_units",
+            "Billable units not yet in Stripe (open, pending and error hours)",
+            self.pending_units.clone(),
+        );
+        r.register(
+            "error_hours",
+            "Hours Stripe refused a request for; retried later",
+            self.error_hours.clone(),
+        );
+        r.register(
+            "unmapped_tenants",
+            "Tenants with usage but no stripe_customer in the plans file",
+            self.unmapped_tenants.clone(),
+        );
+        r.register(
+            "unmapped_units",
+            "Units of tenants without a stripe_customer, not sent",
+            self.unmapped_units.clone(),
+        );
+        r.register(
+            "no_meter_units",
+            "Units whose Stripe event name has no active Stripe meter, not sent",
+            self.no_meter_units.clone(),
+        );
+        r.register(
+            "too_old_units",
+            "Units older than Stripe's 35-day window that were never sent",
+            self.too_old_units.clone(),
+        );
+        r.register(
+            "open_credits",
+            "Credits to issue: refunds Stripe could no longer cancel",
+            self.open_credits.clone(),
+        );
+        r.register(
+            "open_credit_units",
+            "Units of the credits to issue",
+            self.open_credit_units.clone(),
+        );
+        r.register(
+            "drift_unexplained_units",
+            "Units Stripe holds beyond (or short of) what Turnpike sent, last reconciliation",
+            self.drift_unexplained_units.clone(),
+        );
+        r.register(
+            "backlog_changes",
+            "Ledger changes not yet folded into the billing sync",
+            self.backlog_changes.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "When the last successful billing sync run started",
+            self.last_success_seconds.clone(),
+        );
+    }
+}
+
 /// All collector metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +206,7 @@ pub struct Metrics {
     /// When the last whole-ledger reconciliation finished (unix seconds; 0: not yet).
     pub reconcile_last_run: Gauge,
     pub anomaly: crate::anomalies::metrics::AnomalyMetrics,
+    pub billing: BillingMetrics,
 }
 
 impl Default for Metrics {
@@ -162,7 +298,10 @@ impl Metrics {
             reconcile_last_run.clone(),
         );
         let anomaly = crate::anomalies::metrics::AnomalyMetrics::register(&mut registry);
+        let billing = BillingMetrics::default();
+        billing.register(&mut registry);
         Metrics {
+            billing,
             registry,
             reconcile_last_run,
             anomaly,
@@ -255,6 +394,22 @@ mod tests {
         );
         assert!(
             text.contains("turnpike_collector_ingest_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn billing_metrics_are_exposed_under_their_prefix() {
+        let m = Metrics::new();
+        m.billing.run("auth_failed");
+        m.billing.open_credit_units.set(7);
+        let text = m.encode();
+        assert!(
+            text.contains("turnpike_collector_billing_sync_runs_total{outcome=\"auth_failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("turnpike_collector_billing_open_credit_units 7"),
             "{text}"
         );
     }

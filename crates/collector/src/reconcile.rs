@@ -371,6 +371,7 @@ mod tests {
                 reported,
                 refunded,
                 lease: None,
+                settled: 0,
             },
             billable: true,
             seq: 1,

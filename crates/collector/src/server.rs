@@ -12,6 +12,7 @@ use turnpike_auth::Tokens;
 use turnpike_plans::Plans;
 
 use crate::api::{router, AppState};
+use crate::billing::sync::Syncer;
 use crate::config::{secret_from, ServeArgs, StoreArgs};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -110,7 +111,15 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         }),
         None => None,
     };
+    let billing = billing_syncer(&args, &ledger, &metrics, &consumer)?;
+    if billing.is_some() && plans.is_none() {
+        tracing::warn!(
+            "billing sync is on but there is no --plans: no tenant has a stripe_customer, \
+             so usage is kept as unmapped and nothing is sent"
+        );
+    }
     let state = Arc::new(AppState {
+        billing: billing.clone(),
         anomalies: anomaly_status.clone(),
         redis,
         ledger: ledger.clone(),
@@ -140,6 +149,15 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     } else {
         Vec::new()
     };
+    let billing_task = billing.map(|syncer| {
+        let plans_of = state.clone();
+        tokio::spawn(crate::billing::sync::run_periodically(
+            syncer,
+            move || plans_of.plans.as_ref().map(|p| p.load_full()),
+            args.billing.interval(),
+            args.billing.reconcile_interval(),
+        ))
+    });
     let stream_task = match stream {
         Some(config) => {
             let stream = UsageStream::connect(&config, ledger.clone(), metrics.clone()).await?;
@@ -180,6 +198,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             tracing::warn!(%error, "could not release the anomaly judging lease");
         }
     }
+    if let Some(task) = billing_task {
+        // A step cut short here is finished by the next run: intents are durable.
+        task.abort();
+    }
     if let Some(task) = stream_task {
         // A round in flight is cut short before its acknowledgement: its entries stay
         // pending and are read again by the next collector with this name.
@@ -188,6 +210,35 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     ledger.close().await;
     tracing::info!("turnpike-collector stopped");
     Ok(())
+}
+
+/// The billing sync, when a Stripe key is configured.
+fn billing_syncer(
+    args: &ServeArgs,
+    ledger: &Ledger,
+    metrics: &Arc<Metrics>,
+    owner: &str,
+) -> Result<Option<Arc<Syncer>>, StartError> {
+    let Some(key) = args.billing.stripe_key().map_err(StartError::Config)? else {
+        tracing::info!(
+            "billing sync off: no Stripe key (--stripe-key-file FILE or TURNPIKE_STRIPE_KEY)"
+        );
+        return Ok(None);
+    };
+    let client = args.billing.client(key).map_err(StartError::Config)?;
+    tracing::info!(
+        api = %args.billing.stripe_api_base,
+        interval_secs = args.billing.billing_sync_interval_secs,
+        grace_secs = args.billing.billing_grace_secs,
+        rate = args.billing.stripe_rate,
+        "billing sync on"
+    );
+    Ok(Some(Arc::new(Syncer::new(
+        ledger.clone(),
+        client,
+        args.billing.settings(owner),
+        Some(metrics.clone()),
+    ))))
 }
 
 pub fn stream_config(
@@ -231,7 +282,7 @@ async fn reconcile_every(state: Arc<AppState>, every: Duration) {
     }
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

@@ -5,15 +5,22 @@
 //! k=a i=<consume id> t=<tenant> p=<plan> m=requests=1,search_units=5   admitted
 //! k=r i=<consume id> t=<tenant>                                          refunded
 //! k=c i=<consume id> t=<tenant>                                          cancelled
+//! k=s i=<consume id> t=<tenant> m=requests=1,tokens=850                  settled
+//! k=a ... l=<lease> ts=<unix ms>     admitted by a proxy from a lease, at ts
+//! k=g l=<lease> t=<tenant> n=<requests> m=...                            lease granted
+//! k=x l=<lease> t=<tenant> g=.. s=.. r=..                                lease closed
 //! ```
-//! The entry's stream id is `<unix ms>-<seq>` on Redis's clock: the consume's time.
+//! The entry's stream id is `<unix ms>-<seq>` on Redis's clock: the consume's time
+//! (a leased request carries its own decision time in `ts`, on the same clock).
 
 use turnpike_plans::ids;
 
 use crate::merge::Fact;
 
-/// Parse one entry; the error says what is wrong with it (it is quarantined).
-pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Fact, String> {
+/// Parse one entry: a fact for the ledger, or `None` for the lease lifecycle entries
+/// (grants and closes: the counter's own bookkeeping, listed in its metrics). The
+/// error says what is wrong with it (it is quarantined).
+pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, String> {
     let field = |name: &str| {
         fields
             .iter()
@@ -24,6 +31,9 @@ pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Fact, String
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<i64>().ok())
         .ok_or_else(|| format!("stream id {entry_id:?} is not <ms>-<seq>"))?;
+    if matches!(field("k"), Some("g" | "x")) {
+        return Ok(None);
+    }
     let id = field("i").ok_or("no consume id (field i)")?;
     if !ids::is_valid_consume_id(id) {
         return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
@@ -37,24 +47,38 @@ pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Fact, String
         Some("a") => {
             let plan = field("p").ok_or("no plan (field p)")?.to_owned();
             let meters = parse_meters(field("m").ok_or("no meters (field m)")?)?;
-            Ok(Fact::Counted {
+            let time_ms = match field("ts") {
+                Some(ts) => ts
+                    .parse::<i64>()
+                    .map_err(|_| format!("decision time {ts:?} is not unix ms"))?,
+                None => time_ms,
+            };
+            let lease = field("l").map(str::to_owned);
+            Ok(Some(Fact::Counted {
                 id,
                 tenant,
                 time_ms,
                 plan,
                 meters,
-            })
+                lease,
+            }))
         }
-        Some("r") => Ok(Fact::Refunded {
+        Some("r") => Ok(Some(Fact::Refunded {
             id,
             tenant,
             time_ms,
-        }),
-        Some("c") => Ok(Fact::Cancelled {
+        })),
+        Some("c") => Ok(Some(Fact::Cancelled {
             id,
             tenant,
             time_ms,
-        }),
+        })),
+        Some("s") => Ok(Some(Fact::Settled {
+            id,
+            tenant,
+            time_ms,
+            meters: parse_meters(field("m").ok_or("no meters (field m)")?)?,
+        })),
         other => Err(format!("unknown entry kind {other:?}")),
     }
 }
@@ -107,13 +131,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             fact,
-            Fact::Counted {
+            Some(Fact::Counted {
                 id: "c1".into(),
                 tenant: "acme".into(),
                 time_ms: 1_795_737_600_123,
                 plan: "pro".into(),
                 meters: vec![("requests".into(), 1), ("search_units".into(), 5)],
-            }
+                lease: None,
+            })
         );
     }
 
@@ -122,10 +147,37 @@ mod tests {
         let f = fields(&[("k", "r"), ("i", "c1"), ("t", "acme")]);
         assert!(matches!(
             parse("5-0", &f),
-            Ok(Fact::Refunded { time_ms: 5, .. })
+            Ok(Some(Fact::Refunded { time_ms: 5, .. }))
         ));
         let f = fields(&[("k", "c"), ("i", "c1"), ("t", "acme")]);
-        assert!(matches!(parse("5-0", &f), Ok(Fact::Cancelled { .. })));
+        assert!(matches!(parse("5-0", &f), Ok(Some(Fact::Cancelled { .. }))));
+    }
+
+    #[test]
+    fn a_leased_request_carries_its_lease_and_decision_time_and_lease_bookkeeping_is_skipped() {
+        let f = fields(&[
+            ("k", "a"),
+            ("i", "c9"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+            ("l", "77"),
+            ("ts", "1234"),
+        ]);
+        let Ok(Some(Fact::Counted { time_ms, lease, .. })) = parse("9999-0", &f) else {
+            panic!("not counted");
+        };
+        assert_eq!((time_ms, lease.as_deref()), (1234, Some("77")));
+        let g = fields(&[("k", "g"), ("l", "77"), ("t", "acme"), ("n", "5")]);
+        assert_eq!(parse("1-0", &g), Ok(None));
+        let x = fields(&[
+            ("k", "x"),
+            ("l", "77"),
+            ("t", "acme"),
+            ("g", "5"),
+            ("s", "3"),
+        ]);
+        assert_eq!(parse("1-0", &x), Ok(None));
     }
 
     #[test]

@@ -75,7 +75,8 @@ impl Round {
             })
             .collect();
         match stream_entry::parse(&entry.id, &fields) {
-            Ok(fact) => self.facts.push(fact),
+            Ok(Some(fact)) => self.facts.push(fact),
+            Ok(None) => {}
             Err(reason) => self.bad.push(Quarantined {
                 field: format!("{key}/{}", entry.id),
                 reason,

@@ -20,7 +20,7 @@ use crate::keys::TenantKeys;
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
-use crate::store::{ConsumeCall, Consumed, RecordState, Refunded, StoreError};
+use crate::store::{ConsumeCall, Consumed, RecordState, Refunded, Settled, StoreError};
 use crate::ticket::Ticket;
 
 const PROBLEM_BASE: &str = "https://turnpike.dev/problems/";
@@ -31,6 +31,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(counter_paths::CONSUME, post(consume))
         .route(counter_paths::REFUND, post(refund))
+        .route(counter_paths::SETTLE, post(settle))
+        .route(counter_paths::LEASE, post(crate::lease_api::lease))
+        .route(counter_paths::LEASE_REPORT, post(crate::lease_api::report))
         .route("/v1/tenants/{tenant}/usage", get(usage))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -175,7 +178,7 @@ async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse,
                 used,
             } => {
                 state.clock.learn(now_ms);
-                let allowed = record.state == RecordState::Allowed;
+                let allowed = matches!(record.state, RecordState::Allowed | RecordState::Settled);
                 let mut answer = ticket.answer(allowed, &used, true, ms_to_secs(now_ms));
                 answer.time_ms = Some(record.time_ms);
                 answer
@@ -214,7 +217,7 @@ async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse,
     ))))
 }
 
-fn ms_to_secs(ms: u64) -> i64 {
+pub(crate) fn ms_to_secs(ms: u64) -> i64 {
     i64::try_from(ms / 1000).unwrap_or(i64::MAX)
 }
 
@@ -227,7 +230,7 @@ fn ms_to_secs(ms: u64) -> i64 {
 /// Redis has held the tenant's bucket since before the month began (a new month, a
 /// new tenant, a plan or anchor change), the ledger is asked but not waited for: a
 /// collector outage must not stop every tenant at a month's first request.
-async fn seed_from_ledger(
+pub(crate) async fn seed_from_ledger(
     state: &AppState,
     tenant: &str,
     plan: turnpike_plans::ResolvedPlan<'_>,
@@ -348,6 +351,85 @@ async fn refund_inner(state: &AppState, body: &[u8]) -> Result<Refunded, ApiErro
     Ok(Refunded::Changed)
 }
 
+async fn settle(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !state.service_tokens.allow(&headers) {
+        return unauthorized("the service token");
+    }
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(state.budget, settle_inner(&state, &body)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
+    };
+    let response = match outcome {
+        Ok(settled) => {
+            Metrics::inc(if settled {
+                &state.metrics.settles_applied
+            } else {
+                &state.metrics.settles_noop
+            });
+            Json(turnpike_wire::SettleResponse { settled }).into_response()
+        }
+        Err(err) => {
+            state.note_error(&err);
+            err.into_response()
+        }
+    };
+    state.metrics.observe(Endpoint::Refund, started.elapsed());
+    response
+}
+
+async fn settle_inner(state: &AppState, body: &[u8]) -> Result<bool, ApiError> {
+    let req: turnpike_wire::SettleRequest = request::decode(body)?;
+    request::check_id_at("id", &req.id)?;
+    request::check_tenant(&req.tenant)?;
+    request::check_meters(&req.meters)?;
+    let used: Vec<(String, u64)> = req
+        .meters
+        .iter()
+        .map(|m| (m.meter.clone(), m.cost))
+        .collect();
+    for _ in 0..3 {
+        let Some(record) = state.store.record(&req.tenant, &req.id).await? else {
+            return Ok(false);
+        };
+        if record.state != RecordState::Allowed {
+            return Ok(false);
+        }
+        let raw_slots = record
+            .raw
+            .splitn(4, '|')
+            .nth(3)
+            .unwrap_or_default()
+            .to_owned();
+        let Some(plan) = crate::settle::plan(&record.meters, &raw_slots, &used) else {
+            return Err(ApiError::Unavailable(StoreError::Reply(format!(
+                "unreadable record of {}",
+                req.id
+            ))));
+        };
+        match state
+            .store
+            .settle(
+                &req.tenant,
+                &req.id,
+                &record,
+                &plan.meters,
+                &plan.slots,
+                &plan.deltas,
+            )
+            .await?
+        {
+            Settled::Settled => {
+                tracing::debug!(tenant = %req.tenant, id = %req.id, meters = %plan.meters, "settled");
+                return Ok(true);
+            }
+            Settled::Nothing => return Ok(false),
+            Settled::Changed => continue,
+        }
+    }
+    Ok(false)
+}
+
 #[derive(Debug, Deserialize)]
 struct UsageQuery {
     plan: Option<String>,
@@ -397,7 +479,7 @@ async fn usage_inner(
     })
 }
 
-fn unauthorized(what: &str) -> Response {
+pub(crate) fn unauthorized(what: &str) -> Response {
     let mut response = problem(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
@@ -453,7 +535,7 @@ impl LogThrottle {
 }
 
 impl AppState {
-    fn note_error(&self, err: &ApiError) {
+    pub(crate) fn note_error(&self, err: &ApiError) {
         match err {
             ApiError::Unavailable(e) => {
                 Metrics::inc(&self.metrics.redis_errors);

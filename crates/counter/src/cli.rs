@@ -76,6 +76,16 @@ pub struct Cli {
     #[arg(long, env = "TURNPIKE_LEDGER_TOKEN_FILE")]
     pub ledger_token_file: Option<PathBuf>,
 
+    /// Longest lease, seconds: what a proxy that died held comes back by then.
+    #[arg(long, env = "TURNPIKE_LEASE_MAX_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(i64).range(1..=3600))]
+    pub lease_max_secs: i64,
+
+    /// Largest share (0-1] of the requests that still fit in a route's tightest window
+    /// that one lease may take: near a limit grants shrink to nothing (exact consumes).
+    #[arg(long, env = "TURNPIKE_LEASE_MAX_SHARE", default_value_t = 0.5)]
+    pub lease_max_share: f64,
+
     /// Shift this process's clock (tests only: replicas with disagreeing clocks).
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_skew_ms: i64,

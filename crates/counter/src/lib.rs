@@ -6,10 +6,13 @@ pub use turnpike_auth as auth;
 pub mod cli;
 mod clock;
 pub use turnpike_plans::keys;
+pub mod lease;
+mod lease_api;
 pub mod ledger;
 pub mod metrics;
 pub mod reload;
 pub mod request;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod ticket;
@@ -113,7 +116,22 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
     }
     state.clock = clock::Clock::with_skew(cli.clock_skew_ms);
     state.budget = Duration::from_millis(cli.budget_ms);
+    if !(cli.lease_max_share > 0.0 && cli.lease_max_share <= 1.0) {
+        return Err(StartError::Config(format!(
+            "--lease-max-share {}: must be in (0, 1]",
+            cli.lease_max_share
+        )));
+    }
+    state.lease_policy = lease::LeasePolicy {
+        max_share: cli.lease_max_share,
+        max_secs: cli.lease_max_secs,
+        ..lease::LeasePolicy::default()
+    };
     let state = Arc::new(state);
+    tokio::spawn(lease_api::sweep_expired_leases(
+        state.clone(),
+        Duration::from_secs(1),
+    ));
     let _reloader =
         reload::spawn(state.clone(), cli.plans.clone()).map_err(|source| StartError::Io {
             context: format!("cannot watch {}", cli.plans.display()),

@@ -53,6 +53,7 @@ pub enum Endpoint {
     Consume,
     Refund,
     Usage,
+    Lease,
 }
 
 #[derive(Default)]
@@ -70,6 +71,16 @@ pub struct Metrics {
     pub seeded_units: AtomicU64,
     pub seed_errors: AtomicU64,
     pub seeds_skipped: AtomicU64,
+    pub leases_granted: AtomicU64,
+    pub leased_requests: AtomicU64,
+    pub leases_closed: AtomicU64,
+    pub leases_expired: AtomicU64,
+    pub lease_returned_requests: AtomicU64,
+    pub lease_reported_requests: AtomicU64,
+    pub lease_late_requests: AtomicU64,
+    pub lease_repeated_reports: AtomicU64,
+    pub settles_applied: AtomicU64,
+    pub settles_noop: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -77,6 +88,7 @@ pub struct Metrics {
     latency_consume: Histogram,
     latency_refund: Histogram,
     latency_usage: Histogram,
+    latency_lease: Histogram,
 }
 
 impl Metrics {
@@ -93,6 +105,7 @@ impl Metrics {
             Endpoint::Consume => &self.latency_consume,
             Endpoint::Refund => &self.latency_refund,
             Endpoint::Usage => &self.latency_usage,
+            Endpoint::Lease => &self.latency_lease,
         }
         .observe(elapsed);
     }
@@ -139,6 +152,15 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "turnpike_counter_settles_total",
+            "Settlements by result (noop: unknown, refunded, cancelled or settled before).",
+            &[
+                ("result=\"settled\"", &self.settles_applied),
+                ("result=\"noop\"", &self.settles_noop),
+            ],
+        );
+        counter(
+            &mut out,
             "turnpike_counter_stale_tickets_total",
             "Consumes computed for a window Redis's clock had left; retried.",
             &[("", &self.stale_tickets)],
@@ -166,6 +188,51 @@ impl Metrics {
             "turnpike_counter_seeds_skipped_total",
             "Best-effort seeds (new month, plan or anchor; Redis kept its data) done without the ledger.",
             &[("", &self.seeds_skipped)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_grants_total",
+            "Lease calls that granted requests.",
+            &[("", &self.leases_granted)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_leased_requests_total",
+            "Requests granted to proxies in leases.",
+            &[("", &self.leased_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_leases_closed_total",
+            "Leases closed, by who closed them.",
+            &[
+                ("by=\"proxy\"", &self.leases_closed),
+                ("by=\"expiry\"", &self.leases_expired),
+            ],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_returned_requests_total",
+            "Leased requests given back to their windows unspent.",
+            &[("", &self.lease_returned_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_reported_requests_total",
+            "Requests admitted from leases and recorded in the usage stream.",
+            &[("", &self.lease_reported_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_late_requests_total",
+            "Leased requests reported after their lease closed: charged to the current windows.",
+            &[("", &self.lease_late_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_repeated_reports_total",
+            "Lease reports received twice (a proxy retried after a lost answer): counted once.",
+            &[("", &self.lease_repeated_reports)],
         );
         counter(
             &mut out,
@@ -199,6 +266,8 @@ impl Metrics {
             .render(&mut out, name, "endpoint=\"refund\"");
         self.latency_usage
             .render(&mut out, name, "endpoint=\"usage\"");
+        self.latency_lease
+            .render(&mut out, name, "endpoint=\"lease\"");
         out
     }
 }

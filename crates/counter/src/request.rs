@@ -51,10 +51,18 @@ fn strip_position(message: &str) -> &str {
 pub fn check_consume(req: &ConsumeRequest) -> Result<(), RequestError> {
     check_id(&req.id)?;
     check_tenant(&req.tenant)?;
-    if req.meters.is_empty() {
+    check_meters(&req.meters)
+}
+
+/// Meters of a request: 1..=64 distinct names of `[a-z0-9_]`, costs bounded.
+pub fn check_meters(meters: &[turnpike_wire::MeterCost]) -> Result<(), RequestError> {
+    if meters.is_empty() {
         return Err(RequestError::field("meters", "must not be empty"));
     }
-    for (i, m) in req.meters.iter().enumerate() {
+    if meters.len() > 64 {
+        return Err(RequestError::field("meters", "at most 64"));
+    }
+    for (i, m) in meters.iter().enumerate() {
         if !is_valid_meter(&m.meter) {
             return Err(RequestError::field(
                 format!("meters[{i}].meter"),
@@ -67,8 +75,7 @@ pub fn check_consume(req: &ConsumeRequest) -> Result<(), RequestError> {
                 format!("must be <= {MAX_UNITS}"),
             ));
         }
-        if req
-            .meters
+        if meters
             .get(..i)
             .is_some_and(|before| before.iter().any(|b| b.meter == m.meter))
         {
@@ -114,10 +121,18 @@ pub fn check_tenant(tenant: &str) -> Result<(), RequestError> {
 }
 
 fn check_id(id: &str) -> Result<(), RequestError> {
+    check_id_at("id", id)
+}
+
+/// A consume id in `field`.
+pub fn check_id_at(field: &str, id: &str) -> Result<(), RequestError> {
     if is_valid_consume_id(id) {
         Ok(())
     } else {
-        Err(RequestError::field("id", "must be 1..=64 of [A-Za-z0-9_-]"))
+        Err(RequestError::field(
+            field,
+            "must be 1..=64 of [A-Za-z0-9_-]",
+        ))
     }
 }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub ledger: Option<LedgerClient>,
     /// Upper bound on one consume, all Redis calls and a re-seed included.
     pub budget: std::time::Duration,
+    /// How grants are sized.
+    pub lease_policy: crate::lease::LeasePolicy,
     pub(crate) seed_locks: Vec<Mutex<()>>,
     pub(crate) error_log: LogThrottle,
     /// When the ledger last failed (unix s): best-effort seeds skip it for a while.
@@ -45,6 +47,7 @@ impl AppState {
             read_tokens: Tokens::default(),
             ledger: None,
             budget: std::time::Duration::from_millis(150),
+            lease_policy: crate::lease::LeasePolicy::default(),
             seed_locks: (0..SEED_SHARDS).map(|_| Mutex::new(())).collect(),
             error_log: LogThrottle::default(),
             ledger_failed_at: std::sync::atomic::AtomicI64::new(i64::MIN / 2),

@@ -76,6 +76,8 @@ pub struct Record {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordState {
     Allowed,
+    /// Allowed, then settled: its meters and slots hold the final quantities.
+    Settled,
     Refunded,
     /// A refund arrived before the consume: the consume will be refused.
     Cancelled,
@@ -92,6 +94,7 @@ impl Record {
             };
         let state = match state {
             "A" => RecordState::Allowed,
+            "S" => RecordState::Settled,
             "R" => RecordState::Refunded,
             "C" => RecordState::Cancelled,
             _ => return Err(bad()),
@@ -126,6 +129,58 @@ pub struct Store {
     consume: Script,
     refund: Script,
     seed: Script,
+    settle: Script,
+    lease: Script,
+    lease_close: Script,
+    lease_report: Script,
+}
+
+/// What the lease script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leased {
+    /// `granted` requests (maybe 0) until `expires` (unix s); `used` per slot after.
+    Granted {
+        granted: u64,
+        expires: i64,
+        now_ms: u64,
+        used: Vec<u64>,
+    },
+    Stale {
+        now_ms: u64,
+    },
+    NeedsSeed {
+        now_ms: u64,
+        required: bool,
+    },
+}
+
+/// What the settle script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Settled,
+    /// Unknown (the record expired), refunded, cancelled, or settled before.
+    Nothing,
+    /// The record changed between the read and the script: read again.
+    Changed,
+}
+
+/// What a lease report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Counted spent from the open lease.
+    Spent,
+    /// The lease was closed: charged to the current windows.
+    Late,
+    /// This report was received before: nothing changed.
+    Again,
+}
+
+/// What closing a lease did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub granted: u64,
+    pub spent: u64,
+    pub returned: u64,
 }
 
 impl Store {
@@ -164,7 +219,183 @@ impl Store {
             consume: Script::new(include_str!("lua/consume.lua")),
             refund: Script::new(include_str!("lua/refund.lua")),
             seed: Script::new(include_str!("lua/seed.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
+            lease: Script::new(include_str!("lua/lease.lua")),
+            lease_close: Script::new(include_str!("lua/lease_close.lua")),
+            lease_report: Script::new(include_str!("lua/lease_report.lua")),
         })
+    }
+
+    /// Grant `want` requests of the route in `ticket` (costs per request) on lease `id`.
+    pub async fn lease(
+        &self,
+        call: &ConsumeCall<'_>,
+        ticket: &Ticket,
+        id: u64,
+        want: u64,
+        policy: &crate::lease::LeasePolicy,
+    ) -> Result<Leased, StoreError> {
+        let keys = TenantKeys::new(call.tenant);
+        let mut invoke = self.lease.prepare_invoke();
+        invoke
+            .key(keys.lease(id))
+            .key(keys.stream())
+            .key(keys.seed_marker(ticket.month.0, &ticket.plan))
+            .key(keys.epoch())
+            .key(keys.lease_index())
+            .arg(want)
+            .arg(policy.max_share)
+            .arg(policy.max_secs)
+            .arg(EXPIRE_GRACE_SECS)
+            .arg(u8::from(call.require_seed && ticket.has_long_windows()))
+            .arg(ticket.month.0)
+            .arg(ticket.month.1)
+            .arg(id)
+            .arg(call.tenant)
+            .arg(call.meters)
+            .arg(ticket.record_slots());
+        for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
+            invoke
+                .key(key)
+                .arg(slot.cost)
+                .arg(slot.max)
+                .arg(slot.start)
+                .arg(slot.end);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        let bad = || StoreError::Reply(format!("lease script returned {reply:?}"));
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(i)) => Ok(*i),
+            _ => Err(bad()),
+        };
+        let now_ms = u64::try_from(int(reply.get(1))?).map_err(|_| bad())?;
+        match int(reply.first())? {
+            1 => Ok(Leased::Granted {
+                granted: u64::try_from(int(reply.get(2))?).map_err(|_| bad())?,
+                expires: int(reply.get(3))?,
+                now_ms,
+                used: reply
+                    .get(4)
+                    .and_then(as_str)
+                    .and_then(parse_csv)
+                    .filter(|u| u.len() == ticket.slots.len())
+                    .ok_or_else(bad)?,
+            }),
+            3 => Ok(Leased::Stale { now_ms }),
+            4 => Ok(Leased::NeedsSeed {
+                now_ms,
+                required: int(reply.get(2))? == 1,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The record of lease `id`, if open.
+    pub async fn lease_record(
+        &self,
+        tenant: &str,
+        id: u64,
+    ) -> Result<Option<crate::lease::LeaseRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(String, String)> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(TenantKeys::new(tenant).lease(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(crate::lease::LeaseRecord::from_fields(&fields))
+    }
+
+    /// Give back what lease `id` (whose `record` was just read) did not spend.
+    pub async fn close_lease(
+        &self,
+        tenant: &str,
+        id: u64,
+        record: &crate::lease::LeaseRecord,
+    ) -> Result<Option<Closed>, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.lease_close.prepare_invoke();
+        invoke
+            .key(keys.lease(id))
+            .key(keys.stream())
+            .key(keys.lease_index())
+            .arg(crate::lease::index_member(tenant, id))
+            .arg(id)
+            .arg(tenant);
+        let slots = parse_record_slots(&record.slots)
+            .ok_or_else(|| StoreError::Reply(format!("lease slots {:?}", record.slots)))?;
+        for (suffix, cost) in &slots {
+            invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
+        }
+        let mut conn = self.conn.clone();
+        let (closed, granted, spent, returned): (i64, u64, u64, u64) =
+            self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok((closed == 1).then_some(Closed {
+            granted,
+            spent,
+            returned,
+        }))
+    }
+
+    /// Append requests admitted from lease `id` to the usage stream and count them spent
+    /// (or, for a lease already closed, charge them to `ticket`'s current windows).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lease_report(
+        &self,
+        tenant: &str,
+        plan: &str,
+        meters: &str,
+        id: u64,
+        batch: &str,
+        records: &[(String, u64)],
+        ticket: &Ticket,
+    ) -> Result<Reported, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.lease_report.prepare_invoke();
+        invoke
+            .key(keys.lease(id))
+            .key(keys.stream())
+            .key(keys.lease_report(batch))
+            .arg(id)
+            .arg(tenant)
+            .arg(plan)
+            .arg(meters)
+            .arg(EXPIRE_GRACE_SECS)
+            .arg(records.len());
+        for (consume_id, at_ms) in records {
+            invoke.arg(consume_id).arg(*at_ms);
+        }
+        for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
+            invoke.key(key).arg(slot.cost).arg(slot.end);
+        }
+        invoke.arg(self.record_ttl_secs);
+        let mut conn = self.conn.clone();
+        let (_recorded, outcome): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(match outcome {
+            0 => Reported::Spent,
+            1 => Reported::Late,
+            _ => Reported::Again,
+        })
+    }
+
+    /// Open leases past their expiry in every bucket (at most `limit` per bucket), as
+    /// `TENANT:ID` members.
+    pub async fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        for bucket in 0..turnpike_plans::keys::BUCKETS {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(turnpike_plans::keys::lease_index_key(bucket))
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     async fn bounded<T>(
@@ -281,6 +512,40 @@ impl Store {
             3 => Ok(Refunded::Changed),
             other => Err(StoreError::Reply(format!("refund script returned {other}"))),
         }
+    }
+
+    /// Settle consume `id` (whose `record` was just read) to `meters` (final quantities
+    /// of every meter) with `slots` (final cost per slot) and `deltas` (final -
+    /// reserved, per slot of the record).
+    pub async fn settle(
+        &self,
+        tenant: &str,
+        id: &str,
+        record: &Record,
+        meters: &str,
+        slots: &str,
+        deltas: &[i64],
+    ) -> Result<Settled, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.settle.prepare_invoke();
+        invoke
+            .key(keys.record(id))
+            .key(keys.stream())
+            .arg(&record.raw)
+            .arg(meters)
+            .arg(slots)
+            .arg(id)
+            .arg(tenant);
+        for ((suffix, _), delta) in record.slots.iter().zip(deltas) {
+            invoke.key(keys.window_from_suffix(suffix)).arg(*delta);
+        }
+        let mut conn = self.conn.clone();
+        let code: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(match code {
+            1 => Settled::Settled,
+            3 => Settled::Changed,
+            _ => Settled::Nothing,
+        })
     }
 
     /// Current values of window counters (0 for absent keys), without writing.

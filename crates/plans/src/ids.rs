@@ -34,6 +34,21 @@ pub fn is_valid_consume_id(s: &str) -> bool {
     is_valid_limit_name(s)
 }
 
+/// Stripe customer id: `cus_` then 1..=250 of `[A-Za-z0-9_]` (Stripe's ids are
+/// `cus_` and letters and digits; test fixtures add underscores).
+pub fn is_valid_stripe_customer(s: &str) -> bool {
+    s.strip_prefix("cus_")
+        .is_some_and(|rest| valid(rest, 250, |b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+/// Stripe meter event name: 1..=100 of `[A-Za-z0-9_.:-]` (Stripe caps it at 100
+/// characters; the charset keeps names safe in logs, identifiers and URLs).
+pub fn is_valid_stripe_event_name(s: &str) -> bool {
+    valid(s, 100, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+    })
+}
+
 fn valid(s: &str, max_len: usize, allowed: impl Fn(u8) -> bool) -> bool {
     !s.is_empty() && s.len() <= max_len && s.bytes().all(allowed)
 }
@@ -70,5 +85,23 @@ mod tests {
         assert!(is_valid_consume_id("01J9Z-abc_def"));
         assert!(!is_valid_consume_id("id with space"));
         assert!(!is_valid_consume_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn stripe_customers_start_with_cus_and_event_names_are_short_and_plain() {
+        assert!(is_valid_stripe_customer("cus_NffrFeUfNV2Hib"));
+        assert!(is_valid_stripe_customer("cus_test_1"));
+        for bad in [
+            "", "cus_", "cus", "acct_123", "cus_a b", "cus_a-b", "CUS_abc",
+        ] {
+            assert!(!is_valid_stripe_customer(bad), "{bad}");
+        }
+        assert!(is_valid_stripe_event_name("api_requests"));
+        assert!(is_valid_stripe_event_name("turnpike.search-units:v2"));
+        assert!(is_valid_stripe_event_name(&"e".repeat(100)));
+        assert!(!is_valid_stripe_event_name(&"e".repeat(101)));
+        for bad in ["", "api requests", "api/requests", "é"] {
+            assert!(!is_valid_stripe_event_name(bad), "{bad}");
+        }
     }
 }

@@ -39,6 +39,11 @@ pub fn epoch_key(bucket: u32) -> String {
     format!("tp:{{{bucket:03}}}:epoch")
 }
 
+/// `tp:{NNN}:leases`: the bucket's open leases by expiry (a sorted set).
+pub fn lease_index_key(bucket: u32) -> String {
+    format!("tp:{{{bucket:03}}}:leases")
+}
+
 /// Every stream key, in bucket order.
 pub fn all_stream_keys() -> Vec<String> {
     (0..BUCKETS).map(stream_key).collect()
@@ -68,6 +73,20 @@ impl TenantKeys {
 
     pub fn epoch(&self) -> String {
         epoch_key(self.bucket)
+    }
+
+    pub fn lease_index(&self) -> String {
+        lease_index_key(self.bucket)
+    }
+
+    /// The marker of lease report `batch` (a report sent twice counts once).
+    pub fn lease_report(&self, batch: &str) -> String {
+        format!("{}:rb:{batch}", self.prefix)
+    }
+
+    /// The record of lease `id`.
+    pub fn lease(&self, id: u64) -> String {
+        format!("{}:lease:{id}", self.prefix)
     }
 
     /// Units used of `meter` in the `window` that starts at `start` (unix s).

@@ -10,6 +10,10 @@
 //! [tenants.acme]
 //! plan = "free"
 //! anchor_day = 15
+//! stripe_customer = "cus_NffrFeUfNV2Hib"   # billed through Stripe (collector)
+//!
+//! [billing.meters]                          # Turnpike meter -> Stripe event name
+//! requests = "api_requests"                 # default: the meter's own name
 //! ```
 
 mod error;
@@ -37,6 +41,8 @@ pub struct Plans {
     default_plan: String,
     plans: HashMap<String, Plan>,
     tenants: HashMap<String, TenantOverride>,
+    /// `[billing.meters]`: meter -> Stripe meter event name, where it differs.
+    billing_meters: HashMap<String, String>,
 }
 
 /// One plan: its limits in file order and its billing-month anchor day.
@@ -52,6 +58,7 @@ struct Plan {
 struct TenantOverride {
     plan: Option<String>,
     anchor_day: Option<u8>,
+    stripe_customer: Option<String>,
 }
 
 /// One limit of a plan: at most `max` units of `meter` per `window`.
@@ -120,6 +127,24 @@ impl Plans {
     /// Name of the plan for tenants with no override and no known claimed plan.
     pub fn default_plan(&self) -> &str {
         &self.default_plan
+    }
+
+    /// The Stripe customer `tenant` is billed as, if the file maps it.
+    pub fn stripe_customer(&self, tenant: &str) -> Option<&str> {
+        self.tenants.get(tenant)?.stripe_customer.as_deref()
+    }
+
+    /// Every (tenant, Stripe customer) mapping, in no particular order.
+    pub fn stripe_customers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tenants
+            .iter()
+            .filter_map(|(tenant, t)| Some((tenant.as_str(), t.stripe_customer.as_deref()?)))
+    }
+
+    /// The Stripe meter event name `meter` is reported under: `[billing.meters]`,
+    /// else the meter's own name.
+    pub fn stripe_event_name<'a>(&'a self, meter: &'a str) -> &'a str {
+        self.billing_meters.get(meter).map_or(meter, String::as_str)
     }
 
     fn default(&self) -> &Plan {

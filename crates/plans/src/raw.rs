@@ -15,6 +15,17 @@ pub(crate) struct RawFile {
     pub plans: BTreeMap<String, Spanned<RawPlan>>,
     #[serde(default)]
     pub tenants: BTreeMap<String, Spanned<RawTenant>>,
+    /// How usage is billed through Stripe (the collector's billing sync).
+    #[serde(default)]
+    pub billing: Option<RawBilling>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBilling {
+    /// Turnpike meter -> Stripe meter event name.
+    #[serde(default)]
+    pub meters: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,4 +54,6 @@ pub(crate) struct RawTenant {
     pub plan: Option<Spanned<String>>,
     #[serde(default)]
     pub anchor_day: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub stripe_customer: Option<Spanned<String>>,
 }

@@ -225,3 +225,86 @@ fn load_names_the_missing_file() {
     assert!(matches!(err, PlanError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/plans.toml"), "{err}");
 }
+
+const BILLED: &str = r#"
+[tenants.acme]
+plan = "pro"
+anchor_day = 15
+stripe_customer = "cus_Acme123"
+
+[billing.meters]
+requests = "api_requests"
+"#;
+
+/// The sample with Stripe billing: acme mapped to a customer, `requests` renamed.
+fn billed() -> String {
+    sample_with("[tenants.acme]\nplan = \"pro\"\nanchor_day = 15\n", BILLED)
+}
+
+#[test]
+fn tenants_map_to_stripe_customers_and_meters_to_event_names() {
+    let plans = Plans::parse(&billed()).unwrap();
+    assert_eq!(plans.stripe_customer("acme"), Some("cus_Acme123"));
+    assert_eq!(plans.stripe_customer("globex"), None);
+    assert_eq!(plans.stripe_customer("nobody"), None);
+    assert_eq!(
+        plans.stripe_customers().collect::<Vec<_>>(),
+        vec![("acme", "cus_Acme123")]
+    );
+    assert_eq!(plans.stripe_event_name("requests"), "api_requests");
+    // Unmapped meters are billed under their own name.
+    assert_eq!(plans.stripe_event_name("search_units"), "search_units");
+    // Billing fields change nothing else.
+    assert_eq!(plans.resolve("acme", None).anchor_day, 15);
+}
+
+#[test]
+fn a_file_without_billing_fields_still_parses_and_bills_meters_by_name() {
+    let plans = sample();
+    assert_eq!(plans.stripe_customers().count(), 0);
+    assert_eq!(plans.stripe_event_name("requests"), "requests");
+}
+
+#[test]
+fn a_malformed_stripe_customer_is_refused_naming_field_and_line() {
+    let text = billed().replace("cus_Acme123", "acct_123");
+    let (field, msg) = invalid(&text);
+    assert_eq!(field, "tenants.acme.stripe_customer");
+    assert!(
+        msg.contains("\"acct_123\"") && msg.contains("(line 18)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn billing_meters_need_a_meter_key_and_a_plain_event_name() {
+    let (field, msg) =
+        invalid(&billed().replace("requests = \"api_requests\"", "Requests = \"x\""));
+    assert_eq!(field, "billing.meters.Requests");
+    assert!(msg.contains("meter name"), "{msg}");
+    let (field, msg) = invalid(&billed().replace("\"api_requests\"", "\"api requests\""));
+    assert_eq!(field, "billing.meters.requests");
+    assert!(msg.contains("(line 21)"), "{msg}");
+    let err = Plans::parse(&billed().replace("[billing.meters]", "[billing.meterz]")).unwrap_err();
+    assert!(err.to_string().contains("meterz"), "{err}");
+}
+
+#[test]
+fn two_meters_on_one_stripe_event_name_are_refused() {
+    let text = billed().replace(
+        "requests = \"api_requests\"",
+        "requests = \"api_requests\"\nsearch_units = \"api_requests\"",
+    );
+    let (field, msg) = invalid(&text);
+    assert_eq!(field, "billing.meters.search_units");
+    assert!(msg.contains("\"requests\""), "{msg}");
+}
+
+#[test]
+fn a_meter_mapped_onto_another_meters_default_name_is_refused() {
+    // The sample's plans limit `requests`; mapping another meter onto "requests"
+    // while `requests` keeps its default name would add the two up at Stripe.
+    let text = billed().replace("requests = \"api_requests\"", "exports = \"requests\"");
+    let (field, _) = invalid(&text);
+    assert_eq!(field, "billing.meters.exports");
+}

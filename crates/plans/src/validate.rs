@@ -5,8 +5,11 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use crate::ids::{is_valid_limit_name, is_valid_meter, is_valid_plan_name, is_valid_tenant};
-use crate::raw::{RawFile, RawLimit, RawPlan, RawTenant};
+use crate::ids::{
+    is_valid_limit_name, is_valid_meter, is_valid_plan_name, is_valid_stripe_customer,
+    is_valid_stripe_event_name, is_valid_tenant,
+};
+use crate::raw::{RawBilling, RawFile, RawLimit, RawPlan, RawTenant};
 use crate::{Limit, Plan, PlanError, Plans, TenantOverride, Window, MAX_UNITS};
 
 const DEFAULT_ANCHOR_DAY: u8 = 1;
@@ -56,11 +59,81 @@ pub(crate) fn validate(file: RawFile, text: &str) -> Result<Plans, PlanError> {
         tenants.insert(tenant, entry);
     }
 
+    let billing_meters = match file.billing {
+        Some(billing) => validate_billing(&src, billing, &plans)?,
+        None => HashMap::new(),
+    };
+
     Ok(Plans {
         default_plan: file.default_plan.into_inner(),
         plans,
         tenants,
+        billing_meters,
     })
+}
+
+/// `[billing.meters]`: each key a meter name, each value a Stripe event name, and no
+/// two meters on one event name (Stripe would add them up as one meter).
+fn validate_billing(
+    src: &Source,
+    raw: RawBilling,
+    plans: &HashMap<String, Plan>,
+) -> Result<HashMap<String, String>, PlanError> {
+    let mut by_event: HashMap<String, String> = HashMap::new();
+    let mut raw_spans: HashMap<String, Range<usize>> = HashMap::new();
+    let mut meters = HashMap::with_capacity(raw.meters.len());
+    for (meter, event_name) in raw.meters {
+        let field = format!("billing.meters.{meter}");
+        if !is_valid_meter(&meter) {
+            return Err(src.invalid(
+                field,
+                event_name.span(),
+                "the key must be a meter name: 1..=32 of [a-z0-9_]",
+            ));
+        }
+        if !is_valid_stripe_event_name(event_name.get_ref()) {
+            return Err(src.invalid(
+                field,
+                event_name.span(),
+                "must be a Stripe meter event name: 1..=100 of [A-Za-z0-9_.:-]",
+            ));
+        }
+        if let Some(other) = by_event.insert(event_name.get_ref().clone(), meter.clone()) {
+            return Err(src.invalid(
+                field,
+                event_name.span(),
+                format!(
+                    "meter \"{other}\" is already billed as \"{}\"; give each meter its own \
+                     Stripe event name",
+                    event_name.get_ref()
+                ),
+            ));
+        }
+        raw_spans.insert(meter.clone(), event_name.span());
+        meters.insert(meter, event_name.into_inner());
+    }
+    // A meter billed under its own name (the default) must not share it with a
+    // meter mapped onto that name. Only meters the plans' limits name are known here.
+    let limited: HashSet<&str> = plans
+        .values()
+        .flat_map(|p| p.limits.iter().map(|l| l.meter.as_str()))
+        .collect();
+    for (event_name, meter) in &by_event {
+        if event_name != meter
+            && limited.contains(event_name.as_str())
+            && !meters.contains_key(event_name)
+        {
+            return Err(src.invalid(
+                format!("billing.meters.{meter}"),
+                raw_spans[meter].clone(),
+                format!(
+                    "\"{event_name}\" is also the meter \"{event_name}\"'s own event name; \
+                     map \"{event_name}\" to another name in [billing.meters]"
+                ),
+            ));
+        }
+    }
+    Ok(meters)
 }
 
 fn validate_plan(src: &Source, name: String, raw: Spanned<RawPlan>) -> Result<Plan, PlanError> {
@@ -192,7 +265,25 @@ fn validate_tenant(
         Some(day) => Some(anchor(src, &format!("{path}.anchor_day"), &day)?),
         None => None,
     };
-    Ok(TenantOverride { plan, anchor_day })
+    let stripe_customer = match raw.stripe_customer {
+        Some(customer) if !is_valid_stripe_customer(customer.get_ref()) => {
+            return Err(src.invalid(
+                format!("{path}.stripe_customer"),
+                customer.span(),
+                format!(
+                    "\"{}\" is not a Stripe customer id (cus_ then letters, digits or _)",
+                    customer.get_ref()
+                ),
+            ));
+        }
+        Some(customer) => Some(customer.into_inner()),
+        None => None,
+    };
+    Ok(TenantOverride {
+        plan,
+        anchor_day,
+        stripe_customer,
+    })
 }
 
 fn anchor(src: &Source, field: &str, day: &Spanned<i64>) -> Result<u8, PlanError> {

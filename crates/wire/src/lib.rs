@@ -14,6 +14,12 @@ pub mod counter_paths {
     pub const REFUND: &str = "/v1/refund";
     /// `GET /v1/tenants/{tenant}/usage`, answered by a [`super::UsageResponse`].
     pub const USAGE_PREFIX: &str = "/v1/tenants/";
+    /// `POST` a [`super::SettleRequest`], answered by a [`super::SettleResponse`].
+    pub const SETTLE: &str = "/v1/settle";
+    /// `POST` a [`super::LeaseRequest`], answered by a [`super::LeaseResponse`].
+    pub const LEASE: &str = "/v1/lease";
+    /// `POST` a [`super::LeaseReport`], answered by a [`super::LeaseReportResponse`].
+    pub const LEASE_REPORT: &str = "/v1/lease/report";
 }
 
 /// HTTP paths of the collector's API.
@@ -126,6 +132,84 @@ pub struct RefundResponse {
     pub cancelled: bool,
 }
 
+/// What an exchange really used of some meters, replacing what its consume reserved
+/// (e.g. tokens an LLM reported). Applied once per consume id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleRequest {
+    pub id: String,
+    pub tenant: String,
+    /// Final quantity per settled meter (`cost` holds the quantity).
+    pub meters: Vec<MeterCost>,
+}
+
+/// The counter's answer to a [`SettleRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleResponse {
+    /// False when there was nothing to settle: the consume is unknown (its record
+    /// expired), refunded, cancelled or settled before.
+    pub settled: bool,
+}
+
+/// Ask for (more) requests of one route to admit locally, or give a lease back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// What one request of the route costs, per meter.
+    pub meters: Vec<MeterCost>,
+    /// Requests wanted; 0 with `close` only gives the lease back.
+    pub want: u64,
+    /// The lease the proxy holds for this tenant and route: extended when its windows
+    /// are still the current ones, else closed and replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// Give `lease` back (its unspent requests return to the windows).
+    #[serde(default)]
+    pub close: bool,
+}
+
+/// The counter's answer to a [`LeaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    /// The lease the proxy now holds (`None`: nothing granted and nothing open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// Requests added to the lease by this call (0: too little room left to lease;
+    /// decide each request with a consume).
+    pub granted: u64,
+    /// When the lease ends (unix ms, the counter's clock): never after a window it
+    /// took from ends.
+    pub expires_ms: u64,
+    /// The counter's clock when it answered, unix ms.
+    pub time_ms: u64,
+    pub plan: String,
+    /// The limits the route's meters count, after this grant.
+    pub limits: Vec<LimitStatus>,
+}
+
+/// Requests a proxy admitted from a lease, for the usage stream (and the ledger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// What one request of the route costs, per meter.
+    pub meters: Vec<MeterCost>,
+    pub lease: u64,
+    /// Minted by the proxy for this report: the same report sent again (its answer
+    /// was lost) counts once.
+    pub batch: String,
+    /// (consume id, decision time in unix ms on the counter's clock) per request.
+    pub records: Vec<(String, u64)>,
+}
+
+/// The counter's answer to a [`LeaseReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReportResponse {
+    pub recorded: u64,
+}
+
 /// Billable units per meter in time ranges of one tenant, from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotalsRequest {
@@ -221,6 +305,10 @@ pub struct UsageData {
     pub response_bytes: u64,
     pub duration_ms: u64,
     pub decision: Decision,
+    /// `meters` hold what the exchange used (settled from the upstream's report), not
+    /// what was reserved before it ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
 }
 
 /// What the filter decided for a request.

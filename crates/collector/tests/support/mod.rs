@@ -80,6 +80,15 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(db: &TestDb, extra_args: &[&str]) -> Collector {
+        Self::start_with_env(db, extra_args, &[]).await
+    }
+
+    /// Like [`Collector::start`], with extra environment variables.
+    pub async fn start_with_env(
+        db: &TestDb,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let port = free_port();
         let log = db.dir.path().join(format!("collector-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -95,6 +104,7 @@ impl Collector {
             .env("TURNPIKE_READ_TOKEN", READ_TOKEN)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -131,6 +141,11 @@ impl Collector {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The exit status, if the process has exited (a failpoint aborted it).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn log_text(&self) -> String {

@@ -15,8 +15,9 @@
 -- ARGV[10]   seconds a window counter outlives its window
 -- ARGV[11 + 4(i-1) ..] for window i: cost, max, start, end (unix seconds)
 --
--- Records: "S|T|METERS|SLOTS", S = A (allowed), R (refunded), C (cancelled: refunded
--- before the consume arrived), T = consume time, unix ms. Denied consumes write
+-- Records: "S|T|METERS|SLOTS", S = A (allowed), S (allowed, then settled: see
+-- settle.lua), R (refunded), C (cancelled: refunded before the consume arrived),
+-- T = consume time, unix ms. Denied consumes write
 -- nothing at all: a flood of 429s costs no memory.
 --
 -- Replies {code, now_ms, payload[, used]}:

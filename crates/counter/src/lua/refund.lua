@@ -1,7 +1,7 @@
 -- Give back what an allowed consume took, once, and record the refund in the usage
 -- stream. A refund that arrives before its consume (a client gone while the consume
 -- callout was in flight) leaves a tombstone, so the late consume is refused, not billed.
--- KEYS[1]    idempotency record ("S|T|METERS|SLOTS", see consume.lua)
+-- KEYS[1]    idempotency record ("S|T|METERS|SLOTS", see consume.lua; S = A or S)
 -- KEYS[2]    the bucket's usage stream
 -- KEYS[3..]  the window counters the consume incremented (from the record's slots)
 -- ARGV[1]    the record as the caller read it ("" if absent): if it changed since,
@@ -21,7 +21,9 @@ if not rec then
   redis.call('XADD', KEYS[2], '*', 'k', 'c', 'i', ARGV[3], 't', ARGV[4])
   return 2
 end
-if string.sub(rec, 1, 1) ~= 'A' then
+-- Allowed, or allowed and settled (the record's slots then hold the settled costs).
+local state = string.sub(rec, 1, 1)
+if state ~= 'A' and state ~= 'S' then
   return 0
 end
 

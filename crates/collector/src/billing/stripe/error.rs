@@ -69,6 +69,13 @@ pub enum StripeError {
         message: String,
         request_id: Option<String>,
     },
+    /// The event was cancelled before (a cancel whose answer was lost, retried after
+    /// its idempotency key expired): for a sync, the cancel is done.
+    #[error("meter event {identifier} is already cancelled{}", rid(request_id))]
+    AlreadyCancelled {
+        identifier: String,
+        request_id: Option<String>,
+    },
     /// The event's timestamp is more than 35 days back or 5 minutes ahead.
     #[error(
         "timestamp {timestamp} is outside Stripe's window (past 35 days to 5 minutes ahead): \
@@ -170,6 +177,7 @@ impl StripeError {
         match self {
             StripeError::DuplicateIdentifier { request_id, .. }
             | StripeError::AdjustmentWindowPassed { request_id, .. }
+            | StripeError::AlreadyCancelled { request_id, .. }
             | StripeError::TimestampOutsideWindow { request_id, .. }
             | StripeError::Authentication { request_id, .. }
             | StripeError::RateLimited { request_id, .. }
@@ -258,6 +266,16 @@ pub fn classify(
             StripeError::TimestampOutsideWindow {
                 timestamp: *timestamp,
                 message,
+                request_id,
+            }
+        }
+        // Nor does Stripe document the refusal of a second cancel; it names the
+        // identifier and says it was cancelled.
+        (400, Operation::Cancel { identifier })
+            if param == Some("cancel[identifier]") && message.contains("already") =>
+        {
+            StripeError::AlreadyCancelled {
+                identifier: identifier.clone(),
                 request_id,
             }
         }
@@ -353,6 +371,16 @@ mod tests {
         assert!(matches!(
             sort(&op, 400, &late),
             StripeError::AdjustmentWindowPassed { .. }
+        ));
+        let again = body(
+            "invalid_request_error",
+            None,
+            "The meter event with identifier id-1 has already been cancelled.",
+            Some("cancel[identifier]"),
+        );
+        assert!(matches!(
+            sort(&op, 400, &again),
+            StripeError::AlreadyCancelled { .. }
         ));
         let missing = body(
             "invalid_request_error",

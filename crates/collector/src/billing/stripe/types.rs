@@ -76,6 +76,10 @@ pub struct Meter {
     pub default_aggregation: Aggregation,
     pub customer_mapping: PayloadKey,
     pub value_settings: PayloadKey,
+    /// `hour` or `day` when the meter takes pre-aggregated events (the latest event
+    /// of a window replaces the earlier ones); absent for raw events.
+    #[serde(default)]
+    pub event_time_window: Option<String>,
     pub created: i64,
 }
 

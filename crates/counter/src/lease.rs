@@ -1,0 +1,93 @@
+//! Leases: a proxy takes a block of one route's requests from every window at once
+//! and admits them locally; it reports each admitted request (the usage stream gets
+//! it, as from a consume) and gives back what it did not spend. Pure parts here; the
+//! scripts are `lua/lease*.lua`, the I/O in [`crate::store`], the HTTP in
+//! [`crate::api`].
+
+/// A lease's record in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Requests granted so far.
+    pub granted: u64,
+    /// Requests reported spent so far.
+    pub spent: u64,
+    /// Unix seconds.
+    pub expires: i64,
+    /// The window slots it took from, `suffix=cost;...` per request (see
+    /// [`crate::ticket::Ticket::record_slots`]).
+    pub slots: String,
+}
+
+impl LeaseRecord {
+    /// From `HGETALL` field/value pairs; `None` when absent or unreadable.
+    pub fn from_fields(fields: &[(String, String)]) -> Option<LeaseRecord> {
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        Some(LeaseRecord {
+            granted: get("g")?.parse().ok()?,
+            spent: get("s").map_or(Some(0), |s| s.parse().ok())?,
+            expires: get("e")?.parse().ok()?,
+            slots: get("k")?.clone(),
+        })
+    }
+}
+
+/// How the counter sizes grants (the proxy asks for what it expects to spend soon).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeasePolicy {
+    /// A grant takes at most this share of the requests that still fit in the
+    /// tightest window, so near a limit grants shrink (to nothing: exact consumes)
+    /// and several proxies share what is left.
+    pub max_share: f64,
+    /// Longest lease, seconds: units a dead proxy held come back by then.
+    pub max_secs: i64,
+    /// Most requests one call may ask for.
+    pub max_want: u64,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            max_share: 0.5,
+            max_secs: 10,
+            max_want: 100_000,
+        }
+    }
+}
+
+/// The member of a bucket's lease index for a lease: `TENANT:ID`.
+pub fn index_member(tenant: &str, id: u64) -> String {
+    format!("{tenant}:{id}")
+}
+
+/// `TENANT:ID` back into its parts.
+pub fn parse_index_member(member: &str) -> Option<(&str, u64)> {
+    let (tenant, id) = member.rsplit_once(':')?;
+    Some((tenant, id.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_from_hash_fields_and_index_members_round_trip() {
+        let fields: Vec<(String, String)> = [
+            ("g", "40"),
+            ("s", "12"),
+            ("e", "1700"),
+            ("k", "requests:minute:60=1"),
+            ("m", "requests=1"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let r = LeaseRecord::from_fields(&fields).unwrap();
+        assert_eq!((r.granted, r.spent, r.expires), (40, 12, 1700));
+        assert!(LeaseRecord::from_fields(&[]).is_none());
+        assert_eq!(
+            parse_index_member(&index_member("acme.eu", 7)),
+            Some(("acme.eu", 7))
+        );
+        assert_eq!(parse_index_member("nocolon"), None);
+    }
+}

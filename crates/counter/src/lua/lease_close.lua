@@ -1,0 +1,38 @@
+-- Close a lease: give back to its windows what it granted and the proxies did not
+-- report spending, once. Run by the proxy (its tenant went quiet, its VM stops, its
+-- windows rolled over) and by every counter's sweeper for leases past their expiry
+-- (a proxy that died), so it must be idempotent: a closed lease has no record.
+-- KEYS[1]    the lease record
+-- KEYS[2]    the bucket's usage stream
+-- KEYS[3]    the bucket's lease index
+-- KEYS[4..]  the windows the lease took from (from the record's slots, read before)
+-- ARGV[1]    the index member ("TENANT:ID"); ARGV[2] lease id; ARGV[3] tenant
+-- ARGV[4..]  cost per request of KEYS[4..]
+-- Reply: {closed (1/0), granted, spent, returned}
+
+local g = tonumber(redis.call('HGET', KEYS[1], 'g') or '-1')
+if g < 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {0, 0, 0, 0}
+end
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local unspent = g - s
+if unspent < 0 then unspent = 0 end
+if unspent > 0 then
+  for i = 4, #KEYS do
+    local give = tonumber(ARGV[i]) * unspent
+    local cur = redis.call('GET', KEYS[i])
+    -- A window that is gone ended: nothing to give back to.
+    if cur and give > 0 then
+      if tonumber(cur) > give then
+        redis.call('DECRBY', KEYS[i], give)
+      else
+        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'k', 'x', 'l', ARGV[2], 't', ARGV[3], 'g', g, 's', s, 'r', unspent)
+return {1, g, s, unspent}

@@ -1,0 +1,205 @@
+//! Leases against a real Redis: grants never exceed a limit and shrink near it, the
+//! requests a lease admitted reach the usage stream, unspent requests come back when a
+//! lease is closed or expires, late reports are charged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, tenant_keys, Api, Counter, Redis};
+use serde_json::{json, Value};
+
+const PLANS: &str = r#"
+default_plan = "free"
+[plans.free]
+limits = [
+  { name = "per-minute", meter = "requests", window = "minute", max = 100 },
+  { name = "daily", meter = "requests", window = "day", max = 1000 },
+]
+[plans.tight]
+limits = [ { name = "per-day", meter = "requests", window = "day", max = 10 } ]
+[tenants.tight]
+plan = "tight"
+"#;
+
+async fn lease(api: &Api, tenant: &str, want: u64, held: Option<u64>, close: bool) -> Value {
+    let mut body = json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "want": want, "close": close});
+    if let Some(id) = held {
+        body["lease"] = json!(id);
+    }
+    let (status, answer) = api.post("/v1/lease", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+fn used(answer: &Value, limit: &str) -> u64 {
+    answer["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == limit))
+        .and_then(|l| l["used"].as_u64())
+        .unwrap_or_else(|| panic!("no {limit} in {answer}"))
+}
+
+async fn daily_used(api: &Api, tenant: &str) -> u64 {
+    let (_, _, body) = api.get(&format!("/v1/tenants/{tenant}/usage")).await;
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    usage["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["window"] == "day")
+        .and_then(|l| l["used"].as_u64())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_grant_takes_from_every_window_and_shrinks_to_nothing_near_the_limit() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let first = lease(&api, "acme", 10, None, false).await;
+    assert_eq!(first["granted"], 10, "{first}");
+    assert_eq!(
+        (used(&first, "per-minute"), used(&first, "daily")),
+        (10, 10)
+    );
+    assert!(first["lease"].as_u64().is_some());
+
+    // 10 fit in the day: grants take at most half of what is left (rounded down), so
+    // the last request is left to an exact consume.
+    let mut granted = Vec::new();
+    let mut held = None;
+    loop {
+        let answer = lease(&api, "tight", 100, held, false).await;
+        let n = answer["granted"].as_u64().unwrap();
+        if n == 0 {
+            break;
+        }
+        held = answer["lease"].as_u64();
+        granted.push(n);
+    }
+    assert_eq!(granted, [5, 2, 1, 1]);
+    assert!(granted.iter().sum::<u64>() <= 10);
+    // The last request that fits is decided exactly, by a consume.
+    let (_, consumed) = api.consume("exact-1", "tight", &[("requests", 1)]).await;
+    assert_eq!(consumed["allowed"], true, "{consumed}");
+}
+
+#[tokio::test]
+async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_close() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let granted = lease(&api, "acme", 20, None, false).await;
+    let id = granted["lease"].as_u64().unwrap();
+    let now_ms = granted["time_ms"].as_u64().unwrap();
+    let records: Vec<Value> = (0..3)
+        .map(|i| json!([format!("leased-{i}"), now_ms + i]))
+        .collect();
+    let (status, reported) = api
+        .post(
+            "/v1/lease/report",
+            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b1", "records": records}),
+        )
+        .await;
+    assert_eq!(
+        (status, reported["recorded"].clone()),
+        (200, json!(3)),
+        "{reported}"
+    );
+    assert_eq!(
+        daily_used(&api, "acme").await,
+        20,
+        "a lease holds all it was granted"
+    );
+
+    lease(&api, "acme", 0, Some(id), true).await;
+    assert_eq!(
+        daily_used(&api, "acme").await,
+        3,
+        "17 unspent requests came back"
+    );
+    assert!(redis
+        .keys(&tenant_keys("acme", &format!("lease:{id}")))
+        .is_empty());
+
+    // Reported after the close: charged to the windows, not given back twice.
+    api.post(
+        "/v1/lease/report",
+        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b2", "records": [["leased-late", now_ms]]}),
+    )
+    .await;
+    assert_eq!(daily_used(&api, "acme").await, 4);
+
+    let stream = turnpike_counter::keys::TenantKeys::new("acme").stream();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .unwrap();
+    let admitted: Vec<String> = entries
+        .iter()
+        .filter(|(_, f)| f.iter().any(|(k, v)| k == "k" && v == "a"))
+        .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "i").map(|(_, v)| v.clone()))
+        .collect();
+    assert_eq!(
+        admitted,
+        ["leased-0", "leased-1", "leased-2", "leased-late"]
+    );
+}
+
+#[tokio::test]
+async fn a_lease_its_proxy_never_closes_comes_back_when_it_expires() {
+    let redis = Redis::start();
+    let counter = Counter::start_with(&redis, PLANS, &["--lease-max-secs", "2"]);
+    let api = Api::new(&counter);
+    let granted = lease(&api, "acme", 30, None, false).await;
+    assert_eq!(granted["granted"], 30);
+    let expires = granted["expires_ms"].as_u64().unwrap();
+    assert!(expires <= granted["time_ms"].as_u64().unwrap() + 2_000);
+    // The proxy died: nothing reported, nothing closed.
+    eventually(
+        "the expired lease to be swept",
+        Duration::from_secs(10),
+        || async { daily_used(&api, "acme").await == 0 },
+    )
+    .await;
+    let (_, _, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics.contains("turnpike_counter_leases_closed_total{by=\"expiry\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_and_consumes_together_never_exceed_a_limit() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::h2c(&counter);
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0;
+            for i in 0..40 {
+                if w % 2 == 0 {
+                    let answer = lease(&api, "tight", 3, None, false).await;
+                    admitted += answer["granted"].as_u64().unwrap();
+                } else {
+                    let (_, a) = api
+                        .consume(&format!("c{w}-{i}"), "tight", &[("requests", 1)])
+                        .await;
+                    admitted += u64::from(a["allowed"] == true);
+                }
+            }
+            admitted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total <= 10, "{total} admitted against a limit of 10");
+    assert_eq!(total, 10, "the limit was used up");
+}

@@ -1,0 +1,299 @@
+//! The state of one lease as every worker of an Envoy shares it (proxy-wasm shared
+//! data, updated with compare-and-swap): which lease, how many requests are left, until
+//! when, whether a renewal is on its way, and the recent rate that sizes the next one.
+//! Pure: encoding and the decisions; the glue is `wasm::lease`.
+
+/// Encoded size of a [`LeaseState`].
+pub const ENCODED_LEN: usize = 64;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The counter's lease id; 0: none.
+    pub id: u64,
+    /// When the lease ends, unix ms on this proxy's clock.
+    pub expires_ms: u64,
+    /// Requests left to admit.
+    pub balance: u64,
+    /// A renewal is on its way until then (unix ms): other workers do not ask again.
+    pub renewing_until_ms: u64,
+    /// The second (unix s) `count` counts requests in, and the second before's count.
+    pub rate_second: u64,
+    pub count: u32,
+    pub prev_count: u32,
+    /// When a request last spent from the lease (unix ms): a quiet tenant's lease goes back.
+    pub last_spend_ms: u64,
+    /// Size of the last grant: the low-water mark is a share of it.
+    pub last_grant: u64,
+}
+
+/// How a lease is spent and renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTuning {
+    /// A grant covers about this much of the tenant's recent traffic on this proxy.
+    pub target_ms: u64,
+    /// Most requests asked for at once.
+    pub max_request: u64,
+    /// A renewal that has not come back after this long may be asked again.
+    pub renew_timeout_ms: u64,
+    /// Stop spending this long before the lease ends (the counter's clock and ours
+    /// agree only to a few ms).
+    pub expiry_margin_ms: u64,
+}
+
+/// What one request did to the shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    /// Admitted from the lease (else: decide it with an exact consume).
+    pub admitted: bool,
+    /// Ask the counter for more: this worker won the right to (the state now says a
+    /// renewal is on its way). The number is how many requests to ask for.
+    pub renew: Option<u64>,
+}
+
+impl LeaseState {
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let mut out = [0u8; ENCODED_LEN];
+        let fields = [
+            self.id,
+            self.expires_ms,
+            self.balance,
+            self.renewing_until_ms,
+            self.rate_second,
+            u64::from(self.count) | (u64::from(self.prev_count) << 32),
+            self.last_spend_ms,
+            self.last_grant,
+        ];
+        for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    /// `None` for anything but a state this module encoded.
+    pub fn decode(bytes: &[u8]) -> Option<LeaseState> {
+        if bytes.len() != ENCODED_LEN {
+            return None;
+        }
+        let mut fields = bytes
+            .chunks_exact(8)
+            .map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes));
+        let mut next = || fields.next().and_then(Result::ok);
+        let (id, expires_ms, balance, renewing_until_ms, rate_second) =
+            (next()?, next()?, next()?, next()?, next()?);
+        let counts = next()?;
+        Some(LeaseState {
+            id,
+            expires_ms,
+            balance,
+            renewing_until_ms,
+            rate_second,
+            count: u32::try_from(counts & 0xffff_ffff).unwrap_or(u32::MAX),
+            prev_count: u32::try_from(counts >> 32).unwrap_or(u32::MAX),
+            last_spend_ms: next()?,
+            last_grant: next()?,
+        })
+    }
+
+    /// Requests per second recently (the last full second, or this one if busier).
+    pub fn rate(&self, now_ms: u64) -> u64 {
+        let second = now_ms / 1000;
+        if second == self.rate_second {
+            u64::from(self.prev_count.max(self.count))
+        } else if second == self.rate_second + 1 {
+            u64::from(self.count)
+        } else {
+            0
+        }
+    }
+
+    fn note_request(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        if second != self.rate_second {
+            self.prev_count = if second == self.rate_second + 1 {
+                self.count
+            } else {
+                0
+            };
+            self.count = 0;
+            self.rate_second = second;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// Whether the lease can admit a request at `now_ms`.
+    pub fn usable(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
+        self.id != 0
+            && self.balance > 0
+            && now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms
+    }
+
+    /// One request arrives at `now_ms`: spend from the lease if it can, and decide
+    /// whether this worker asks for more.
+    pub fn spend(&mut self, now_ms: u64, tuning: &LeaseTuning) -> Spend {
+        self.note_request(now_ms);
+        let admitted = self.usable(now_ms, tuning);
+        if admitted {
+            self.balance -= 1;
+            self.last_spend_ms = now_ms;
+        }
+        // Ask before the lease runs dry: at half of the last grant, or when it ends
+        // within a renewal's round trip.
+        let low = self.balance <= self.last_grant / 2
+            || now_ms.saturating_add(tuning.renew_timeout_ms) >= self.expires_ms;
+        let renew = (low && self.renewing_until_ms <= now_ms).then(|| {
+            self.renewing_until_ms = now_ms.saturating_add(tuning.renew_timeout_ms);
+            self.want(now_ms, tuning)
+        });
+        Spend { admitted, renew }
+    }
+
+    /// How many requests to ask for: about `target_ms` of recent traffic.
+    pub fn want(&self, now_ms: u64, tuning: &LeaseTuning) -> u64 {
+        let per_target = self.rate(now_ms).saturating_mul(tuning.target_ms) / 1000;
+        per_target.clamp(1, tuning.max_request.max(1))
+    }
+
+    /// The counter answered a renewal: `lease` with `granted` more requests until
+    /// `expires_ms` (local clock). A new lease replaces the old one (whose units went
+    /// back to the counter with its windows).
+    pub fn granted(&mut self, lease: Option<u64>, granted: u64, expires_ms: u64, now_ms: u64) {
+        match lease {
+            Some(id) if id == self.id => self.balance = self.balance.saturating_add(granted),
+            Some(id) => {
+                self.id = id;
+                self.balance = granted;
+            }
+            None => {
+                self.id = 0;
+                self.balance = 0;
+            }
+        }
+        if lease.is_some() {
+            self.expires_ms = expires_ms;
+        }
+        self.last_grant = granted;
+        // Nothing granted (too little room: exact consumes decide): do not ask again
+        // at once; a grant clears the way for the next renewal.
+        self.renewing_until_ms = if granted == 0 { now_ms + 250 } else { 0 };
+    }
+
+    /// Whether this lease should go back: it ended, or the tenant went quiet.
+    pub fn should_close(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.id != 0
+            && (now_ms >= self.expires_ms || now_ms.saturating_sub(self.last_spend_ms) >= idle_ms)
+            && self.renewing_until_ms <= now_ms
+    }
+
+    /// Give the lease up (before telling the counter): nobody spends from it again.
+    pub fn closed(&mut self) {
+        self.id = 0;
+        self.balance = 0;
+        self.last_grant = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUNING: LeaseTuning = LeaseTuning {
+        target_ms: 100,
+        max_request: 1000,
+        renew_timeout_ms: 500,
+        expiry_margin_ms: 5,
+    };
+
+    #[test]
+    fn state_survives_encoding_and_garbage_is_refused() {
+        let s = LeaseState {
+            id: u64::MAX,
+            expires_ms: 2,
+            balance: 3,
+            renewing_until_ms: 4,
+            rate_second: 5,
+            count: 6,
+            prev_count: 7,
+            last_spend_ms: 8,
+            last_grant: 9,
+        };
+        assert_eq!(LeaseState::decode(&s.encode()), Some(s));
+        assert_eq!(LeaseState::decode(&[0; 63]), None);
+        assert_eq!(LeaseState::decode(b""), None);
+    }
+
+    #[test]
+    fn without_a_lease_requests_are_not_admitted_and_one_worker_asks() {
+        let mut s = LeaseState::default();
+        let first = s.spend(10_000, &TUNING);
+        assert!(!first.admitted);
+        assert_eq!(first.renew, Some(1));
+        // Another worker sees the renewal on its way.
+        assert_eq!(s.spend(10_001, &TUNING).renew, None);
+        // Long past the timeout, it may ask again.
+        assert!(s.spend(10_600, &TUNING).renew.is_some());
+    }
+
+    #[test]
+    fn a_grant_is_spent_then_renewed_at_half_before_it_runs_dry() {
+        let mut s = LeaseState::default();
+        s.granted(Some(7), 10, 60_000, 10_000);
+        let mut renewals = Vec::new();
+        for i in 0..10 {
+            let spend = s.spend(10_000 + i, &TUNING);
+            assert!(spend.admitted, "request {i}");
+            if spend.renew.is_some() {
+                renewals.push(i);
+            }
+        }
+        assert_eq!(renewals, [4], "one renewal, when half the grant was left");
+        assert!(!s.spend(10_020, &TUNING).admitted, "dry");
+        s.granted(Some(7), 5, 60_000, 10_030);
+        assert_eq!(s.balance, 5);
+        assert!(s.spend(10_031, &TUNING).admitted);
+    }
+
+    #[test]
+    fn a_lease_is_not_spent_at_or_near_its_end() {
+        let mut s = LeaseState::default();
+        s.granted(Some(1), 100, 20_000, 10_000);
+        assert!(!s.spend(19_996, &TUNING).admitted);
+        assert!(!s.spend(20_000, &TUNING).admitted);
+    }
+
+    #[test]
+    fn the_ask_follows_the_recent_rate() {
+        let mut s = LeaseState::default();
+        s.granted(Some(1), 100_000, 99_000_000, 0);
+        for i in 0..400 {
+            s.spend(5_000 + i, &TUNING);
+        }
+        // 400 requests in the second: 100 ms of that is 40.
+        assert_eq!(s.want(5_500, &TUNING), 40);
+        assert_eq!(s.want(6_100, &TUNING), 40);
+        assert_eq!(s.want(9_000, &TUNING), 1, "a quiet tenant asks for one");
+    }
+
+    #[test]
+    fn nothing_granted_backs_off_and_a_new_lease_replaces_the_old() {
+        let mut s = LeaseState::default();
+        s.granted(None, 0, 0, 1_000);
+        assert_eq!(s.spend(1_100, &TUNING).renew, None, "backing off");
+        assert!(s.spend(1_300, &TUNING).renew.is_some());
+        s.granted(Some(1), 10, 9_000, 1_400);
+        s.granted(Some(2), 4, 9_500, 1_500);
+        assert_eq!((s.id, s.balance, s.expires_ms), (2, 4, 9_500));
+    }
+
+    #[test]
+    fn quiet_or_ended_leases_go_back() {
+        let mut s = LeaseState::default();
+        s.granted(Some(3), 10, 50_000, 1_000);
+        s.spend(1_000, &TUNING);
+        assert!(!s.should_close(2_000, 2_000));
+        assert!(s.should_close(3_000, 2_000), "quiet for 2 s");
+        assert!(s.should_close(50_000, 1_000_000), "ended");
+        s.closed();
+        assert!(!s.should_close(60_000, 0));
+        assert!(!s.usable(1_001, &TUNING));
+    }
+}
