@@ -293,7 +293,25 @@ async fn every_console_page_loads_in_chromium_without_errors_and_shows_the_apis_
     // Pipeline health, as GET /v1/pipeline.
     let shown = visit(&mut browser, &c, "/console/pipeline", "pipeline").await;
     let (_, p) = get_json(&client, &c, "/v1/pipeline").await;
+    let (_, b) = get_json(&client, &c, "/v1/billing/status").await;
     let mut expected = BTreeMap::new();
+    for key in [
+        "pending_units",
+        "in_flight",
+        "unmapped_units",
+        "too_old_units",
+        "open_credits",
+    ] {
+        expected.insert(
+            format!("pipeline:billing:{key}"),
+            int(b[key].as_i64().expect(key)),
+        );
+    }
+    expected.insert(
+        "pipeline:billing:backlog".into(),
+        int(b["ledger_seq"].as_i64().expect("ledger_seq")
+            - b["cursor_seq"].as_i64().expect("cursor_seq")),
+    );
     for key in [
         "rows_received_last_5m",
         "rows_received_last_hour",
@@ -323,10 +341,10 @@ async fn every_console_page_loads_in_chromium_without_errors_and_shows_the_apis_
     // Every row of the history arrived minutes ago.
     assert_eq!(p["rows_received_last_hour"], p["ledger_changes"], "{p}");
     assert!(p["ledger_changes"].as_i64() > Some(6000), "{p}");
-    let placeholder = browser
-        .eval("document.querySelectorAll('section.billing-placeholder').length")
+    let billing = browser
+        .eval("document.querySelectorAll('section.billing').length")
         .await;
-    assert_eq!(placeholder, 1);
+    assert_eq!(billing, 1, "the billing panel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

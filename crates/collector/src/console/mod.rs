@@ -172,8 +172,14 @@ async fn pipeline_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -
     if !authorized(&state, &headers) {
         return challenge();
     }
-    match data::pipeline(&state).await {
-        Ok(p) => page(pages::pipeline(&p)),
+    let result = async {
+        let pipeline = data::pipeline(&state).await?;
+        let billing = crate::billing::http::billing_status(&state).await?;
+        Ok::<_, ApiError>((pipeline, billing))
+    }
+    .await;
+    match result {
+        Ok((p, billing)) => page(pages::pipeline(&p, &billing)),
         Err(e) => failed(e),
     }
 }

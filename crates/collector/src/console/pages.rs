@@ -13,6 +13,7 @@ use super::assets::UPLOT_VERSION;
 use super::data::{LimitUsage, Pipeline, RecentEvents, TenantSeries, TenantUsage, TenantsPage};
 use crate::anomalies::http::{AnomalyPage, ListParams};
 use crate::anomalies::AnomalyView;
+use crate::billing::status::BillingStatus;
 
 /// An integer with thousands separators.
 pub fn int(n: i64) -> String {
@@ -298,7 +299,39 @@ fn figure(key: &str, label: &str, value: String) -> Markup {
     }
 }
 
-pub fn pipeline(p: &Pipeline) -> Markup {
+fn billing_panel(b: &BillingStatus) -> Markup {
+    let when = |t: &Option<String>| t.clone().unwrap_or_else(|| "never".into());
+    html! {
+        section.billing {
+            h2 { "Billing sync (Stripe)" }
+            @if b.enabled == Some(true) {
+                p.muted {
+                    "Last run " (when(&b.last_run)) ", last success " (when(&b.last_success))
+                    ", last reconciliation " (when(&b.last_reconcile)) ". "
+                    a href="/v1/billing/status" { "Full status (JSON)" }
+                }
+                @if let Some(error) = &b.last_error {
+                    p.error data-k="pipeline:billing:last_error" { (error) }
+                }
+            } @else {
+                p.muted {
+                    "Off in this collector (no Stripe key): the figures are what the ledger holds for it. "
+                    a href="/v1/billing/status" { "Full status (JSON)" }
+                }
+            }
+            div.figures {
+                (figure("billing:pending_units", "units Stripe does not hold yet", int(b.pending_units)))
+                (figure("billing:in_flight", "meter events in flight", int(b.in_flight)))
+                (figure("billing:backlog", "ledger changes not yet folded in", int(b.ledger_seq - b.cursor_seq)))
+                (figure("billing:unmapped_units", "units of tenants without a Stripe customer", int(b.unmapped_units)))
+                (figure("billing:too_old_units", "units too old for Stripe", int(b.too_old_units)))
+                (figure("billing:open_credits", "credits to issue", int(b.open_credits)))
+            }
+        }
+    }
+}
+
+pub fn pipeline(p: &Pipeline, billing: &BillingStatus) -> Markup {
     let a = &p.anomalies;
     layout(
         "Pipeline",
@@ -344,12 +377,7 @@ pub fn pipeline(p: &Pipeline) -> Markup {
                     (figure("outbox_pending", "alerts waiting for the webhook", int(a.outbox_pending)))
                 }
             }
-            // The billing panel goes here once the Stripe billing sync (`/v1/billing/status`)
-            // is merged: fetch it in `console::pipeline_page` and render its state.
-            section.billing-placeholder {
-                h2 { "Billing sync" }
-                p.muted { "Not in this build: the billing sync status (" code { "/v1/billing/status" } ") will be shown here." }
-            }
+            (billing_panel(billing))
         },
     )
 }
