@@ -100,6 +100,34 @@ pub fn refund_body(id: &str, tenant: &str) -> Vec<u8> {
     body
 }
 
+/// Body of `POST /v1/settle`: `meters_json` is a JSON array of `{"meter","cost"}` with
+/// the final quantities. Same alphabet rules as [`consume_body`].
+pub fn settle_body(id: &str, tenant: &str, meters_json: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(40 + id.len() + tenant.len() + meters_json.len());
+    body.extend_from_slice(br#"{"id":""#);
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(br#"","tenant":""#);
+    body.extend_from_slice(tenant.as_bytes());
+    body.extend_from_slice(br#"","meters":"#);
+    body.extend_from_slice(meters_json.as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// A meters array `[{"meter":"m","cost":n},...]` (meter names are `[a-z0-9_]`).
+pub fn meters_json(meters: &[(String, u64)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("[");
+    for (i, (meter, cost)) in meters.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, r#"{{"meter":"{meter}","cost":{cost}}}"#);
+    }
+    out.push(']');
+    out
+}
+
 /// Body of `POST /v1/lease`: `want` more requests of a route on `lease` (or a new
 /// one), or with `close` give `lease` back. Same alphabet rules as [`consume_body`].
 pub fn lease_body(
@@ -187,6 +215,66 @@ pub fn parse_lease_answer<'a>(
 /// Whether a callout that only needs a 200 (a report) succeeded.
 pub fn parse_ok(status: Option<&str>) -> Result<(), CounterError> {
     check_status(status)
+}
+
+/// The compact answer (`turnpike_wire::COMPACT_ANSWER`): what the filter asks the
+/// counter for, since it is cheaper to read than JSON on every request.
+pub fn parse_compact_answer<'a>(
+    status: Option<&str>,
+    body: Option<&'a [u8]>,
+) -> Result<ConsumeAnswer<'a>, CounterError> {
+    check_status(status)?;
+    let text = body
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or(CounterError::BadBody)?;
+    let bad = || CounterError::BadBody;
+    let mut lines = text.split('\n');
+    let mut head = lines.next().ok_or_else(bad)?.split(' ');
+    let mut next = || head.next().ok_or_else(bad);
+    let allowed = match next()? {
+        "1" => true,
+        "0" => false,
+        _ => return Err(bad()),
+    };
+    let time_ms = next()?.parse::<u64>().map_err(|_| bad())?;
+    let plan = Cow::Borrowed(next()?);
+    let dash = |v: &'a str| (v != "-").then_some(v);
+    let retry_after = dash(next()?)
+        .map(|r| r.parse::<u64>().map_err(|_| bad()))
+        .transpose()?;
+    let denied_by = dash(next()?).map(Cow::Borrowed);
+    let exceeds_limit = dash(next()?).map(Cow::Borrowed);
+    let mut limits = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let mut f = line.split(' ');
+        let mut field = || f.next().ok_or_else(bad);
+        let name = Cow::Borrowed(field()?);
+        let mut num = || field().and_then(|v| v.parse::<u64>().map_err(|_| bad()));
+        let (window_secs, max, used, remaining, reset) = (num()?, num()?, num()?, num()?, num()?);
+        let soft = dash(field()?)
+            .map(|s| s.parse::<u64>().map_err(|_| bad()))
+            .transpose()?;
+        let soft_crossed = field()? == "1";
+        limits.push(LimitAnswer {
+            name,
+            window_secs,
+            max,
+            used,
+            remaining,
+            reset,
+            soft,
+            soft_crossed,
+        });
+    }
+    Ok(ConsumeAnswer {
+        allowed,
+        plan,
+        limits,
+        denied_by,
+        retry_after,
+        time_ms: Some(time_ms).filter(|t| *t > 0),
+        exceeds_limit,
+    })
 }
 
 /// Interpret the callout's outcome. `status` is the `:status` pseudo-header (absent when
@@ -326,6 +414,17 @@ mod tests {
     }
 
     #[test]
+    fn settle_bodies_are_wire_requests() {
+        let meters = meters_json(&[("tokens".into(), 850), ("prompt_tokens".into(), 40)]);
+        let req: turnpike_wire::SettleRequest =
+            serde_json::from_slice(&settle_body("c1", "acme", &meters)).unwrap();
+        assert_eq!(
+            (req.id.as_str(), req.meters.len(), req.meters[0].cost),
+            ("c1", 2, 850)
+        );
+    }
+
+    #[test]
     fn lease_and_report_bodies_are_wire_requests() {
         let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), false);
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
@@ -365,6 +464,35 @@ mod tests {
         assert_eq!(a.limits.len(), 1);
         assert_eq!(
             parse_lease_answer(Some("503"), Some(&json)),
+            Err(CounterError::Status(503))
+        );
+    }
+
+    #[test]
+    fn the_compact_answer_reads_as_the_json_one() {
+        for allowed in [true, false] {
+            let wire = wire_response(allowed);
+            let json = serde_json::to_vec(&wire).unwrap();
+            let compact = wire.to_compact();
+            let from_json = parse_consume_answer(Some("200"), Some(&json)).unwrap();
+            let from_compact = parse_compact_answer(Some("200"), Some(compact.as_bytes())).unwrap();
+            assert_eq!(from_compact, from_json, "{compact}");
+        }
+        for bad in [
+            "",
+            "2 1 p - - -",
+            "1 x p - - -",
+            "1 1 p - - -\nname 60 5",
+            "1 1 p 4x - -",
+        ] {
+            assert_eq!(
+                parse_compact_answer(Some("200"), Some(bad.as_bytes())),
+                Err(CounterError::BadBody),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_compact_answer(Some("503"), None),
             Err(CounterError::Status(503))
         );
     }

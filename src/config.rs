@@ -66,10 +66,32 @@ struct RawConfig {
     refund_on_5xx: bool,
     #[serde(default = "default_warning_header")]
     soft_warning_header: String,
+    /// Set `turnpike-tenant` and `turnpike-consume-id` on metered requests (two
+    /// hostcalls each request: off when the upstream does not read them).
+    #[serde(default = "default_true")]
+    upstream_headers: bool,
+    /// Add `RateLimit-Policy` and `RateLimit` to allowed answers (429s always carry
+    /// them).
+    #[serde(default = "default_true")]
+    ratelimit_headers: bool,
     #[serde(default)]
     collector: Option<RawCollector>,
     #[serde(default)]
     lease: Option<RawLease>,
+    /// Largest request body read for a JSON reservation; past it, the default.
+    #[serde(default = "default_reserve_body_max_bytes")]
+    reserve_body_max_bytes: usize,
+    /// Largest JSON response body read for a settlement; past it, the missing policy.
+    /// (Event streams are read line by line and have no such bound.)
+    #[serde(default = "default_settle_body_max_bytes")]
+    settle_body_max_bytes: usize,
+}
+
+fn default_reserve_body_max_bytes() -> usize {
+    64 * 1024
+}
+fn default_settle_body_max_bytes() -> usize {
+    1024 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +160,55 @@ struct RawRoute {
     /// `exact` (one consume per request, the default) or `leased`.
     #[serde(default)]
     mode: Mode,
+    /// Meters reserved before the upstream runs and settled from its answer.
+    #[serde(default)]
+    usage: Vec<RawUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    meter: String,
+    reserve: RawReserve,
+    settle: RawSettle,
+    /// `reservation` (default): bill what was reserved when the upstream reported
+    /// nothing usable; `zero`: bill nothing.
+    #[serde(default)]
+    missing: RawMissing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReserve {
+    #[serde(default)]
+    fixed: Option<u64>,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    json: Option<String>,
+    #[serde(default)]
+    default: Option<u64>,
+    #[serde(default)]
+    max: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettle {
+    #[serde(default)]
+    json: Option<String>,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    response_bytes: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawMissing {
+    #[default]
+    Reservation,
+    Zero,
 }
 
 /// How a route's requests are decided.
@@ -210,6 +281,9 @@ struct RawExempt {
     path_prefix: Option<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_warning_header() -> String {
     "turnpike-quota-warning".to_owned()
 }
@@ -269,10 +343,14 @@ pub struct Config {
     pub matcher: RequestMatcher,
     pub refund_on_5xx: bool,
     pub soft_warning_header: String,
+    pub upstream_headers: bool,
+    pub ratelimit_headers: bool,
     /// Where usage events go; `None`: no events.
     pub collector: Option<CollectorConfig>,
     /// How leased routes lease (defaults when the section is absent).
     pub lease: LeaseConfig,
+    pub reserve_body_max_bytes: usize,
+    pub settle_body_max_bytes: usize,
 }
 
 /// How usage events reach the collector.
@@ -343,6 +421,13 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
             compile_meters(&field, r.meters)?,
         );
         route.mode = r.mode;
+        route.usage = compile_usage(&field, r.usage, &route.meters)?;
+        if route.mode == Mode::Leased && !route.usage.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.mode"),
+                "a route with settled usage meters is decided exactly (a lease grants whole requests at fixed prices)",
+            ));
+        }
         routes.push(route);
     }
     let default_route = raw
@@ -384,11 +469,25 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         matcher: RequestMatcher::new(routes, default_route, exempt),
         refund_on_5xx: raw.refund_on_5xx,
         soft_warning_header: header,
+        upstream_headers: raw.upstream_headers,
+        ratelimit_headers: raw.ratelimit_headers,
         collector: raw
             .collector
             .map(|c| compile_collector(c, env))
             .transpose()?,
         lease: compile_lease(raw.lease, counter_timeout_ms)?,
+        reserve_body_max_bytes: check_range(
+            "reserve_body_max_bytes",
+            raw.reserve_body_max_bytes,
+            1,
+            16 * 1024 * 1024,
+        )?,
+        settle_body_max_bytes: check_range(
+            "settle_body_max_bytes",
+            raw.settle_body_max_bytes,
+            1,
+            64 * 1024 * 1024,
+        )?,
     })
 }
 
@@ -419,6 +518,136 @@ fn check_callout_target(
         ));
     }
     Ok(())
+}
+
+fn check_range(field: &str, value: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(field, format!("must be in {min}..={max}")))
+    }
+}
+
+fn compile_usage(
+    field: &str,
+    raw: Vec<RawUsage>,
+    fixed: &[(String, u64)],
+) -> Result<Vec<crate::usage::UsageSpec>, ConfigError> {
+    use crate::usage::{Missing, Reserve, Settle, UsageSpec, MAX_QUANTITY};
+    let mut specs: Vec<UsageSpec> = Vec::with_capacity(raw.len());
+    for (i, u) in raw.into_iter().enumerate() {
+        let at = format!("{field}.usage[{i}]");
+        if !is_meter_name(&u.meter) {
+            return Err(ConfigError::new(
+                format!("{at}.meter"),
+                "must be 1..=32 of [a-z0-9_]",
+            ));
+        }
+        if fixed.iter().any(|(m, _)| *m == u.meter) || specs.iter().any(|s| s.meter == u.meter) {
+            return Err(ConfigError::new(
+                format!("{at}.meter"),
+                format!("{:?} is priced twice on this route", u.meter),
+            ));
+        }
+        let bound = |name: &str, value: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+            let v = value.unwrap_or(default);
+            if v > MAX_QUANTITY {
+                return Err(ConfigError::new(
+                    format!("{at}.reserve.{name}"),
+                    format!("must be <= {MAX_QUANTITY}"),
+                ));
+            }
+            Ok(v)
+        };
+        let r = u.reserve;
+        let reserve = match (r.fixed, r.header, r.json) {
+            (Some(n), None, None) if r.default.is_none() && r.max.is_none() => {
+                Reserve::Fixed(bound("fixed", Some(n), 0)?)
+            }
+            (None, Some(name), None) => {
+                if !is_header_name(&name) {
+                    return Err(ConfigError::new(
+                        format!("{at}.reserve.header"),
+                        "must be a lowercase header name of [a-z0-9-]",
+                    ));
+                }
+                let default = bound("default", r.default, 0)?;
+                let max = bound("max", r.max, MAX_QUANTITY)?;
+                if default > max {
+                    return Err(ConfigError::new(
+                        format!("{at}.reserve.default"),
+                        "must not exceed max",
+                    ));
+                }
+                Reserve::Header { name, default, max }
+            }
+            (None, None, Some(pointer)) => {
+                if !pointer.starts_with('/') {
+                    return Err(ConfigError::new(
+                        format!("{at}.reserve.json"),
+                        "must be a JSON pointer, e.g. /max_tokens",
+                    ));
+                }
+                let default = bound("default", r.default, 0)?;
+                let max = bound("max", r.max, MAX_QUANTITY)?;
+                if default > max {
+                    return Err(ConfigError::new(
+                        format!("{at}.reserve.default"),
+                        "must not exceed max",
+                    ));
+                }
+                Reserve::Json {
+                    pointer,
+                    default,
+                    max,
+                }
+            }
+            _ => return Err(ConfigError::new(
+                format!("{at}.reserve"),
+                "give exactly one of fixed, header (with default, max) or json (with default, max)",
+            )),
+        };
+        let s = u.settle;
+        let settle = match (s.json, s.header, s.response_bytes) {
+            (Some(pointer), None, false) if pointer.starts_with('/') => Settle::Json(pointer),
+            (Some(_), None, false) => {
+                return Err(ConfigError::new(
+                    format!("{at}.settle.json"),
+                    "must be a JSON pointer, e.g. /usage/total_tokens",
+                ))
+            }
+            (None, Some(name), false) if is_header_name(&name) => Settle::Header(name),
+            (None, Some(_), false) => {
+                return Err(ConfigError::new(
+                    format!("{at}.settle.header"),
+                    "must be a lowercase header name of [a-z0-9-]",
+                ))
+            }
+            (None, None, true) => Settle::ResponseBytes,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.settle"),
+                    "give exactly one of json, header or response_bytes: true",
+                ))
+            }
+        };
+        specs.push(UsageSpec {
+            meter: u.meter,
+            reserve,
+            settle,
+            missing: match u.missing {
+                RawMissing::Reservation => Missing::Reservation,
+                RawMissing::Zero => Missing::Zero,
+            },
+        });
+    }
+    Ok(specs)
+}
+
+fn is_meter_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn compile_lease(
@@ -954,6 +1183,55 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn usage_meters_compile_and_their_mistakes_name_the_field() {
+        let json = with(|v| {
+            v["routes"][0]["usage"] = serde_json::json!([
+                { "meter": "tokens", "reserve": { "json": "/max_tokens", "default": 256, "max": 4096 },
+                  "settle": { "json": "/usage/total_tokens" } },
+                { "meter": "bytes_out", "reserve": { "fixed": 0 }, "settle": { "response_bytes": true }, "missing": "zero" }
+            ])
+        });
+        let cfg = Config::parse(json.as_bytes()).unwrap();
+        let _ = cfg;
+        let cases = [
+            (
+                serde_json::json!([{ "meter": "requests", "reserve": {"fixed": 1}, "settle": {"header": "x-n"} }]),
+                "routes[0].usage[0].meter",
+            ),
+            (
+                serde_json::json!([{ "meter": "t", "reserve": {"fixed": 1, "header": "x"}, "settle": {"header": "x-n"} }]),
+                "routes[0].usage[0].reserve",
+            ),
+            (
+                serde_json::json!([{ "meter": "t", "reserve": {"json": "max_tokens"}, "settle": {"header": "x-n"} }]),
+                "routes[0].usage[0].reserve.json",
+            ),
+            (
+                serde_json::json!([{ "meter": "t", "reserve": {"header": "x-max", "default": 9, "max": 5}, "settle": {"header": "x-n"} }]),
+                "routes[0].usage[0].reserve.default",
+            ),
+            (
+                serde_json::json!([{ "meter": "t", "reserve": {"fixed": 1}, "settle": {} }]),
+                "routes[0].usage[0].settle",
+            ),
+            (
+                serde_json::json!([{ "meter": "t", "reserve": {"fixed": 1}, "settle": {"header": "X-N"} }]),
+                "routes[0].usage[0].settle.header",
+            ),
+        ];
+        for (usage, field) in cases {
+            let json = with(|v| v["routes"][0]["usage"] = usage.clone());
+            let err = parse_err(&json);
+            assert!(err.starts_with(&format!("{field}:")), "{usage}: {err}");
+        }
+        let leased = with(|v| {
+            v["routes"][0]["mode"] = serde_json::json!("leased");
+            v["routes"][0]["usage"] = serde_json::json!([{ "meter": "t", "reserve": {"fixed": 1}, "settle": {"header": "x-n"} }]);
+        });
+        assert!(parse_err(&leased).starts_with("routes[0].mode:"));
     }
 
     #[test]

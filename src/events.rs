@@ -28,6 +28,8 @@ pub struct UsageRecord<'a> {
     pub response_bytes: u64,
     pub duration_ms: u64,
     pub decision: Decision,
+    /// `meters` are what the exchange used (settled), not what was reserved.
+    pub settled: bool,
 }
 
 /// The event as a CloudEvents 1.0 structured-mode JSON object (a `turnpike_wire::UsageEvent`).
@@ -69,9 +71,10 @@ pub fn encode_event(source_json: &str, r: &UsageRecord<'_>) -> Vec<u8> {
         Decision::Unverified => "unverified",
         Decision::Cancelled => "cancelled",
     };
+    let settled = if r.settled { r#","settled":true"# } else { "" };
     let _ = write!(
         out,
-        r#","status":{},"request_bytes":{},"response_bytes":{},"duration_ms":{},"decision":"{decision}"}}}}"#,
+        r#","status":{},"request_bytes":{},"response_bytes":{},"duration_ms":{},"decision":"{decision}"{settled}}}}}"#,
         r.status, r.request_bytes, r.response_bytes, r.duration_ms
     );
     out
@@ -358,6 +361,7 @@ mod tests {
             response_bytes: 1234,
             duration_ms: 7,
             decision: Decision::Allowed,
+            settled: false,
         }
     }
 
@@ -381,6 +385,11 @@ mod tests {
             (200, 1234, 7)
         );
         assert_eq!(ev.data.decision, Decision::Allowed);
+        assert!(!ev.data.settled);
+        let mut settled = record(&meters);
+        settled.settled = true;
+        let ev: UsageEvent = serde_json::from_slice(&encode_event("\"s\"", &settled)).unwrap();
+        assert!(ev.data.settled);
     }
 
     #[test]

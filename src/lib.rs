@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod reserved;
 pub mod retry_queue;
 pub mod routes;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -37,6 +37,17 @@ pub struct Route {
     pub meters_json: String,
     /// Exact (a consume per request) or leased.
     pub mode: crate::config::Mode,
+    /// Meters reserved before the upstream runs and settled from its answer.
+    pub usage: Vec<crate::usage::UsageSpec>,
+}
+
+impl Route {
+    /// Whether a reservation needs the request body (a JSON field).
+    pub fn reserves_from_body(&self) -> bool {
+        self.usage
+            .iter()
+            .any(|u| matches!(u.reserve, crate::usage::Reserve::Json { .. }))
+    }
 }
 
 impl Route {
@@ -63,6 +74,7 @@ impl Route {
             meters,
             meters_json,
             mode: crate::config::Mode::Exact,
+            usage: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@ use crate::problem;
 use crate::ratelimit::RateLimitHeaders;
 use crate::reserved;
 use crate::routes::{Matched, Route};
+use crate::usage::{self, Reading, Reserve, Settle, Settlement, UsageSpec};
 
 /// Headers the filter owns towards the upstream; client-sent values are dropped.
 const CONSUME_ID_HEADER: &str = "turnpike-consume-id";
@@ -46,6 +47,15 @@ enum Stage {
     Refunding { token: u32 },
     /// Admitted from a lease (no callout).
     Leased,
+    /// Request headers paused until the body holds the reservation (a JSON field).
+    AwaitingBody,
+}
+
+/// A consume that waits for the request body to know its reservation.
+struct Pending {
+    route: Rc<Route>,
+    plan: Option<String>,
+    method: &'static str,
 }
 
 /// A request admitted from a lease: what its report needs.
@@ -69,6 +79,21 @@ pub struct HttpFilter {
     /// What goes into the usage event; `None` when there is no event to send.
     usage: Option<Usage>,
     leased: Option<LeasedRequest>,
+    /// The metered route.
+    route: Option<Rc<Route>>,
+    /// Reserved quantities of the route's settled meters.
+    reserved: Vec<(String, u64)>,
+    /// Reads the response for the settled meters (admitted requests of such routes).
+    settlement: Option<Settlement>,
+    /// Values of the headers (or trailers) the settlement reads.
+    settle_values: Vec<(String, String)>,
+    pending: Option<Pending>,
+    /// The request had no body (its headers ended the stream).
+    bodyless: bool,
+    /// The consume was given back (upstream 5xx): nothing is billed or settled.
+    refunded: bool,
+    /// What the usage event bills when settled (fixed costs and settled quantities).
+    billed: Option<Vec<(String, u64)>>,
 }
 
 /// The parts of a metered exchange its usage event needs.
@@ -104,6 +129,14 @@ impl HttpFilter {
             headers: RateLimitHeaders::default(),
             usage: None,
             leased: None,
+            route: None,
+            reserved: Vec::new(),
+            settlement: None,
+            settle_values: Vec::new(),
+            pending: None,
+            bodyless: false,
+            refunded: false,
+            billed: None,
         }
     }
 
@@ -149,7 +182,40 @@ impl HttpFilter {
 
         self.id = self.vm.minter.mint();
         self.tenant = tenant.to_owned();
-        let body = callout::consume_body(&self.id, tenant, plan, &route.meters_json);
+        self.route = Some(route.clone());
+        let method = report_method(&head.method);
+        if !route.usage.is_empty() {
+            if route.reserves_from_body() && !self.bodyless {
+                // The reservation is in the body: wait for it (bounded), then consume.
+                self.pending = Some(Pending {
+                    route,
+                    plan: plan.map(str::to_owned),
+                    method,
+                });
+                self.stage = Stage::AwaitingBody;
+                return Action::Pause;
+            }
+            self.reserved = reservations(&route, None);
+        }
+        self.consume(plugin, route, plan, method)
+    }
+
+    /// Dispatch the consume: the route's fixed costs and its reservations.
+    fn consume(
+        &mut self,
+        plugin: &Plugin,
+        route: Rc<Route>,
+        plan: Option<&str>,
+        method: &'static str,
+    ) -> Action {
+        let meters_json = if self.reserved.is_empty() {
+            route.meters_json.clone()
+        } else {
+            let mut all = route.meters.clone();
+            all.extend(self.reserved.iter().cloned());
+            callout::meters_json(&all)
+        };
+        let body = callout::consume_body(&self.id, &self.tenant, plan, &meters_json);
         let counter = &plugin.config.counter;
         let dispatched = hostcalls::dispatch_http_call(
             &counter.cluster,
@@ -164,7 +230,7 @@ impl HttpFilter {
                 // Until the counter answers; only fail_open keeps this.
                 decision: Decision::Unverified,
                 route,
-                method: report_method(&head.method),
+                method,
                 plan: plan.map(str::to_owned),
                 started_ns,
                 decided_ms: None,
@@ -267,6 +333,13 @@ impl HttpFilter {
                 }
                 self.headers = headers;
                 self.stage = Stage::Allowed;
+                if let Some(route) = self.route.as_ref().filter(|r| !r.usage.is_empty()) {
+                    self.settlement = Some(Settlement::new(
+                        &route.usage,
+                        plugin.config.settle_body_max_bytes,
+                        MAX_EVENT_LINE_BYTES,
+                    ));
+                }
                 self.set_upstream_headers();
                 Action::Continue
             }
@@ -333,6 +406,13 @@ impl HttpFilter {
     }
 
     fn set_upstream_headers(&self) {
+        if !self
+            .plugin
+            .as_ref()
+            .is_some_and(|p| p.config.upstream_headers)
+        {
+            return;
+        }
         for (name, value) in [(CONSUME_ID_HEADER, &self.id), (TENANT_HEADER, &self.tenant)] {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
         }
@@ -346,6 +426,7 @@ impl HttpFilter {
             q.push(Refund {
                 id: self.id.clone(),
                 tenant: self.tenant.clone(),
+                settle: None,
             })
         });
         if queued {
@@ -385,7 +466,11 @@ impl HttpFilter {
         let body = call_response_body(body_size);
         let outcome = match &body {
             Err(e) => Err(*e),
-            Ok(body) => callout::parse_consume_answer(status.as_deref(), body.as_deref()),
+            // JSON from a counter that does not know the compact answer.
+            Ok(Some(b)) if b.first() == Some(&b'{') => {
+                callout::parse_consume_answer(status.as_deref(), Some(b))
+            }
+            Ok(body) => callout::parse_compact_answer(status.as_deref(), body.as_deref()),
         };
         if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {
             u.decided_ms = answer.time_ms;
@@ -404,6 +489,7 @@ impl HttpFilter {
         match outcome {
             Ok(true) => {
                 self.count(|m| m.refunds);
+                self.refunded = true;
                 if let Some(u) = &mut self.usage {
                     u.refunded = true;
                 }
@@ -415,6 +501,7 @@ impl HttpFilter {
                 self.queue_refund();
                 // Not confirmed: the root context's retries will give it back, and the
                 // counter's usage stream records the refund when it happens.
+                self.refunded = true;
                 if let Some(u) = &mut self.usage {
                     u.refunded = true;
                 }
@@ -456,10 +543,71 @@ impl HttpFilter {
         }
     }
 
+    /// The exchange ended: what it used of each settled meter, from the response (as
+    /// far as it got: a client gone mid-stream is billed what the stream reported so
+    /// far) or the policy; the counter is told through the root context.
+    fn settle(&mut self) {
+        let (Some(settlement), Some(route)) = (self.settlement.take(), self.route.clone()) else {
+            return;
+        };
+        let values = std::mem::take(&mut self.settle_values);
+        let mut lookup = |name: &str| {
+            values
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut finals = Vec::with_capacity(route.usage.len());
+        for spec in &route.usage {
+            let reserved = self
+                .reserved
+                .iter()
+                .find(|(m, _)| *m == spec.meter)
+                .map_or(0, |(_, q)| *q);
+            let reading = settlement.reading(spec, &mut lookup);
+            match reading {
+                Reading::Found(_) => self.count(|m| m.settlements),
+                Reading::Nothing => self.count(|m| m.settle_missing),
+                Reading::Malformed => {
+                    self.count(|m| m.settle_malformed);
+                    if let Ok(mut budget) = self.vm.counter_log.try_borrow_mut() {
+                        if let Some(suppressed) = budget.admit(now_ns()) {
+                            warn!(
+                                "route {:?}: the upstream reported an unusable {} quantity; billing per policy ({suppressed} similar lines suppressed)",
+                                route.name, spec.meter
+                            );
+                        }
+                    }
+                }
+            }
+            finals.push((
+                spec.meter.clone(),
+                usage::settled(reading, reserved, spec.missing),
+            ));
+        }
+        let mut billed = route.meters.clone();
+        billed.extend(finals.iter().cloned());
+        self.billed = Some(billed);
+        let queued = self.vm.refunds.try_borrow_mut().is_ok_and(|mut q| {
+            q.push(Refund {
+                id: self.id.clone(),
+                tenant: self.tenant.clone(),
+                settle: Some(callout::meters_json(&finals)),
+            })
+        });
+        if !queued {
+            self.count(|m| m.refunds_abandoned);
+        }
+    }
+
     /// Buffer the exchange's usage event for the root context's flusher.
     fn queue_event(&self, plugin: &Plugin, u: &Usage) {
         let now = now_ns();
-        let meters: &[(String, u64)] = if u.refunded { &[] } else { &u.route.meters };
+        let meters: &[(String, u64)] = match (&self.billed, u.refunded) {
+            (_, true) => &[],
+            (Some(billed), false) => billed,
+            (None, false) => &u.route.meters,
+        };
         let record = UsageRecord {
             id: &self.id,
             tenant: &self.tenant,
@@ -475,6 +623,7 @@ impl HttpFilter {
             response_bytes: size_property(vec!["response", "size"]),
             duration_ms: now.saturating_sub(u.started_ns) / 1_000_000,
             decision: u.decision,
+            settled: self.billed.is_some() && !u.refunded,
         };
         let event = encode_event(&plugin.source_json, &record);
         // Only an unverified request has no record at the counter: its event is the
@@ -536,10 +685,13 @@ impl HttpContext for HttpFilter {
             // The 5xx's refund was cut off with the stream: retry it from the root.
             Stage::Refunding { .. } => {
                 self.queue_refund();
+                self.refunded = true;
                 if let Some(u) = &mut self.usage {
                     u.refunded = true;
                 }
             }
+            // Admitted: settle what the upstream reported (or the policy says).
+            Stage::Allowed if !self.refunded => self.settle(),
             // Admitted from a lease: the counter learns of it in the next report.
             Stage::Leased => {
                 if let Some(l) = self.leased.take().filter(|l| !l.refunded) {
@@ -566,9 +718,10 @@ impl HttpContext for HttpFilter {
         self.queue_event(&plugin, &usage);
     }
 
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // First, whatever follows: only the filter sets turnpike-* headers.
         let head = read_head_and_strip_reserved();
+        self.bodyless = end_of_stream;
         match self.plugin.clone() {
             Some(plugin) => self.start(&plugin, head),
             // on_configure failed, yet Envoy asked for a context: refuse rather than
@@ -597,11 +750,27 @@ impl HttpContext for HttpFilter {
         let Some(plugin) = self.plugin.clone() else {
             return Action::Continue;
         };
+        if let (Some(settlement), Some(route)) = (&mut self.settlement, &self.route) {
+            let content_type =
+                hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type")
+                    .ok()
+                    .flatten();
+            settlement.on_content_type(content_type.as_deref());
+            read_settle_values(
+                &route.usage,
+                MapType::HttpResponseHeaders,
+                &mut self.settle_values,
+            );
+        }
         let h = &self.headers;
+        let ratelimit = plugin.config.ratelimit_headers;
         for (name, value) in [
-            ("ratelimit-policy", &h.policy),
-            ("ratelimit", &h.remaining),
-            (plugin.config.soft_warning_header.as_str(), &h.warning),
+            ("ratelimit-policy", h.policy.as_ref().filter(|_| ratelimit)),
+            ("ratelimit", h.remaining.as_ref().filter(|_| ratelimit)),
+            (
+                plugin.config.soft_warning_header.as_str(),
+                h.warning.as_ref(),
+            ),
         ] {
             if let Some(value) = value {
                 let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
@@ -627,6 +796,118 @@ impl HttpContext for HttpFilter {
         }
         Action::Continue
     }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.stage != Stage::AwaitingBody {
+            return Action::Continue;
+        }
+        let Some(plugin) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        let max = plugin.config.reserve_body_max_bytes;
+        if !end_of_stream && body_size <= max {
+            // Envoy buffers it until the body is whole (or past the bound).
+            return Action::Pause;
+        }
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let body = (body_size <= max)
+            .then(|| {
+                hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
+        self.reserved = reservations(&pending.route, body.as_deref());
+        match self.consume(
+            &plugin,
+            pending.route,
+            pending.plan.as_deref(),
+            pending.method,
+        ) {
+            // Decided at once (a failed dispatch under fail_open): go on.
+            Action::Continue => {
+                let _ = hostcalls::resume_http_request();
+                Action::Continue
+            }
+            other => other,
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(settlement) = &mut self.settlement {
+            if settlement.wants_body() {
+                // Read as it passes; the response is never held back for it.
+                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                settlement.on_body(&chunk, end_of_stream);
+            } else {
+                settlement.on_skipped_body(body_size, end_of_stream);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if let (Some(settlement), Some(route)) = (&mut self.settlement, &self.route) {
+            read_settle_values(
+                &route.usage,
+                MapType::HttpResponseTrailers,
+                &mut self.settle_values,
+            );
+            settlement.complete = true;
+        }
+        Action::Continue
+    }
+}
+
+/// Most bytes of one `text/event-stream` line kept while it arrives in pieces.
+const MAX_EVENT_LINE_BYTES: usize = 64 * 1024;
+
+/// The reservation of each settled meter of `route`, from the request's headers and
+/// (when a reservation reads it) its `body`.
+fn reservations(route: &Route, body: Option<&[u8]>) -> Vec<(String, u64)> {
+    route
+        .usage
+        .iter()
+        .map(|spec| {
+            let quantity = match &spec.reserve {
+                Reserve::Fixed(n) => *n,
+                Reserve::Header { name, default, max } => {
+                    let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                        .ok()
+                        .flatten();
+                    usage::reserve_from_header(value.as_deref(), *default, *max)
+                }
+                Reserve::Json {
+                    pointer,
+                    default,
+                    max,
+                } => body
+                    .and_then(|b| usage::reserve_from_json(b, pointer))
+                    .unwrap_or(*default)
+                    .min(*max),
+            };
+            (spec.meter.clone(), quantity)
+        })
+        .collect()
+}
+
+/// The values of the headers (or trailers) that settle meters, first seen wins.
+fn read_settle_values(specs: &[UsageSpec], map: MapType, values: &mut Vec<(String, String)>) {
+    for spec in specs {
+        if let Settle::Header(name) = &spec.settle {
+            if values.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if let Some(v) = hostcalls::get_map_value(map, name).ok().flatten() {
+                values.push((name.clone(), v));
+            }
+        }
+    }
 }
 
 /// The headers of a callout to the counter at `path`.
@@ -637,6 +918,7 @@ fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a str, &'a s
         (":path", path),
         (":authority", counter.authority.as_str()),
         ("content-type", "application/json"),
+        ("accept", turnpike_wire::COMPACT_ANSWER),
     ];
     if let Some(auth) = &counter.authorization {
         headers.push(("authorization", auth.as_str()));

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub lease_renewals: u32,
     pub lease_empty_grants: u32,
     pub lease_records_lost: u32,
+    pub settlements: u32,
+    pub settle_missing: u32,
+    pub settle_malformed: u32,
 }
 
 impl Metrics {
@@ -56,6 +59,9 @@ impl Metrics {
             lease_renewals: counter("turnpike.lease_renewals")?,
             lease_empty_grants: counter("turnpike.lease_empty_grants")?,
             lease_records_lost: counter("turnpike.lease_records_lost")?,
+            settlements: counter("turnpike.settlements")?,
+            settle_missing: counter("turnpike.settle_missing")?,
+            settle_malformed: counter("turnpike.settle_malformed")?,
             buffer_depth: hostcalls::define_metric(MetricType::Gauge, "turnpike.buffer_depth")
                 .ok()?,
             callout_latency_ms: hostcalls::define_metric(

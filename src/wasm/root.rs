@@ -37,6 +37,18 @@ const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 pub struct Refund {
     pub id: String,
     pub tenant: String,
+    /// `Some(meters JSON)`: not a refund but a settlement to these final quantities.
+    pub settle: Option<String>,
+}
+
+impl Refund {
+    fn what(&self) -> &'static str {
+        if self.settle.is_some() {
+            "settlement"
+        } else {
+            "refund"
+        }
+    }
 }
 
 /// Seconds between two log lines about failing counter callouts, per worker.
@@ -140,10 +152,19 @@ impl Root {
             else {
                 return;
             };
-            let body = callout::refund_body(&job.item.id, &job.item.tenant);
+            let (path, body) = match &job.item.settle {
+                Some(meters) => (
+                    counter_paths::SETTLE,
+                    callout::settle_body(&job.item.id, &job.item.tenant, meters),
+                ),
+                None => (
+                    counter_paths::REFUND,
+                    callout::refund_body(&job.item.id, &job.item.tenant),
+                ),
+            };
             let mut headers = vec![
                 (":method", "POST"),
-                (":path", counter_paths::REFUND),
+                (":path", path),
                 (":authority", counter.authority.as_str()),
                 ("content-type", "application/json"),
             ];
@@ -176,8 +197,14 @@ impl Root {
             return None;
         }
         let status = call_response_status();
-        let outcome = call_response_body(body_size)
-            .and_then(|b| callout::parse_refund_answer(status.as_deref(), b.as_deref()));
+        // A settlement answers {"settled": ..}: any 200 is done with.
+        let outcome = call_response_body(body_size).and_then(|b| {
+            callout::parse_refund_answer(status.as_deref(), b.as_deref()).or_else(|e| {
+                callout::parse_ok(status.as_deref())
+                    .map(|()| false)
+                    .map_err(|_| e)
+            })
+        });
         let random = self.jitter.next_u64();
         let mut queue = self.vm.refunds.try_borrow_mut().ok()?;
         match outcome {
@@ -195,8 +222,8 @@ impl Root {
                     self.count(|m| m.refunds_abandoned);
                     if let Some(suppressed) = self.refund_log.admit(now_ns()) {
                         error!(
-                            "refund of consume {} (tenant {}) given up after {MAX_REFUND_ATTEMPTS} attempts: {} ({suppressed} similar lines suppressed); reconciliation lists it",
-                            refund.id, refund.tenant, e.describe()
+                            "{} of consume {} (tenant {}) given up after {MAX_REFUND_ATTEMPTS} attempts: {} ({suppressed} similar lines suppressed); reconciliation lists it",
+                            refund.what(), refund.id, refund.tenant, e.describe()
                         );
                     }
                 }

@@ -24,6 +24,10 @@ async fn sixty_four_concurrent_clients_get_exactly_the_limit_across_two_workers(
     let stack = Stack::builder(PLANS)
         .concurrency(2)
         .filter_patch(json!({ "counter": { "timeout_ms": 5000 } }))
+        .counter_arg("--budget-ms")
+        .counter_arg("4000")
+        .counter_arg("--redis-timeout-ms")
+        .counter_arg("3000")
         .start()
         .await;
     let token = Arc::new(stack.token("bulk"));

@@ -204,8 +204,6 @@ async fn an_envoy_killed_with_leases_out_gives_them_back_when_they_expire() {
     let report = load.stop().await;
     let admitted = report.admitted.len() as u64;
     assert!(admitted > 100, "{:?}", report.statuses);
-    // The counter's sweeper closes the dead proxy's leases when they expire: the
-    // windows then hold what the proxy reported spent, and the ledger bills exactly that.
     // The counter's sweeper closes the dead proxy's leases when they expire: then the
     // windows hold what the proxy reported spent. Wait for that, and for the ledger to
     // stop changing.

@@ -24,8 +24,10 @@ use crate::stream_entry;
 pub const GROUP: &str = "turnpike-collector";
 /// Entries read per stream per round.
 const READ_COUNT: usize = 500;
-/// Wait between rounds that found nothing.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Wait after a round that found nothing; doubled while idle, up to [`MAX_IDLE_WAIT`]
+/// (each round reads every stream: an idle collector must not keep Redis busy).
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(800);
 /// Entries another collector read but did not acknowledge for this long are claimed.
 const CLAIM_IDLE_MS: usize = 30_000;
 const CLAIM_EVERY: Duration = Duration::from_secs(10);
@@ -117,6 +119,7 @@ impl UsageStream {
         let mut last_trim = Instant::now();
         let mut last_log = Instant::now() - Duration::from_secs(60);
         let mut backoff = IDLE_WAIT;
+        let mut idle = IDLE_WAIT;
         loop {
             let result = async {
                 if !groups_ready {
@@ -154,8 +157,14 @@ impl UsageStream {
             }
             .await;
             match result {
-                Ok(true) => backoff = IDLE_WAIT,
-                Ok(false) => tokio::time::sleep(IDLE_WAIT).await,
+                Ok(true) => {
+                    backoff = IDLE_WAIT;
+                    idle = IDLE_WAIT;
+                }
+                Ok(false) => {
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(MAX_IDLE_WAIT);
+                }
                 Err(err) => {
                     self.metrics.stream_error();
                     if matches!(&err, StreamError::Redis(e) if e.to_string().contains("NOGROUP")) {

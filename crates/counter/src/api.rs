@@ -104,6 +104,10 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         return unauthorized("the service token");
     }
     let started = Instant::now();
+    let compact = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
     let outcome = match tokio::time::timeout(state.budget, consume_inner(&state, &body)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
@@ -119,7 +123,15 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             if answer.replayed {
                 Metrics::inc(&state.metrics.consumes_replayed);
             }
-            Json(answer).into_response()
+            if compact {
+                (
+                    [(header::CONTENT_TYPE, turnpike_wire::COMPACT_ANSWER)],
+                    answer.to_compact(),
+                )
+                    .into_response()
+            } else {
+                Json(answer).into_response()
+            }
         }
         Err(err) => {
             if matches!(err, ApiError::Unavailable(_) | ApiError::Ledger(_)) {

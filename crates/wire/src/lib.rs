@@ -86,6 +86,50 @@ pub struct ConsumeResponse {
     pub exceeds_limit: Option<String>,
 }
 
+/// Media type of the compact consume answer, for proxies that ask for it with
+/// `Accept`: a few lines of space-separated fields, cheaper to read on every request
+/// than JSON. See [`ConsumeResponse::to_compact`]. The JSON form stays for everyone else.
+pub const COMPACT_ANSWER: &str = "application/vnd.turnpike.consume";
+
+impl ConsumeResponse {
+    /// The compact form: a first line `ALLOWED TIME_MS PLAN RETRY_AFTER DENIED_BY
+    /// EXCEEDS` (`-` for none), then one line per limit `NAME WINDOW_SECS MAX USED
+    /// REMAINING RESET SOFT SOFT_CROSSED`. Names and plans hold no spaces (they are
+    /// validated identifiers).
+    pub fn to_compact(&self) -> String {
+        use std::fmt::Write as _;
+        let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+        let mut out = String::with_capacity(48 + self.limits.len() * 48);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "{} {} {} {} {} {}",
+            u8::from(self.allowed),
+            self.time_ms.unwrap_or(0),
+            self.plan,
+            self.retry_after
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            dash(self.denied_by.as_deref()),
+            dash(self.exceeds_limit.as_deref()),
+        );
+        for l in &self.limits {
+            let _ = write!(
+                out,
+                "\n{} {} {} {} {} {} {} {}",
+                l.name,
+                l.window_secs,
+                l.max,
+                l.used,
+                l.remaining,
+                l.reset,
+                l.soft.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                u8::from(l.soft_crossed)
+            );
+        }
+        out
+    }
+}
+
 /// The state of one limit after a consume (or a usage read).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitStatus {

@@ -1,0 +1,304 @@
+//! Reserve before, settle after, through real Envoy, counter, collector and Redis, with
+//! the LLM-shaped demo upstream (`POST /v1/chat/completions`, OpenAI-style JSON and
+//! server-sent events with a `usage` object; see `crates/devtools/src/llm.rs`).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use turnpike_tests::{eventually, Stack};
+
+const PLANS: &str = r#"
+default_plan = "llm"
+[plans.llm]
+limits = [
+  { name = "requests-daily", meter = "requests", window = "day", max = 1000 },
+  { name = "tokens-daily", meter = "tokens", window = "day", max = 5000 },
+]
+"#;
+
+/// The chat route: 1 request, tokens reserved from `max_tokens` and settled from
+/// `usage.total_tokens` (JSON body or the last event of a stream), bytes settled.
+fn chat_route(settle: Value) -> Value {
+    json!({
+        "routes": [
+            { "name": "chat", "method": "POST", "path_exact": "/v1/chat/completions",
+              "meters": { "requests": 1 },
+              "usage": [ { "meter": "tokens",
+                           "reserve": { "json": "/max_tokens", "default": 500, "max": 4000 },
+                           "settle": settle } ] }
+        ],
+        "collector": { "flush_interval_ms": 100 }
+    })
+}
+
+async fn stack_with(settle: Value) -> Stack {
+    Stack::builder(PLANS)
+        .with_collector()
+        .filter_patch(chat_route(settle))
+        .start()
+        .await
+}
+
+fn chat(words: usize, max_tokens: u64, stream: bool) -> Value {
+    let content = vec!["word"; words].join(" ");
+    json!({ "model": "demo", "max_tokens": max_tokens, "stream": stream,
+            "messages": [ { "role": "user", "content": content } ] })
+}
+
+async fn post_chat(
+    stack: &Stack,
+    token: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut request = stack
+        .request(reqwest::Method::POST, "/v1/chat/completions")
+        .bearer_auth(token)
+        .json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("chat request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+async fn tokens_used(stack: &Stack, tenant: &str) -> u64 {
+    stack.counter.used(tenant, "tokens-daily").await
+}
+
+/// The ledger's only billable row for `tenant` once its tokens are `want` and settled.
+async fn ledger_tokens(stack: &Stack, tenant: &str, want: u64) -> Value {
+    eventually(
+        &format!("{tenant}'s settled tokens in the ledger"),
+        Duration::from_secs(30),
+        || async {
+            let rows = stack.collector().all_events(tenant).await?;
+            let row = rows.iter().rev().find(|r| r["billable"] == true)?.clone();
+            let tokens = row["meters"]
+                .as_array()?
+                .iter()
+                .find(|m| m["meter"] == "tokens")?["quantity"]
+                .as_u64()?;
+            (tokens == want && row["reported"] == true).then_some(row)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_settles_below_its_reservation_into_counter_and_ledger() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("json-tenant");
+    // 7 prompt words + 30 completion tokens, with 400 reserved.
+    let (status, body) = post_chat(
+        &stack,
+        &token,
+        &chat(7, 400, false),
+        &[("x-demo-completion-tokens", "30")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["usage"]["total_tokens"], 37);
+    eventually(
+        "the settlement at the counter",
+        Duration::from_secs(10),
+        || async { (tokens_used(&stack, "json-tenant").await == 37).then_some(()) },
+    )
+    .await;
+    let row = ledger_tokens(&stack, "json-tenant", 37).await;
+    assert_eq!(stack.envoy.filter_stat("settlements").await, 1, "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_past_the_budget_is_refused_before_the_upstream_runs() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("budget");
+    let upstream_before = stack
+        .envoy
+        .stats("cluster.upstream.upstream_rq_total")
+        .await;
+    // 4000 reserved of a 5000-token day: fine; another 4000: refused, never sent.
+    let (status, body) = post_chat(
+        &stack,
+        &token,
+        &chat(1, 4000, false),
+        &[("x-demo-completion-tokens", "4000")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post_chat(&stack, &token, &chat(1, 4000, false), &[]).await;
+    assert_eq!(status, 429, "{body}");
+    let upstream_after = stack
+        .envoy
+        .stats("cluster.upstream.upstream_rq_total")
+        .await;
+    let sent = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    assert_eq!(
+        sent(&upstream_after) - sent(&upstream_before),
+        1,
+        "the refused request reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_settles_from_its_last_usage_event_read_as_it_passes() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("stream-tenant");
+    // A long stream (3000 tokens in chunks of 10), the usage event split across writes.
+    let (status, body) = post_chat(
+        &stack,
+        &token,
+        &chat(5, 100, true),
+        &[
+            ("x-demo-completion-tokens", "3000"),
+            ("x-demo-chunk-tokens", "10"),
+            ("x-demo-split-usage", "4"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("data: [DONE]"),
+        "the stream reached the client whole"
+    );
+    // Used more than reserved (3005 > 100): the windows take the difference.
+    eventually(
+        "the settlement at the counter",
+        Duration::from_secs(10),
+        || async { (tokens_used(&stack, "stream-tenant").await == 3005).then_some(()) },
+    )
+    .await;
+    ledger_tokens(&stack, "stream-tenant", 3005).await;
+    // The day now holds 3005 of 5000 tokens: a request reserving 2500 is refused.
+    let (status, _) = post_chat(&stack, &token, &chat(1, 2500, false), &[]).await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_trailers_and_bytes_settle_too() {
+    let stack = stack_with(json!({ "header": "x-usage-tokens" })).await;
+    let token = stack.token("header-tenant");
+    let (status, _) = post_chat(
+        &stack,
+        &token,
+        &chat(3, 50, false),
+        &[
+            ("x-demo-completion-tokens", "9"),
+            ("x-demo-usage-header", "header"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(
+        "settled from the header",
+        Duration::from_secs(10),
+        || async { (tokens_used(&stack, "header-tenant").await == 12).then_some(()) },
+    )
+    .await;
+
+    let stack = stack_with(json!({ "response_bytes": true })).await;
+    let token = stack.token("bytes-tenant");
+    let (status, body) = post_chat(
+        &stack,
+        &token,
+        &chat(2, 10, false),
+        &[("x-demo-completion-tokens", "5")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let bytes = body.len() as u64;
+    eventually(
+        "settled to the response's bytes",
+        Duration::from_secs(10),
+        || async { (tokens_used(&stack, "bytes-tenant").await == bytes).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_5xx_with_usage_is_refunded_whole() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("outage");
+    let (status, _) = post_chat(
+        &stack,
+        &token,
+        &chat(3, 200, false),
+        &[("x-demo-status", "503")],
+    )
+    .await;
+    assert_eq!(status, 503);
+    eventually("the refund", Duration::from_secs(10), || async {
+        (tokens_used(&stack, "outage").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stack.counter.used("outage", "requests-daily").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_usage_falls_back_to_the_reservation_with_a_metric_and_a_log_line() {
+    let mut stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("sloppy");
+    for (i, kind) in ["nan", "negative", "huge"].iter().enumerate() {
+        let (status, _) = post_chat(
+            &stack,
+            &token,
+            &chat(3, 100, false),
+            &[("x-demo-usage", kind)],
+        )
+        .await;
+        assert_eq!(status, 200, "{kind}");
+        let want = 100 * (i as u64 + 1);
+        eventually(
+            &format!("{kind}: billed the reservation"),
+            Duration::from_secs(10),
+            || async { (tokens_used(&stack, "sloppy").await == want).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(stack.envoy.filter_stat("settle_malformed").await, 3);
+    let logs = stack.envoy.process().logs();
+    assert!(
+        logs.contains("unusable tokens quantity"),
+        "no log line about the bad usage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_is_billed_what_the_stream_reported() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("dropper");
+    // A slow stream: the client reads a little and goes away before the usage event.
+    let response = stack
+        .request(reqwest::Method::POST, "/v1/chat/completions")
+        .bearer_auth(&token)
+        .header("x-demo-completion-tokens", "200")
+        .header("x-demo-chunk-delay-ms", "20")
+        .json(&chat(2, 150, true))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    let mut response = response;
+    let first = response
+        .chunk()
+        .await
+        .expect("a chunk")
+        .expect("some bytes");
+    assert!(!first.is_empty());
+    drop(response);
+    // The stream reported no usage before it was cut: the reservation is billed.
+    eventually("billed per policy", Duration::from_secs(15), || async {
+        let rows = stack.collector().all_events("dropper").await?;
+        let row = rows.iter().rev().find(|r| r["billable"] == true)?;
+        let tokens = row["meters"]
+            .as_array()?
+            .iter()
+            .find(|m| m["meter"] == "tokens")?["quantity"]
+            .as_u64()?;
+        (tokens == 150).then_some(())
+    })
+    .await;
+    assert_eq!(tokens_used(&stack, "dropper").await, 150);
+}
