@@ -76,6 +76,8 @@ command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || apt_pkgs+=(redis-tools)
 command -v wrk >/dev/null || apt_pkgs+=(wrk)
 command -v curl >/dev/null || apt_pkgs+=(curl)
+# Headless Chromium for the operator console's browser test (crates/collector/tests/console.rs).
+command -v chromium >/dev/null || apt_pkgs+=(chromium)
 if [ "$want_postgres" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   apt_pkgs+=(postgresql)
 fi
@@ -177,4 +179,4 @@ flock -u 8
 # --- the Istio manifest validator (pinned, from PyPI) ---------------------------------
 "$root/deploy/istio/validate.sh" --install || die "cannot install the Istio manifest validator"
 
-say "ok: $(cargo --version), wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), wrk, envoy ${envoy_done[*]} (default $default_envoy)$([ "$want_postgres" = 1 ] && echo ", postgresql")"
+say "ok: $(cargo --version), wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), wrk, chromium, envoy ${envoy_done[*]} (default $default_envoy)$([ "$want_postgres" = 1 ] && echo ", postgresql")"

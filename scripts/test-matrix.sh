@@ -17,7 +17,7 @@ cd "$root"
 
 # Test binaries (tests/tests/<name>.rs) that exercise Envoy. Every file there must be
 # in one list or the other, so a new test file is never silently left out of the matrix.
-HOST_FACING=(host quota auth soft_refund events events_faults failure istio concurrency reload idempotency trust_paths lossless leased settle)
+HOST_FACING=(host quota auth soft_refund events events_faults failure istio concurrency reload idempotency trust_paths lossless leased settle grafana)
 NOT_HOST_FACING=()
 
 # The fault tests' outages are about what the host does, not how long: keep them short.

@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The counter's Redis, when configured: reconciliation compares its windows.
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// Anomaly judging in this replica (see [`crate::anomalies`]).
+    pub anomalies: Arc<crate::anomalies::Status>,
     /// The billing sync, when a Stripe key is configured.
     pub billing: Option<Arc<crate::billing::sync::Syncer>>,
 }
@@ -61,6 +63,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reconcile", get(reconcile))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::anomalies::http::routes())
+        .merge(crate::console::routes())
         .merge(crate::billing::http::routes())
         .with_state(state)
 }
@@ -608,6 +612,7 @@ pub async fn run_reconcile(
     )
     .await?;
     if tenant.is_none() {
+        state.metrics.reconcile_last_run.set(now_ms() / 1000);
         state
             .metrics
             .reconcile_drift_units

@@ -25,6 +25,9 @@ pub enum Command {
     /// Compare what the counter admitted with what the ledger bills, per tenant and
     /// window, and list the differences by consume id.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Replay the anomaly detector over the ledger's history and print every anomaly
+    /// it would have raised, in time order.
+    Anomalies(crate::anomalies::replay::ReplayArgs),
     /// Billing sync with Stripe: status, a sync run, credits.
     Billing(crate::billing::cli::BillingCommand),
 }
@@ -103,6 +106,9 @@ pub struct ServeArgs {
         default_value_t = 1000
     )]
     pub max_batch_events: usize,
+
+    #[command(flatten)]
+    pub anomalies: crate::anomalies::AnomalyArgs,
 
     #[command(flatten)]
     pub billing: crate::billing::config::BillingArgs,

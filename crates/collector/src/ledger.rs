@@ -543,6 +543,26 @@ impl Ledger {
         })
     }
 
+    /// The tenant's `limit` latest rows by billing time, newest first (the console).
+    pub async fn recent_events(
+        &self,
+        tenant: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, LedgerError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM usage_events WHERE tenant = $1 \
+             ORDER BY time_ms DESC, id DESC LIMIT $2"
+        );
+        with_pool!(self, pool => {
+            let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(tenant)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(read_row).collect()
+        })
+    }
+
     /// The plan recorded on the tenant's most recent event, if any: the plan a claim
     /// put it on, which decides its billing anchor when the plans file has no override.
     pub async fn latest_plan(&self, tenant: &str) -> Result<Option<String>, LedgerError> {

@@ -7,9 +7,11 @@
 //! [`stream_entry`], [`window`], [`cursor`]) is separate from I/O ([`ledger`], [`api`],
 //! [`usage_stream`], [`server`]).
 
+pub mod anomalies;
 pub mod api;
 pub mod billing;
 pub mod config;
+pub mod console;
 pub mod cursor;
 pub mod event;
 pub mod ledger;

@@ -19,6 +19,9 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Billing(billing)) => turnpike_collector::billing::cli::main(billing)
             .await
             .map_err(|e| e.to_string()),
+        Some(Command::Anomalies(replay)) => turnpike_collector::anomalies::replay::main(replay)
+            .await
+            .map_err(|e| e.to_string()),
         None => turnpike_collector::server::run(args.serve)
             .await
             .map_err(|e| e.to_string()),

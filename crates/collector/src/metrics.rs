@@ -203,6 +203,9 @@ pub struct Metrics {
     pub reconcile_drift_units: Gauge,
     /// Consume ids found on one side only, last reconciliation.
     pub reconcile_differences: Gauge,
+    /// When the last whole-ledger reconciliation finished (unix seconds; 0: not yet).
+    pub reconcile_last_run: Gauge,
+    pub anomaly: crate::anomalies::metrics::AnomalyMetrics,
     pub billing: BillingMetrics,
 }
 
@@ -288,11 +291,20 @@ impl Metrics {
             "Consumes the counter admitted but the ledger does not bill as such, or the reverse, at the last reconciliation",
             reconcile_differences.clone(),
         );
+        let reconcile_last_run = Gauge::default();
+        registry.register(
+            "reconcile_last_run_timestamp_seconds",
+            "When the last whole-ledger reconciliation finished (unix seconds; 0: not yet)",
+            reconcile_last_run.clone(),
+        );
+        let anomaly = crate::anomalies::metrics::AnomalyMetrics::register(&mut registry);
         let billing = BillingMetrics::default();
         billing.register(&mut registry);
         Metrics {
             billing,
             registry,
+            reconcile_last_run,
+            anomaly,
             events_accepted,
             events_duplicate,
             batches_stored,
@@ -334,6 +346,11 @@ impl Metrics {
     pub fn set_stream_backlog(&self, n: u64) {
         self.stream_backlog
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The usage-stream backlog as last measured.
+    pub fn stream_backlog(&self) -> i64 {
+        self.stream_backlog.get()
     }
 
     pub fn rejected(&self, reason: RejectReason) {

@@ -95,6 +95,22 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         Some(config) => Some(crate::usage_stream::connect(config).await?),
         None => None,
     };
+    let anomaly_status = Arc::new(crate::anomalies::Status::new(
+        &args.anomalies,
+        consumer.clone(),
+    ));
+    let webhook = match &args.anomalies.anomaly_webhook {
+        Some(url) => Some(crate::anomalies::webhook::Webhook {
+            url: url.clone(),
+            secret: secret_from(
+                "--anomaly-webhook-secret-file",
+                args.anomalies.anomaly_webhook_secret_file.as_deref(),
+                "TURNPIKE_ANOMALY_WEBHOOK_SECRET",
+            )
+            .map_err(StartError::Config)?,
+        }),
+        None => None,
+    };
     let billing = billing_syncer(&args, &ledger, &metrics, &consumer)?;
     if billing.is_some() && plans.is_none() {
         tracing::warn!(
@@ -104,6 +120,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     }
     let state = Arc::new(AppState {
         billing: billing.clone(),
+        anomalies: anomaly_status.clone(),
         redis,
         ledger: ledger.clone(),
         plans: plans.map(ArcSwap::from_pointee),
@@ -118,6 +135,20 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         None => None,
     };
     let reconciler = tokio::spawn(reconcile_every(state.clone(), RECONCILE_EVERY));
+    let anomaly_tasks = if anomaly_status.enabled {
+        let mut tasks = vec![tokio::spawn(crate::anomalies::online::run(state.clone()))];
+        if let Some(webhook) = webhook {
+            tasks.push(tokio::spawn(crate::anomalies::webhook::run(
+                ledger.clone(),
+                webhook,
+                anomaly_status.clone(),
+                metrics.clone(),
+            )));
+        }
+        tasks
+    } else {
+        Vec::new()
+    };
     let billing_task = billing.map(|syncer| {
         let plans_of = state.clone();
         tokio::spawn(crate::billing::sync::run_periodically(
@@ -156,6 +187,17 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         .await
         .map_err(StartError::Serve)?;
     reconciler.abort();
+    for task in anomaly_tasks {
+        task.abort();
+    }
+    if anomaly_status.holding() {
+        // Hand over now rather than when the lease expires.
+        if let Err(error) =
+            crate::anomalies::store::release_lease(&ledger, &anomaly_status.holder).await
+        {
+            tracing::warn!(%error, "could not release the anomaly judging lease");
+        }
+    }
     if let Some(task) = billing_task {
         // A step cut short here is finished by the next run: intents are durable.
         task.abort();

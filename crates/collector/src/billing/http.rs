@@ -29,11 +29,16 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Json<BillingStatus>, ApiError> {
     require_read(&state, &headers)?;
+    Ok(Json(billing_status(&state).await?))
+}
+
+/// What `GET /v1/billing/status` answers (the console's billing panel shows it too).
+pub async fn billing_status(state: &AppState) -> Result<BillingStatus, ApiError> {
     let mut status = BillingStatus::load(&BillingStore::new(state.ledger.clone()))
         .await
         .map_err(unavailable)?;
     status.enabled = Some(state.billing.is_some());
-    Ok(Json(status))
+    Ok(status)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
