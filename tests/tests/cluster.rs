@@ -662,3 +662,52 @@ async fn stream_entries(collector: &turnpike_tests::collector::Collector) -> u64
         "turnpike_collector_stream_entries_total",
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_left_by_dead_proxies_come_back_from_every_shard() {
+    let stack = Stack::builder(PLANS)
+        .redis_cluster()
+        .counter_arg("--lease-max-secs")
+        .counter_arg("2")
+        .start()
+        .await;
+    avoid_window_end(3_600, 30).await;
+    let cluster = stack.redis.cluster();
+    // One tenant per master: the sweeper lists every bucket's lease index, one slot
+    // each, so it must reach all three masters.
+    let tenants: Vec<String> = cluster
+        .master_ports()
+        .into_iter()
+        .map(|m| tenants_on(cluster, m, "leasing", 1).remove(0))
+        .collect();
+    for tenant in &tenants {
+        let answer = stack
+            .counter
+            .post(
+                turnpike_wire::counter_paths::LEASE,
+                &json!({
+                    "tenant": tenant,
+                    "meters": [{ "meter": "requests", "cost": 1 }],
+                    "want": 20,
+                }),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{tenant}: {answer:?}");
+        assert_eq!(answer.json()["granted"], 20, "{tenant}: {answer:?}");
+        assert_eq!(stack.counter.used(tenant, "hourly").await, 20);
+    }
+    // Their proxies died: nothing reported, nothing closed.
+    for tenant in &tenants {
+        eventually(
+            &format!("{tenant}'s expired lease to be swept"),
+            Duration::from_secs(20),
+            || async { (stack.counter.used(tenant, "hourly").await == 0).then_some(()) },
+        )
+        .await;
+    }
+    let metrics = stack.counter.metrics().await;
+    assert!(
+        metrics.contains("turnpike_counter_leases_closed_total{by=\"expiry\"} 3"),
+        "{metrics}"
+    );
+}

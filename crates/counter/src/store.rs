@@ -358,19 +358,30 @@ impl Store {
     /// Open leases past their expiry in every bucket (at most `limit` per bucket), as
     /// `TENANT:ID` members.
     pub async fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        let mut pipe = redis::pipe();
-        for bucket in 0..turnpike_plans::keys::BUCKETS {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(turnpike_plans::keys::lease_index_key(bucket))
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
-        }
+        // One command per bucket, each in its own slot: a cluster cannot pipeline them
+        // across nodes, so `query_each` routes each to its master (one pipeline on a
+        // single Redis).
+        let cmds: Vec<redis::Cmd> = (0..turnpike_plans::keys::BUCKETS)
+            .map(|bucket| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(turnpike_plans::keys::lease_index_key(bucket))
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+                cmd
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(found.into_iter().flatten().collect())
+        let replies = self.bounded(conn.query_each(&cmds)).await?;
+        let mut found = Vec::new();
+        for reply in replies {
+            let members: Vec<String> =
+                redis::FromRedisValue::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            found.extend(members);
+        }
+        Ok(found)
     }
 
     async fn bounded<T>(
