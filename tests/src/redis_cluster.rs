@@ -21,6 +21,8 @@ pub const NODE_TIMEOUT_MS: u64 = 1000;
 pub struct ClusterNode {
     pub port: u16,
     process: Process,
+    /// SIGSTOPped: asking it anything would hang.
+    frozen: bool,
 }
 
 impl ClusterNode {
@@ -70,7 +72,11 @@ impl RedisCluster {
                     node_args(port, bus, &node_dir),
                     dir,
                 );
-                ClusterNode { port, process }
+                ClusterNode {
+                    port,
+                    process,
+                    frozen: false,
+                }
             })
             .collect();
         let mut cluster = RedisCluster { nodes };
@@ -119,7 +125,7 @@ impl RedisCluster {
     fn live_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| n.process.pid().is_some())
+            .filter(|n| n.process.pid().is_some() && !n.frozen)
             .map(|n| n.port)
             .collect()
     }
@@ -207,6 +213,14 @@ impl RedisCluster {
     /// SIGKILL the node on `port`: no goodbye, sockets reset, its unreplicated writes lost.
     pub fn kill(&mut self, port: u16) {
         self.node_mut(port).process.kill();
+    }
+
+    /// SIGSTOP the node on `port`: its sockets stay open and nothing answers, as when a
+    /// host dies or a network drops its packets (no reset tells a client anything).
+    pub fn freeze(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        node.process.pause();
+        node.frozen = true;
     }
 
     /// Waits until `slot` (served by `old_master` before it was killed) is served by

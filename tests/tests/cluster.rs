@@ -272,6 +272,47 @@ async fn a_master_killed_under_load_fails_closed_fast_and_the_counter_follows_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_hangs_is_failed_over_and_the_counter_follows_without_a_reset() {
+    // SIGSTOP: the master's sockets stay open and answer nothing, as when its host
+    // dies or its packets are dropped. No reset tells the counter's client anything:
+    // calls time out until the counter relearns the topology by itself.
+    let mut stack = Stack::builder(PLANS).redis_cluster().start().await;
+    avoid_window_end(3_600, 60).await;
+    let cluster = stack.redis.cluster();
+    let frozen = cluster.master_ports()[0];
+    let probe = tenants_on(cluster, frozen, "hung", 1).remove(0);
+    let slot = slot_of(cluster, &probe);
+    let token = stack.mint(&TokenSpec::for_tenant(&probe).with_plan("probe"));
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+
+    let hung = Instant::now();
+    stack.redis.cluster_mut().freeze(frozen);
+    let (gap, first_consume) = probe_until_decided(&stack, &token, hung).await;
+    let new_master = stack
+        .redis
+        .cluster()
+        .wait_failover(frozen, slot, FAILOVER_BOUND)
+        .await;
+    eprintln!(
+        "failover (master hung, SIGSTOP): first consume on its shard after {} ms ({} \
+         fail_closed answers in between; replica :{new_master} promoted)",
+        first_consume.as_millis(),
+        gap.len()
+    );
+    for reply in &gap {
+        reply.assert_problem(503, problems::COUNTER_UNAVAILABLE);
+        assert!(
+            reply.elapsed < FILTER_TIMEOUT + SLACK,
+            "{:?}",
+            reply.elapsed
+        );
+    }
+    let health = stack.counter.get("/healthz").await;
+    assert_eq!(health.status, 200, "{health:?}");
+    stack.redis.cluster_mut().kill(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_admits_during_a_failover_and_marks_exactly_those_requests_unverified() {
     let mut stack = Stack::builder(PLANS)
         .redis_cluster()

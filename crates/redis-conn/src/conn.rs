@@ -3,17 +3,26 @@
 //! freely (clones share the underlying connections) and bound every call with their
 //! own timeout.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{try_join_all, FutureExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Value,
+};
 
 use crate::config::{ConfigError, Mode, RedisConfig};
+use crate::health::ClusterInfo;
 use crate::scripts::{classify, is_noscript, ScriptBodies, ScriptCommand};
+use crate::topology::{self, is_suspicious, CHECK_EVERY, STUCK_AFTER};
 
 /// Few, quick retries inside one call: callers time out anyway, and the next call
 /// after a failure starts over against a refreshed topology.
@@ -30,12 +39,38 @@ pub enum RedisConn {
     Cluster(ClusterConn),
 }
 
-/// The cluster side: redis-rs's cluster connection (slot map, MOVED/ASK, reconnects)
-/// plus the script bodies that make `NOSCRIPT` cheap to recover from (the `scripts` module).
+/// The cluster side: redis-rs's cluster connection (slot map, MOVED/ASK, reconnects),
+/// the script bodies that make `NOSCRIPT` cheap to recover from (the `scripts`
+/// module), and what it takes to build the connection again when the topology
+/// changed under it (the `topology` module). Clones share all of it.
 #[derive(Clone)]
 pub struct ClusterConn {
-    conn: ClusterConnection,
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: ClusterClient,
+    /// The seed nodes, credentials applied: where a topology check asks first.
+    seeds: Vec<ConnectionInfo>,
+    timeout: Duration,
+    current: RwLock<ClusterConnection>,
     scripts: ScriptBodies,
+    watch: Mutex<Watch>,
+    /// When this connection was made; `last_success` counts from it.
+    born: Instant,
+    /// Milliseconds after `born` of the last call that went through.
+    last_success_ms: AtomicU64,
+}
+
+/// The topology check's state.
+#[derive(Default)]
+struct Watch {
+    running: bool,
+    last_check: Option<Instant>,
+    last_build: Option<Instant>,
+    /// The masters (`CLUSTER SLOTS`) when the connection was last built; `None`
+    /// until the first check.
+    masters: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +121,18 @@ impl RedisConn {
                     }
                 }
                 let client = builder.build()?;
-                let conn = client.get_pending_async_connection_with_config(
-                    ClusterConfig::new()
-                        .set_connection_timeout(config.timeout)
-                        .set_response_timeout(config.timeout),
-                );
+                let conn = ClusterConn::new_connection(&client, config.timeout);
                 Ok(RedisConn::Cluster(ClusterConn {
-                    conn,
-                    scripts: ScriptBodies::default(),
+                    shared: Arc::new(ClusterShared {
+                        client,
+                        seeds: config.connection_infos()?,
+                        timeout: config.timeout,
+                        current: RwLock::new(conn),
+                        scripts: ScriptBodies::default(),
+                        watch: Mutex::new(Watch::default()),
+                        born: Instant::now(),
+                        last_success_ms: AtomicU64::new(0),
+                    }),
                 }))
             }
         }
@@ -136,19 +175,65 @@ impl RedisConn {
 }
 
 impl ClusterConn {
+    /// A cluster connection that connects (and learns the slot map) in the background.
+    fn new_connection(client: &ClusterClient, timeout: Duration) -> ClusterConnection {
+        client.get_pending_async_connection_with_config(
+            ClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout),
+        )
+    }
+
+    /// The connection calls go to now (a clone: cheap, and it outlives a rebuild).
+    pub fn inner(&self) -> ClusterConnection {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         self.send(cmd).await.and_then(Value::extract_error)
     }
 
-    /// One command, with the script handling of the `scripts` module.
+    /// One command, with the script handling of the `scripts` module; a failure that
+    /// may mean a changed topology (also the caller giving up on the call) has the
+    /// topology checked.
     async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let this = &*self;
+        this.checked(|_| this.send_unwatched(cmd)).await
+    }
+
+    /// Runs `op` on the current connection; a failure that may mean a changed
+    /// topology, or the caller dropping the call unfinished, has the topology checked.
+    pub(crate) async fn checked<F, Fut>(&self, op: F) -> RedisResult<Value>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = RedisResult<Value>>,
+    {
+        let mut watch = CallWatch {
+            conn: self,
+            settled: false,
+        };
+        let result = op(self.inner()).await;
+        watch.settled = !is_suspicious(&result);
+        if result.is_ok() {
+            let ms = u64::try_from(self.shared.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.shared.last_success_ms.store(ms, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn send_unwatched(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let mut conn = self.inner();
         match classify(cmd) {
             ScriptCommand::EvalSha => {
-                let reply = self.conn.req_packed_command(cmd).await;
+                let reply = conn.req_packed_command(cmd).await;
                 if is_noscript(&reply) {
-                    if let Some(eval) = self.scripts.eval_for(cmd) {
+                    if let Some(eval) = self.shared.scripts.eval_for(cmd) {
                         tracing::debug!("NOSCRIPT on this slot's master: sending the body");
-                        return self.conn.req_packed_command(&eval).await;
+                        return conn.req_packed_command(&eval).await;
                     }
                 }
                 reply
@@ -156,8 +241,7 @@ impl ClusterConn {
             ScriptCommand::Load(body) => {
                 // One node is enough: the body is remembered, and every node that lacks
                 // the script later gets it with its first EVAL.
-                let reply = self
-                    .conn
+                let reply = conn
                     .route_command(
                         cmd.clone(),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
@@ -165,18 +249,135 @@ impl ClusterConn {
                     .await;
                 if let Ok(Value::BulkString(sha)) = &reply {
                     if let Ok(sha) = std::str::from_utf8(sha) {
-                        self.scripts.remember(sha, body);
+                        self.shared.scripts.remember(sha, body);
                     }
                 }
                 reply
             }
-            ScriptCommand::Other => self.conn.req_packed_command(cmd).await,
+            ScriptCommand::Other => conn.req_packed_command(cmd).await,
         }
     }
 
-    /// The underlying redis-rs connection, for routing a command to chosen nodes.
-    pub fn inner(&mut self) -> &mut ClusterConnection {
-        &mut self.conn
+    /// Have the topology checked (the `topology` module), in the background, unless a
+    /// check runs or ran less than [`CHECK_EVERY`] ago.
+    fn suspect(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut watch = self.shared.watch.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = watch.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY);
+            if watch.running || recent {
+                return;
+            }
+            watch.running = true;
+            watch.last_check = Some(Instant::now());
+        }
+        let shared = self.shared.clone();
+        runtime.spawn(async move {
+            let known: Vec<String> = {
+                let watch = shared.watch.lock().unwrap_or_else(|p| p.into_inner());
+                watch.masters.iter().flatten().cloned().collect()
+            };
+            let seen = shared.probe(&known).await;
+            let mut watch = shared.watch.lock().unwrap_or_else(|p| p.into_inner());
+            watch.running = false;
+            let Some(Probe { masters, ok }) = seen else {
+                return;
+            };
+            let stuck = ok
+                && shared.since_last_success() >= STUCK_AFTER
+                && watch.last_build.is_none_or(|t| t.elapsed() >= STUCK_AFTER);
+            let moved = watch.masters.as_ref() != Some(&masters);
+            if moved || stuck {
+                tracing::info!(
+                    masters = ?masters,
+                    cause = if moved { "the masters changed" } else { "no call went through" },
+                    "redis cluster: reconnecting from the seed nodes to learn the slot map"
+                );
+                let fresh = ClusterConn::new_connection(&shared.client, shared.timeout);
+                *shared.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                watch.masters = Some(masters);
+                watch.last_build = Some(Instant::now());
+            }
+        });
+    }
+}
+
+/// What a topology check saw on one node.
+struct Probe {
+    masters: BTreeSet<String>,
+    /// `cluster_state:ok`.
+    ok: bool,
+}
+
+impl ClusterShared {
+    fn since_last_success(&self) -> Duration {
+        let last = Duration::from_millis(self.last_success_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    /// `CLUSTER SLOTS` and `CLUSTER INFO` from the first seed (else known master)
+    /// that answers, over a connection of its own: the cluster connection itself may
+    /// be what is stuck.
+    async fn probe(&self, known_masters: &[String]) -> Option<Probe> {
+        let mut candidates = self.seeds.clone();
+        for address in known_masters {
+            let Some(template) = self.seeds.first() else {
+                break;
+            };
+            let Some((host, port)) = address.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse() else { continue };
+            let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port);
+            candidates.push(template.clone().set_addr(addr));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        for info in candidates {
+            let asked = async {
+                let client = Client::open(info).ok()?;
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .ok()?;
+                let slots: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                Some(Probe {
+                    masters: topology::masters(&slots)?,
+                    ok: ClusterInfo::parse(&info).is_ok(),
+                })
+            };
+            if let Ok(Some(probe)) = tokio::time::timeout(self.timeout * 3, asked).await {
+                return Some(probe);
+            }
+        }
+        None
+    }
+}
+
+/// Has the topology checked when a call ends badly, or is dropped unfinished (its
+/// caller's timeout fired first).
+struct CallWatch<'a> {
+    conn: &'a ClusterConn,
+    settled: bool,
+}
+
+impl Drop for CallWatch<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.conn.suspect();
+        }
     }
 }
 
@@ -198,14 +399,17 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            RedisConn::Cluster(cluster) => cluster.conn.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(cluster) => {
+                let mut conn = cluster.inner();
+                async move { conn.req_packed_commands(cmd, offset, count).await }.boxed()
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(conn) => conn.get_db(),
-            RedisConn::Cluster(cluster) => cluster.conn.get_db(),
+            RedisConn::Cluster(cluster) => cluster.inner().get_db(),
         }
     }
 }

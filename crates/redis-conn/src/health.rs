@@ -86,11 +86,13 @@ impl RedisConn {
             }
             RedisConn::Cluster(cluster) => {
                 let reply = cluster
-                    .inner()
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("INFO").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
+                    .checked(|mut conn| async move {
+                        conn.route_command(
+                            redis::cmd("CLUSTER").arg("INFO").clone(),
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                        )
+                        .await
+                    })
                     .await?
                     .extract_error()?;
                 let text: String = redis::from_redis_value(reply).map_err(RedisError::from)?;

@@ -5,7 +5,8 @@
 //! Turnpike's key layout (`turnpike_plans::keys`) puts every key one consume touches
 //! under its tenant's bucket hash tag, `tp:{NNN}:...`, so each script runs on one
 //! slot and a cluster needs nothing from the scripts. What differs lives here: the
-//! cluster client follows MOVED/ASK and refreshes its slot map, scripts reach masters
+//! cluster client follows MOVED/ASK and refreshes its slot map (also when a master
+//! dies silently: the `topology` module), scripts reach masters
 //! that lack them (a promoted replica, a restarted node: the `scripts` module), commands
 //! spread over slots are not pipelined across nodes ([`RedisConn::query_each`]), and
 //! health is the cluster's own state ([`health`]).
@@ -14,6 +15,7 @@ mod config;
 mod conn;
 pub mod health;
 mod scripts;
+mod topology;
 
 pub use config::{redacted, ConfigError, Mode, RedisConfig};
 pub use conn::{ClusterConn, ConnectError, RedisConn};
