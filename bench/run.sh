@@ -5,7 +5,9 @@
 #   turnpike  + jwt_authn + the Turnpike filter, one counter callout per request
 #             (usage events off)
 #   turnpike+events  the same with usage events shipped to a collector (SQLite)
-# Then the collector's own ingest rate into SQLite and PostgreSQL (INGEST=0 skips it).
+# Then the collector's own ingest rate into SQLite and PostgreSQL (INGEST=0 skips it),
+# and the capacity figures of the counter and Redis alone, on one Redis and on a Redis
+# Cluster (bench/capacity.sh, docs/capacity.md; CAPACITY=0 skips them).
 # Envoy --concurrency 1, wrk 1 thread / 32 connections on loopback, the counter (release
 # build) over Redis. Prints req/s, p50/p99 latency, Envoy CPU µs per request, counter
 # CPU and RSS, and the ratios. Never asserts timings: it measures.
@@ -160,4 +162,10 @@ if [ "${INGEST:-1}" = 1 ]; then
   say "collector ingest rate (batches of 500 over h2c; SQLite synchronous=FULL, PostgreSQL defaults)"
   cargo test -q --release -p turnpike-collector --test ingest_bench -- --ignored --nocapture 2>&1 \
     | grep -E 'events/s' || die "ingest measurement failed (see cargo test -p turnpike-collector --test ingest_bench)"
+fi
+
+if [ "${CAPACITY:-1}" = 1 ]; then
+  echo
+  say "capacity: the counter and Redis without Envoy, single Redis and a 3-master cluster"
+  bench/capacity.sh
 fi

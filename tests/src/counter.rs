@@ -27,6 +27,19 @@ impl Counter {
         plans_toml: &str,
         extra_args: &[String],
     ) -> Counter {
+        let redis = ["--redis".to_owned(), redis_url.to_owned()];
+        Self::start_named(dir, "counter", &redis, plans_toml, extra_args).await
+    }
+
+    /// A counter whose logs are `<dir>/<name>.stdout|.stderr`, with `redis_args`
+    /// (`--redis URL [--redis-mode cluster]`); replicas share `<dir>/plans.toml`.
+    pub async fn start_named(
+        dir: &Path,
+        name: &str,
+        redis_args: &[String],
+        plans_toml: &str,
+        extra_args: &[String],
+    ) -> Counter {
         let port = free_port();
         let plans_path = dir.join("plans.toml");
         std::fs::write(&plans_path, plans_toml)
@@ -34,11 +47,10 @@ impl Counter {
         let mut args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
-            "--redis".to_owned(),
-            redis_url.to_owned(),
             "--plans".to_owned(),
             plans_path.display().to_string(),
         ];
+        args.extend(redis_args.iter().cloned());
         args.extend(extra_args.iter().cloned());
         let envs = [
             ("RUST_LOG", "info"),
@@ -46,7 +58,7 @@ impl Counter {
             ("TURNPIKE_SERVICE_TOKEN", SERVICE_TOKEN),
             ("TURNPIKE_READ_TOKEN", READ_TOKEN),
         ];
-        let process = Process::spawn_with_env("counter", &counter_bin(), args, envs, dir);
+        let process = Process::spawn_with_env(name, &counter_bin(), args, envs, dir);
         let mut counter = Counter {
             port,
             plans_path,
@@ -143,6 +155,18 @@ impl Counter {
 
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.body
+    }
+
+    /// `/metrics`, or None when the counter does not answer (killed, say).
+    pub async fn metrics_if_running(&self) -> Option<String> {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
     }
 }
 

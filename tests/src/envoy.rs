@@ -26,6 +26,8 @@ pub struct EnvoyOptions {
     pub values: Vec<(String, String)>,
     pub upstream_port: u16,
     pub counter_port: u16,
+    /// More endpoints of the counter cluster (counter replicas), after `counter_port`.
+    pub more_counter_ports: Vec<u16>,
     /// The collector cluster's endpoints (round robin); at least one. The template has
     /// one endpoint; more are added to the rendered YAML.
     pub collector_ports: Vec<u16>,
@@ -127,6 +129,15 @@ impl Envoy {
             collector_cluster,
             first_collector_port,
             more_collector_ports,
+        );
+        let counter_cluster = values
+            .get("COUNTER_CLUSTER")
+            .unwrap_or_else(|| panic!("no COUNTER_CLUSTER template value"));
+        let yaml = add_endpoints(
+            &yaml,
+            counter_cluster,
+            options.counter_port,
+            &options.more_counter_ports,
         );
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, yaml)

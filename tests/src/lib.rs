@@ -25,14 +25,17 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod secrets;
 pub mod stack;
+pub mod topology;
 pub mod upstream;
 pub mod wait;
 
 pub use fields::{member, parse_list, Member};
 pub use http::Reply;
 pub use stack::Stack;
+pub use topology::Topology;
 pub use turnpike_devtools::token::TokenSpec;
 pub use wait::{avoid_window_end, eventually, now_unix, secs_to_window_end};
 

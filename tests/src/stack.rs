@@ -1,7 +1,10 @@
-//! One whole Turnpike deployment per test: Redis, the counter, the echo upstream and
-//! Envoy with the filter (optionally one or more collectors, on SQLite or on a
-//! throwaway PostgreSQL), all on fresh 127.0.0.1 ports, in a fresh temp dir. Nothing is shared between tests. On a panic, every process's log
-//! tail is printed and the directory is kept for inspection.
+//! One whole Turnpike deployment per test: Redis (one server, or a six-node Redis
+//! Cluster with [`StackBuilder::redis_cluster`]), the counter (optionally several
+//! replicas behind Envoy's counter cluster), the echo upstream and Envoy with the
+//! filter (optionally one or more collectors, on SQLite or on a throwaway
+//! PostgreSQL), all on fresh 127.0.0.1 ports, in a fresh temp dir. Nothing is shared
+//! between tests. On a panic, every process's log tail is printed and the directory
+//! is kept for inspection.
 
 use std::path::Path;
 
@@ -16,7 +19,7 @@ use crate::http::{client, Reply};
 use crate::paths::repo_root;
 use crate::ports::free_port;
 use crate::postgres::{Durability, Postgres};
-use crate::redis::Redis;
+use crate::topology::{StackRedis, Topology};
 use crate::upstream::Upstream;
 
 pub struct StackBuilder {
@@ -26,6 +29,8 @@ pub struct StackBuilder {
     values: Vec<(String, String)>,
     concurrency: u32,
     counter_args: Vec<String>,
+    counters: usize,
+    topology: Topology,
     collectors: usize,
     collector_postgres: bool,
     collector_stream: bool,
@@ -60,6 +65,27 @@ impl StackBuilder {
     pub fn counter_arg(mut self, arg: &str) -> Self {
         self.counter_args.push(arg.to_owned());
         self
+    }
+
+    /// `n` counter replicas (default 1), all endpoints of Envoy's counter cluster
+    /// (round robin), all on the same Redis: [`Stack::counter`] is the first,
+    /// [`Stack::counter_replicas`] the others.
+    pub fn counter_replicas(mut self, n: usize) -> Self {
+        assert!(n >= 1, "a stack needs a counter");
+        self.counters = n;
+        self
+    }
+
+    /// Run on this Redis topology (default: one server).
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    /// Run on a six-node Redis Cluster (three masters, three replicas): the counter
+    /// and the collectors with `--redis-mode cluster` and every node as a seed.
+    pub fn redis_cluster(self) -> Self {
+        self.topology(Topology::Cluster)
     }
 
     /// The collectors do not read the counter's usage streams: the ledger holds only
@@ -103,7 +129,7 @@ impl StackBuilder {
                 .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}")),
         ));
         let upstream = Upstream::start();
-        let redis = Redis::start(dir.path()).await;
+        let redis = StackRedis::start(self.topology, dir.path()).await;
         assert!(
             self.collectors <= 1 || self.collector_postgres,
             "{} collector replicas need a shared ledger: use collector_postgres()",
@@ -124,13 +150,20 @@ impl StackBuilder {
                 0 => "collector".to_owned(),
                 _ => format!("collector-{}", i + 1),
             };
+            let mut args = self.collector_args.clone();
+            if self.collector_stream {
+                args.extend([
+                    "--redis-mode".to_owned(),
+                    redis.topology().mode().to_owned(),
+                ]);
+            }
             collectors.push(
                 Collector::start_with_args(
                     dir.path(),
                     &name,
                     database_url.as_deref(),
                     self.collector_stream.then(|| redis.url()).as_deref(),
-                    &self.collector_args,
+                    &args,
                 )
                 .await,
             );
@@ -140,7 +173,27 @@ impl StackBuilder {
         if let Some(first) = collectors.first() {
             counter_args.extend(["--ledger-url".to_owned(), first.url("")]);
         }
-        let counter = Counter::start(dir.path(), &redis.url(), &self.plans, &counter_args).await;
+        let counter = Counter::start_named(
+            dir.path(),
+            "counter",
+            &redis.args(),
+            &self.plans,
+            &counter_args,
+        )
+        .await;
+        let mut counter_replicas = Vec::new();
+        for i in 1..self.counters {
+            counter_replicas.push(
+                Counter::start_named(
+                    dir.path(),
+                    &format!("counter-{}", i + 1),
+                    &redis.args(),
+                    &self.plans,
+                    &counter_args,
+                )
+                .await,
+            );
+        }
         let options = EnvoyOptions {
             concurrency: self.concurrency,
             filter_patch: self.filter_patch,
@@ -148,6 +201,7 @@ impl StackBuilder {
             values: self.values,
             upstream_port: upstream.port,
             counter_port: counter.port,
+            more_counter_ports: counter_replicas.iter().map(|c| c.port).collect(),
             // Without a collector the filter's event flushes go to a closed port.
             collector_ports: match collectors.is_empty() {
                 true => vec![free_port()],
@@ -162,6 +216,7 @@ impl StackBuilder {
             envoy,
             envoy_options,
             counter,
+            counter_replicas,
             collectors,
             postgres,
             redis,
@@ -180,12 +235,15 @@ pub const LEDGER_DATABASE: &str = "ledger";
 pub struct Stack {
     pub envoy: Envoy,
     envoy_options: EnvoyOptions,
+    /// The first counter (the only one unless [`StackBuilder::counter_replicas`]).
     pub counter: Counter,
+    /// The other counter replicas, in the order of the counter cluster's endpoints.
+    pub counter_replicas: Vec<Counter>,
     /// In the order of the collector cluster's endpoints; empty without collectors.
     pub collectors: Vec<Collector>,
     /// The collectors' ledger server, with [`StackBuilder::collector_postgres`].
     pub postgres: Option<Postgres>,
-    pub redis: Redis,
+    pub redis: StackRedis,
     pub upstream: Upstream,
     pub http: reqwest::Client,
     key_pem: Vec<u8>,
@@ -225,6 +283,8 @@ impl Stack {
             values: Vec::new(),
             concurrency: 1,
             counter_args: Vec::new(),
+            counters: 1,
+            topology: Topology::Single,
             collectors: 0,
             collector_postgres: false,
             collector_stream: true,

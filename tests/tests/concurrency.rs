@@ -17,63 +17,65 @@ default_plan = "free"
 limits = [ { name = "hourly", meter = "requests", window = "hour", max = 500 } ]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_concurrent_clients_get_exactly_the_limit_across_two_workers() {
-    // A generous callout timeout: under this load on 2 cores a slow (debug) counter
-    // must not turn into fail_closed 503s, which would hide the count being checked.
-    let stack = Stack::builder(PLANS)
-        .concurrency(2)
-        .filter_patch(json!({ "counter": { "timeout_ms": 5000 } }))
-        .counter_arg("--budget-ms")
-        .counter_arg("4000")
-        .counter_arg("--redis-timeout-ms")
-        .counter_arg("3000")
-        .start()
-        .await;
-    let token = Arc::new(stack.token("bulk"));
-    avoid_window_end(3_600, 60).await;
+turnpike_tests::on_each_topology! {
+    async fn sixty_four_concurrent_clients_get_exactly_the_limit_across_two_workers(topology) {
+        // A generous callout timeout: under this load on 2 cores a slow (debug) counter
+        // must not turn into fail_closed 503s, which would hide the count being checked.
+        let stack = Stack::builder(PLANS)
+            .topology(topology)
+            .concurrency(2)
+            .filter_patch(json!({ "counter": { "timeout_ms": 5000 } }))
+            .counter_arg("--budget-ms")
+            .counter_arg("4000")
+            .counter_arg("--redis-timeout-ms")
+            .counter_arg("3000")
+            .start()
+            .await;
+        let token = Arc::new(stack.token("bulk"));
+        avoid_window_end(3_600, 60).await;
 
-    let issued = Arc::new(AtomicUsize::new(0));
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (http, url, token, issued) = (
-            stack.http.clone(),
-            stack.envoy.url("/v1/things"),
-            token.clone(),
-            issued.clone(),
-        );
-        clients.spawn(async move {
-            let mut statuses = Vec::new();
-            while issued.fetch_add(1, Ordering::SeqCst) < REQUESTS {
-                let response = http.get(&url).bearer_auth(token.as_str()).send().await;
-                statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
-            }
+        let issued = Arc::new(AtomicUsize::new(0));
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..CLIENTS {
+            let (http, url, token, issued) = (
+                stack.http.clone(),
+                stack.envoy.url("/v1/things"),
+                token.clone(),
+                issued.clone(),
+            );
+            clients.spawn(async move {
+                let mut statuses = Vec::new();
+                while issued.fetch_add(1, Ordering::SeqCst) < REQUESTS {
+                    let response = http.get(&url).bearer_auth(token.as_str()).send().await;
+                    statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
+                }
+                statuses
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(result) = clients.join_next().await {
+            statuses.extend(result.expect("client task"));
+        }
+
+        let count = |code: u16| statuses.iter().filter(|&&s| s == code).count();
+        assert_eq!(statuses.len(), REQUESTS);
+        assert_eq!(
+            (count(200), count(429)),
+            (LIMIT, REQUESTS - LIMIT),
+            "other answers: {:?}",
             statuses
-        });
+                .iter()
+                .filter(|&&s| s != 200 && s != 429)
+                .collect::<Vec<_>>()
+        );
+        let (_, in_redis) = stack
+            .redis
+            .only_counter(&Redis::tenant_keys("bulk", "q:requests:hour:*"));
+        assert_eq!(in_redis, LIMIT as u64);
+        assert_eq!(stack.envoy.filter_stat("allowed").await, LIMIT as u64);
+        assert_eq!(
+            stack.envoy.filter_stat("denied").await,
+            (REQUESTS - LIMIT) as u64
+        );
     }
-    let mut statuses = Vec::new();
-    while let Some(result) = clients.join_next().await {
-        statuses.extend(result.expect("client task"));
-    }
-
-    let count = |code: u16| statuses.iter().filter(|&&s| s == code).count();
-    assert_eq!(statuses.len(), REQUESTS);
-    assert_eq!(
-        (count(200), count(429)),
-        (LIMIT, REQUESTS - LIMIT),
-        "other answers: {:?}",
-        statuses
-            .iter()
-            .filter(|&&s| s != 200 && s != 429)
-            .collect::<Vec<_>>()
-    );
-    let (_, in_redis) = stack
-        .redis
-        .only_counter(&Redis::tenant_keys("bulk", "q:requests:hour:*"));
-    assert_eq!(in_redis, LIMIT as u64);
-    assert_eq!(stack.envoy.filter_stat("allowed").await, LIMIT as u64);
-    assert_eq!(
-        stack.envoy.filter_stat("denied").await,
-        (REQUESTS - LIMIT) as u64
-    );
 }

@@ -174,6 +174,7 @@ async fn a_plugin_configuration_the_filter_refuses_stops_envoy_with_the_reason()
         values: Vec::new(),
         upstream_port: free_port(),
         counter_port: free_port(),
+        more_counter_ports: Vec::new(),
         collector_ports: vec![free_port()],
     };
     let logs = Envoy::start_refused(dir.path(), &options).await;

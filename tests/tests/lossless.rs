@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use turnpike_tests::counter::prometheus_sum;
 use turnpike_tests::load::{Load, LoadReport};
-use turnpike_tests::{eventually, Stack};
+use turnpike_tests::{eventually, Stack, Topology};
 
 /// How long each fault lasts under load (the issue asks for 30 s); shorter locally with
 /// `TURNPIKE_FAULT_SECS`.
@@ -76,7 +76,12 @@ async fn assert_ledger_equals_admitted(stack: &Stack, tenant: &str, report: &Loa
 }
 
 async fn loaded_stack() -> (Stack, String) {
+    loaded_stack_on(Topology::Single).await
+}
+
+async fn loaded_stack_on(topology: Topology) -> (Stack, String) {
     let stack = Stack::builder(BIG)
+        .topology(topology)
         .with_collector()
         .filter_patch(json!({ "collector": { "flush_interval_ms": 100 } }))
         .start()
@@ -128,29 +133,31 @@ async fn a_collector_killed_under_load_bills_every_admitted_request_once_restart
     assert_ledger_equals_admitted(&stack, "loaded", &report).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn envoy_drained_and_stopped_under_load_loses_no_admitted_request() {
-    let (mut stack, token) = loaded_stack().await;
-    let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let drained = stack
-        .http
-        .post(stack.envoy.admin_url("/drain_listeners?graceful"))
-        .send()
-        .await
-        .expect("drain");
-    assert_eq!(drained.status(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stack.envoy.process().terminate(Duration::from_secs(10));
-    let report = load.stop().await;
-    assert!(
-        report.admitted.len() > 100,
-        "too little load: {:?}",
-        report.statuses
-    );
-    // Envoy is gone with whatever usage events it still held: the counter's usage
-    // stream has every admitted request anyway.
-    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+turnpike_tests::on_each_topology! {
+    worker_threads = 4;
+    async fn envoy_drained_and_stopped_under_load_loses_no_admitted_request(topology) {
+        let (mut stack, token) = loaded_stack_on(topology).await;
+        let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let drained = stack
+            .http
+            .post(stack.envoy.admin_url("/drain_listeners?graceful"))
+            .send()
+            .await
+            .expect("drain");
+        assert_eq!(drained.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.envoy.process().terminate(Duration::from_secs(10));
+        let report = load.stop().await;
+        assert!(
+            report.admitted.len() > 100,
+            "too little load: {:?}",
+            report.statuses
+        );
+        // Envoy is gone with whatever usage events it still held: the counter's usage
+        // stream has every admitted request anyway.
+        assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+    }
 }
 
 const SMALL: &str = r#"

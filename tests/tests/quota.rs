@@ -33,66 +33,67 @@ default_plan = "free"
 limits = [ { name = "per-minute", meter = "requests", window = "minute", max = 5 } ]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_per_minute_limit_gets_429_with_retry_after_ratelimit_fields_and_problem() {
-    let stack = Stack::builder(PER_MINUTE_5).start().await;
-    let token = stack.token("acme");
-    avoid_window_end(60, 10).await;
+turnpike_tests::on_each_topology! {
+    async fn over_per_minute_limit_gets_429_with_retry_after_ratelimit_fields_and_problem(topology) {
+        let stack = Stack::builder(PER_MINUTE_5).topology(topology).start().await;
+        let token = stack.token("acme");
+        avoid_window_end(60, 10).await;
 
-    for i in 0..5u64 {
-        let reply = stack.get("/v1/things", Some(&token)).await;
-        assert_eq!(reply.status, 200, "request {i}: {reply:?}");
-        assert_eq!(reply.echo().header("turnpike-tenant"), Some("acme"));
-        let policy = parse_list(reply.required_header("ratelimit-policy"));
-        assert_eq!(policy.len(), 1, "{policy:?}");
-        assert_eq!(member(&policy, "per-minute").int("q"), 5);
-        assert_eq!(member(&policy, "per-minute").int("w"), 60);
-        let state = parse_list(reply.required_header("ratelimit"));
-        let per_minute = member(&state, "per-minute");
-        assert_eq!(
-            per_minute.int("r"),
-            5 - i - 1,
-            "remaining after request {i}"
-        );
-        let t = per_minute.int("t");
-        assert!(
-            within_one(t, secs_to_window_end(60)),
-            "t={t}, window ends in {}",
-            secs_to_window_end(60)
-        );
+        for i in 0..5u64 {
+            let reply = stack.get("/v1/things", Some(&token)).await;
+            assert_eq!(reply.status, 200, "request {i}: {reply:?}");
+            assert_eq!(reply.echo().header("turnpike-tenant"), Some("acme"));
+            let policy = parse_list(reply.required_header("ratelimit-policy"));
+            assert_eq!(policy.len(), 1, "{policy:?}");
+            assert_eq!(member(&policy, "per-minute").int("q"), 5);
+            assert_eq!(member(&policy, "per-minute").int("w"), 60);
+            let state = parse_list(reply.required_header("ratelimit"));
+            let per_minute = member(&state, "per-minute");
+            assert_eq!(
+                per_minute.int("r"),
+                5 - i - 1,
+                "remaining after request {i}"
+            );
+            let t = per_minute.int("t");
+            assert!(
+                within_one(t, secs_to_window_end(60)),
+                "t={t}, window ends in {}",
+                secs_to_window_end(60)
+            );
+        }
+
+        for _ in 0..3 {
+            let reply = stack.get("/v1/things", Some(&token)).await;
+            let problem = reply.assert_problem(429, problems::QUOTA_EXCEEDED);
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("per-minute"),
+                "detail should name the limit: {problem}"
+            );
+            let retry_after: u64 = reply
+                .required_header("retry-after")
+                .parse()
+                .expect("Retry-After in seconds");
+            let window_end = secs_to_window_end(60);
+            assert!(
+                retry_after >= 1 && within_one(retry_after, window_end),
+                "Retry-After {retry_after}, window ends in {window_end}"
+            );
+            let state = parse_list(reply.required_header("ratelimit"));
+            assert_eq!(member(&state, "per-minute").int("r"), 0);
+            assert_eq!(
+                member(
+                    &parse_list(reply.required_header("ratelimit-policy")),
+                    "per-minute"
+                )
+                .int("q"),
+                5
+            );
+        }
+
+        assert_eq!(stack.envoy.filter_stat("allowed").await, 5);
+        assert_eq!(stack.envoy.filter_stat("denied").await, 3);
     }
-
-    for _ in 0..3 {
-        let reply = stack.get("/v1/things", Some(&token)).await;
-        let problem = reply.assert_problem(429, problems::QUOTA_EXCEEDED);
-        let detail = problem["detail"].as_str().unwrap_or_default();
-        assert!(
-            detail.contains("per-minute"),
-            "detail should name the limit: {problem}"
-        );
-        let retry_after: u64 = reply
-            .required_header("retry-after")
-            .parse()
-            .expect("Retry-After in seconds");
-        let window_end = secs_to_window_end(60);
-        assert!(
-            retry_after >= 1 && within_one(retry_after, window_end),
-            "Retry-After {retry_after}, window ends in {window_end}"
-        );
-        let state = parse_list(reply.required_header("ratelimit"));
-        assert_eq!(member(&state, "per-minute").int("r"), 0);
-        assert_eq!(
-            member(
-                &parse_list(reply.required_header("ratelimit-policy")),
-                "per-minute"
-            )
-            .int("q"),
-            5
-        );
-    }
-
-    assert_eq!(stack.envoy.filter_stat("allowed").await, 5);
-    assert_eq!(stack.envoy.filter_stat("denied").await, 3);
 }
 
 const PLANS_WITH_OVERRIDE: &str = r#"
@@ -105,48 +106,49 @@ limits = [ { name = "pro-daily", meter = "requests", window = "day", max = 4 } ]
 plan = "free"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_are_independent_and_plan_comes_from_override_then_claim_then_default() {
-    let stack = Stack::builder(PLANS_WITH_OVERRIDE).start().await;
-    avoid_window_end(86_400, 30).await;
+turnpike_tests::on_each_topology! {
+    async fn tenants_are_independent_and_plan_comes_from_override_then_claim_then_default(topology) {
+        let stack = Stack::builder(PLANS_WITH_OVERRIDE).topology(topology).start().await;
+        avoid_window_end(86_400, 30).await;
 
-    // Two tenants on the default plan: exhausting one leaves the other untouched.
-    let (allowed, denied) = allowed_until_denied(&stack, "/v1/a", &stack.token("alpha"), 10).await;
-    assert_eq!(allowed, 2);
-    denied.assert_problem(429, problems::QUOTA_EXCEEDED);
-    let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &stack.token("beta"), 10).await;
-    assert_eq!(allowed, 2, "beta must not share alpha's quota");
+        // Two tenants on the default plan: exhausting one leaves the other untouched.
+        let (allowed, denied) = allowed_until_denied(&stack, "/v1/a", &stack.token("alpha"), 10).await;
+        assert_eq!(allowed, 2);
+        denied.assert_problem(429, problems::QUOTA_EXCEEDED);
+        let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &stack.token("beta"), 10).await;
+        assert_eq!(allowed, 2, "beta must not share alpha's quota");
 
-    // The plan claim selects the plan.
-    let pro = stack.mint(&TokenSpec::for_tenant("gamma").with_plan("pro"));
-    let first = stack.get("/v1/a", Some(&pro)).await;
-    assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(
-        member(
-            &parse_list(first.required_header("ratelimit-policy")),
-            "pro-daily"
-        )
-        .int("q"),
-        4
-    );
-    let (allowed, denied) = allowed_until_denied(&stack, "/v1/a", &pro, 10).await;
-    assert_eq!(allowed + 1, 4);
-    let detail = denied.assert_problem(429, problems::QUOTA_EXCEEDED)["detail"].to_string();
-    assert!(detail.contains("pro-daily"), "{detail}");
+        // The plan claim selects the plan.
+        let pro = stack.mint(&TokenSpec::for_tenant("gamma").with_plan("pro"));
+        let first = stack.get("/v1/a", Some(&pro)).await;
+        assert_eq!(first.status, 200, "{first:?}");
+        assert_eq!(
+            member(
+                &parse_list(first.required_header("ratelimit-policy")),
+                "pro-daily"
+            )
+            .int("q"),
+            4
+        );
+        let (allowed, denied) = allowed_until_denied(&stack, "/v1/a", &pro, 10).await;
+        assert_eq!(allowed + 1, 4);
+        let detail = denied.assert_problem(429, problems::QUOTA_EXCEEDED)["detail"].to_string();
+        assert!(detail.contains("pro-daily"), "{detail}");
 
-    // The plans file's tenant override wins over the claim.
-    let pinned = stack.mint(&TokenSpec::for_tenant("pinned").with_plan("pro"));
-    let first = stack.get("/v1/a", Some(&pinned)).await;
-    assert_eq!(first.status, 200, "{first:?}");
-    let policy = parse_list(first.required_header("ratelimit-policy"));
-    assert_eq!(member(&policy, "free-daily").int("q"), 2, "{policy:?}");
-    let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &pinned, 10).await;
-    assert_eq!(allowed + 1, 2);
+        // The plans file's tenant override wins over the claim.
+        let pinned = stack.mint(&TokenSpec::for_tenant("pinned").with_plan("pro"));
+        let first = stack.get("/v1/a", Some(&pinned)).await;
+        assert_eq!(first.status, 200, "{first:?}");
+        let policy = parse_list(first.required_header("ratelimit-policy"));
+        assert_eq!(member(&policy, "free-daily").int("q"), 2, "{policy:?}");
+        let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &pinned, 10).await;
+        assert_eq!(allowed + 1, 2);
 
-    // An unknown claimed plan falls back to the default plan.
-    let unknown = stack.mint(&TokenSpec::for_tenant("delta").with_plan("platinum"));
-    let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &unknown, 10).await;
-    assert_eq!(allowed, 2);
+        // An unknown claimed plan falls back to the default plan.
+        let unknown = stack.mint(&TokenSpec::for_tenant("delta").with_plan("platinum"));
+        let (allowed, _) = allowed_until_denied(&stack, "/v1/a", &unknown, 10).await;
+        assert_eq!(allowed, 2);
+    }
 }
 
 const MINUTE_AND_MONTH: &str = r#"
@@ -158,31 +160,32 @@ limits = [
 ]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_denied_by_per_minute_limit_consumes_nothing_of_the_monthly_limit() {
-    let stack = Stack::builder(MINUTE_AND_MONTH).start().await;
-    let token = stack.token("acme");
-    avoid_window_end(60, 10).await;
+turnpike_tests::on_each_topology! {
+    async fn request_denied_by_per_minute_limit_consumes_nothing_of_the_monthly_limit(topology) {
+        let stack = Stack::builder(MINUTE_AND_MONTH).topology(topology).start().await;
+        let token = stack.token("acme");
+        avoid_window_end(60, 10).await;
 
-    let mut statuses = Vec::new();
-    for _ in 0..6 {
-        statuses.push(stack.get("/v1/things", Some(&token)).await.status);
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(stack.get("/v1/things", Some(&token)).await.status);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+
+        let (_, minute) = stack
+            .redis
+            .only_counter(&Redis::tenant_keys("acme", "q:requests:minute:*"));
+        let (_, month) = stack
+            .redis
+            .only_counter(&Redis::tenant_keys("acme", "q:requests:month:*"));
+        assert_eq!(
+            (minute, month),
+            (3, 3),
+            "Redis window counters (minute, month)"
+        );
+        assert_eq!(stack.counter.used("acme", "monthly").await, 3);
+        assert_eq!(stack.counter.used("acme", "per-minute").await, 3);
     }
-    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
-
-    let (_, minute) = stack
-        .redis
-        .only_counter(&Redis::tenant_keys("acme", "q:requests:minute:*"));
-    let (_, month) = stack
-        .redis
-        .only_counter(&Redis::tenant_keys("acme", "q:requests:month:*"));
-    assert_eq!(
-        (minute, month),
-        (3, 3),
-        "Redis window counters (minute, month)"
-    );
-    assert_eq!(stack.counter.used("acme", "monthly").await, 3);
-    assert_eq!(stack.counter.used("acme", "per-minute").await, 3);
 }
 
 const WEIGHTED: &str = r#"
@@ -194,48 +197,49 @@ limits = [
 ]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_route_costs_its_weights_and_exempt_health_path_consumes_nothing() {
-    let stack = Stack::builder(WEIGHTED).start().await;
-    let token = stack.token("acme");
-    avoid_window_end(86_400, 30).await;
+turnpike_tests::on_each_topology! {
+    async fn search_route_costs_its_weights_and_exempt_health_path_consumes_nothing(topology) {
+        let stack = Stack::builder(WEIGHTED).topology(topology).start().await;
+        let token = stack.token("acme");
+        avoid_window_end(86_400, 30).await;
 
-    for expected_remaining in [7, 2] {
-        let reply = stack.get("/v1/search?q=x", Some(&token)).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-        let policy = parse_list(reply.required_header("ratelimit-policy"));
-        assert_eq!(member(&policy, "search-units").int("q"), 12);
-        assert_eq!(member(&policy, "daily-requests").int("q"), 100);
-        let state = parse_list(reply.required_header("ratelimit"));
-        assert_eq!(member(&state, "search-units").int("r"), expected_remaining);
+        for expected_remaining in [7, 2] {
+            let reply = stack.get("/v1/search?q=x", Some(&token)).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let policy = parse_list(reply.required_header("ratelimit-policy"));
+            assert_eq!(member(&policy, "search-units").int("q"), 12);
+            assert_eq!(member(&policy, "daily-requests").int("q"), 100);
+            let state = parse_list(reply.required_header("ratelimit"));
+            assert_eq!(member(&state, "search-units").int("r"), expected_remaining);
+        }
+        // 10 of 12 units used: a search costing 5 more is refused, all or nothing.
+        let denied = stack.get("/v1/search?q=x", Some(&token)).await;
+        let detail = denied.assert_problem(429, problems::QUOTA_EXCEEDED)["detail"].to_string();
+        assert!(detail.contains("search-units"), "{detail}");
+
+        // Another route costs only the default `requests: 1`.
+        let other = stack.get("/v1/other", Some(&token)).await;
+        assert_eq!(other.status, 200, "{other:?}");
+        let policy = parse_list(other.required_header("ratelimit-policy"));
+        assert!(
+            policy.iter().all(|m| m.name != "search-units"),
+            "{policy:?}"
+        );
+        assert_eq!(stack.counter.used("acme", "daily-requests").await, 3);
+        assert_eq!(stack.counter.used("acme", "search-units").await, 10);
+
+        // Exempt: no token needed, nothing consumed, counted as exempt.
+        let keys_before = stack.redis.dbsize();
+        let health = stack.get("/healthz", None).await;
+        assert_eq!(health.status, 200, "{health:?}");
+        let health = stack.get("/healthz", Some(&token)).await;
+        assert_eq!(health.status, 200, "{health:?}");
+        assert_eq!(
+            stack.redis.dbsize(),
+            keys_before,
+            "an exempt request wrote to Redis"
+        );
+        assert_eq!(stack.counter.used("acme", "daily-requests").await, 3);
+        assert!(stack.envoy.filter_stat("exempt").await >= 2);
     }
-    // 10 of 12 units used: a search costing 5 more is refused, all or nothing.
-    let denied = stack.get("/v1/search?q=x", Some(&token)).await;
-    let detail = denied.assert_problem(429, problems::QUOTA_EXCEEDED)["detail"].to_string();
-    assert!(detail.contains("search-units"), "{detail}");
-
-    // Another route costs only the default `requests: 1`.
-    let other = stack.get("/v1/other", Some(&token)).await;
-    assert_eq!(other.status, 200, "{other:?}");
-    let policy = parse_list(other.required_header("ratelimit-policy"));
-    assert!(
-        policy.iter().all(|m| m.name != "search-units"),
-        "{policy:?}"
-    );
-    assert_eq!(stack.counter.used("acme", "daily-requests").await, 3);
-    assert_eq!(stack.counter.used("acme", "search-units").await, 10);
-
-    // Exempt: no token needed, nothing consumed, counted as exempt.
-    let keys_before = stack.redis.dbsize();
-    let health = stack.get("/healthz", None).await;
-    assert_eq!(health.status, 200, "{health:?}");
-    let health = stack.get("/healthz", Some(&token)).await;
-    assert_eq!(health.status, 200, "{health:?}");
-    assert_eq!(
-        stack.redis.dbsize(),
-        keys_before,
-        "an exempt request wrote to Redis"
-    );
-    assert_eq!(stack.counter.used("acme", "daily-requests").await, 3);
-    assert!(stack.envoy.filter_stat("exempt").await >= 2);
 }

@@ -43,37 +43,39 @@ async fn crossing_the_soft_threshold_adds_the_warning_header() {
     assert_eq!(stack.envoy.filter_stat("soft_warnings").await, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_5xx_is_refunded_when_refund_on_5xx_is_on() {
-    let stack = Stack::builder(PLANS)
-        .filter_patch(json!({ "refund_on_5xx": true }))
-        .start()
+turnpike_tests::on_each_topology! {
+    async fn upstream_5xx_is_refunded_when_refund_on_5xx_is_on(topology) {
+        let stack = Stack::builder(PLANS)
+            .topology(topology)
+            .filter_patch(json!({ "refund_on_5xx": true }))
+            .start()
+            .await;
+        let token = stack.token("acme");
+        assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+        assert_eq!(stack.counter.used("acme", "monthly").await, 1);
+
+        assert_eq!(stack.get("/status/503", Some(&token)).await.status, 503);
+        let stack_ref = &stack;
+        eventually(
+            "the 503 to be refunded",
+            Duration::from_secs(10),
+            || async move { (stack_ref.counter.used("acme", "monthly").await == 1).then_some(()) },
+        )
         .await;
-    let token = stack.token("acme");
-    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
-    assert_eq!(stack.counter.used("acme", "monthly").await, 1);
+        eventually(
+            "the refunds stat to count it",
+            Duration::from_secs(5),
+            || async move { (stack_ref.envoy.filter_stat("refunds").await == 1).then_some(()) },
+        )
+        .await;
 
-    assert_eq!(stack.get("/status/503", Some(&token)).await.status, 503);
-    let stack_ref = &stack;
-    eventually(
-        "the 503 to be refunded",
-        Duration::from_secs(10),
-        || async move { (stack_ref.counter.used("acme", "monthly").await == 1).then_some(()) },
-    )
-    .await;
-    eventually(
-        "the refunds stat to count it",
-        Duration::from_secs(5),
-        || async move { (stack_ref.envoy.filter_stat("refunds").await == 1).then_some(()) },
-    )
-    .await;
-
-    // Client errors are the client's: charged.
-    assert_eq!(stack.get("/status/404", Some(&token)).await.status, 404);
-    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stack.counter.used("acme", "monthly").await, 3);
-    assert_eq!(stack.envoy.filter_stat("refunds").await, 1);
+        // Client errors are the client's: charged.
+        assert_eq!(stack.get("/status/404", Some(&token)).await.status, 404);
+        assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(stack.counter.used("acme", "monthly").await, 3);
+        assert_eq!(stack.envoy.filter_stat("refunds").await, 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,7 +45,7 @@ pub struct AppState {
     pub max_batch_events: usize,
     pub metrics: Arc<Metrics>,
     /// The counter's Redis, when configured: reconciliation compares its windows.
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<turnpike_redis::RedisConn>,
     /// Anomaly judging in this replica (see [`crate::anomalies`]).
     pub anomalies: Arc<crate::anomalies::Status>,
     /// The billing sync, when a Stripe key is configured.

@@ -51,8 +51,13 @@ pub struct StoreArgs {
     /// The counter's Redis: every admitted consume is read from its usage streams
     /// into the ledger, so none is lost even when a proxy's events are. Without it
     /// the ledger bills from the proxies' usage events alone.
+    /// With --redis-mode cluster: the seed nodes, comma-separated.
     #[arg(long, env = "TURNPIKE_REDIS_URL")]
     pub redis: Option<String>,
+
+    /// `single` (one server) or `cluster` (Redis Cluster): as the counter's.
+    #[arg(long, env = "TURNPIKE_REDIS_MODE", default_value = "single")]
+    pub redis_mode: turnpike_redis::Mode,
 
     /// File with the Redis password (or `user password`). Or TURNPIKE_REDIS_PASSWORD.
     #[arg(long, env = "TURNPIKE_REDIS_PASSWORD_FILE")]
@@ -154,6 +159,7 @@ mod tests {
         assert_eq!(args.serve.max_body_bytes, 1 << 20);
         assert_eq!(args.serve.max_batch_events, 1000);
         assert!(args.serve.store.plans.is_none());
+        assert_eq!(args.serve.store.redis_mode, turnpike_redis::Mode::Single);
         assert_eq!(args.serve.billing.stripe_api_base, "https://api.stripe.com");
         assert_eq!(args.serve.billing.billing_sync_interval_secs, 60);
         assert!(args.serve.billing.stripe_key_file.is_none());
@@ -188,6 +194,20 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(args.command, Some(Command::Billing(_))));
+    }
+
+    #[test]
+    fn cluster_mode_takes_seed_urls() {
+        let args = Args::try_parse_from([
+            "turnpike-collector",
+            "--redis-mode",
+            "cluster",
+            "--redis",
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379",
+        ])
+        .unwrap();
+        assert_eq!(args.serve.store.redis_mode, turnpike_redis::Mode::Cluster);
+        assert!(Args::try_parse_from(["turnpike-collector", "--redis-mode", "ring"]).is_err());
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub struct Report {
 /// Reconcile `[since_ms, until_ms)`; with `redis` and `plans`, windows too.
 pub async fn reconcile(
     ledger: &Ledger,
-    redis: Option<&mut redis::aio::ConnectionManager>,
+    redis: Option<&mut turnpike_redis::RedisConn>,
     plans: Option<&Plans>,
     tenant: Option<&str>,
     since_ms: i64,
@@ -191,7 +191,7 @@ pub async fn reconcile(
 /// Each tenant's long windows containing `at_ms`: Redis against the ledger.
 async fn window_drift(
     ledger: &Ledger,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut turnpike_redis::RedisConn,
     plans: &Plans,
     tenants: &[String],
     at_ms: i64,
@@ -275,7 +275,10 @@ pub async fn main(args: ReconcileArgs) -> Result<(), ReconcileError> {
     let mut redis = match crate::server::stream_config(&args.store, "reconcile".into())
         .map_err(|e| ReconcileError::Usage(e.to_string()))?
     {
-        Some(config) => Some(crate::usage_stream::connect(&config).await?),
+        Some(config) => Some(
+            crate::usage_stream::connect(&config)
+                .map_err(|e| ReconcileError::Usage(e.to_string()))?,
+        ),
         None => None,
     };
     let (since, until) = range(

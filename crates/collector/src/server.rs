@@ -29,7 +29,7 @@ pub enum StartError {
     #[error("--database: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("--redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] turnpike_redis::ConnectError),
     #[error("--listen {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -92,7 +92,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         .unwrap_or_else(|| format!("{}-{}", host_name(), args.listen.port()));
     let stream = stream_config(&args.store, consumer.clone())?;
     let redis = match &stream {
-        Some(config) => Some(crate::usage_stream::connect(config).await?),
+        Some(config) => Some(crate::usage_stream::connect(config)?),
         None => None,
     };
     let anomaly_status = Arc::new(crate::anomalies::Status::new(
@@ -161,7 +161,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let stream_task = match stream {
         Some(config) => {
             let stream = UsageStream::connect(&config, ledger.clone(), metrics.clone()).await?;
-            tracing::info!(consumer = %config.consumer, "consuming the counter's usage streams");
+            tracing::info!(consumer = %config.consumer, redis_mode = %config.redis.mode,
+                "consuming the counter's usage streams");
             Some(tokio::spawn(stream.run()))
         }
         None => {
@@ -245,7 +246,7 @@ pub fn stream_config(
     store: &StoreArgs,
     consumer: String,
 ) -> Result<Option<StreamConfig>, StartError> {
-    let Some(url) = store.redis.clone() else {
+    let Some(urls) = store.redis.as_deref() else {
         return Ok(None);
     };
     let password = secret_from(
@@ -254,12 +255,10 @@ pub fn stream_config(
         "TURNPIKE_REDIS_PASSWORD",
     )
     .map_err(StartError::Config)?;
-    Ok(Some(StreamConfig {
-        url,
-        password,
-        consumer,
-        timeout: Duration::from_secs(5),
-    }))
+    let redis =
+        turnpike_redis::RedisConfig::new(store.redis_mode, urls, password, Duration::from_secs(5))
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    Ok(Some(StreamConfig { redis, consumer }))
 }
 
 /// How often the drift gauges are refreshed (a day of ledger, minus the grace).

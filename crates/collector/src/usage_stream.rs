@@ -4,15 +4,19 @@
 //! are read again when it restarts, or claimed by another collector), and the ledger's
 //! merge by consume id makes a second delivery change nothing. Acknowledged entries
 //! are trimmed, so the streams hold only what the ledger does not have yet.
+//!
+//! The 256 streams are read with one command per stream: pipelined to a single Redis,
+//! or, on a Redis Cluster, each sent to its slot's master, all in flight at once
+//! (`RedisConn::query_each`): a cluster pipeline cannot span slots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{Client, RedisError, Value};
+use redis::{Cmd, FromRedisValue, RedisError, Value};
 use turnpike_plans::keys::all_stream_keys;
+use turnpike_redis::{ConnectError, RedisConfig, RedisConn};
 
 use crate::event::Quarantined;
 use crate::ledger::Ledger;
@@ -35,17 +39,15 @@ const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub url: String,
-    /// `password` or `user password`.
-    pub password: Option<String>,
+    /// The counter's Redis: one server or a cluster, its secret, the per-call timeout.
+    pub redis: RedisConfig,
     /// This collector's name in the group: stable across restarts, so a restarted
     /// collector reads its own unacknowledged entries again at once.
     pub consumer: String,
-    pub timeout: Duration,
 }
 
 pub struct UsageStream {
-    conn: ConnectionManager,
+    conn: RedisConn,
     consumer: String,
     keys: Vec<String>,
     ledger: Ledger,
@@ -98,15 +100,15 @@ impl UsageStream {
         config: &StreamConfig,
         ledger: Ledger,
         metrics: Arc<Metrics>,
-    ) -> Result<UsageStream, RedisError> {
-        let conn = connect(config).await?;
+    ) -> Result<UsageStream, ConnectError> {
+        let conn = connect(config)?;
         Ok(UsageStream {
             conn,
             consumer: config.consumer.clone(),
             keys: all_stream_keys(),
             ledger,
             metrics,
-            timeout: config.timeout,
+            timeout: config.redis.timeout,
         })
     }
 
@@ -195,36 +197,23 @@ impl UsageStream {
 
     /// Create the group on every stream (and the stream itself), reading from the start.
     async fn ensure_groups(&mut self) -> Result<(), StreamError> {
-        let mut pipe = redis::pipe();
-        for key in &self.keys {
-            pipe.cmd("XGROUP")
-                .arg("CREATE")
+        let create = |key: &str| {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
                 .arg(key)
                 .arg(GROUP)
                 .arg("0")
-                .arg("MKSTREAM")
-                .ignore();
-        }
+                .arg("MKSTREAM");
+            cmd
+        };
+        let cmds: Vec<Cmd> = self.keys.iter().map(|k| create(k)).collect();
         let mut conn = self.conn.clone();
-        // BUSYGROUP (the group exists) fails the pipeline's first such command only as
-        // an error value per command; run them one by one when the pipeline fails.
-        if self
-            .bounded(pipe.query_async::<()>(&mut conn))
-            .await
-            .is_err()
-        {
-            for key in &self.keys {
-                let created: Result<(), StreamError> = self
-                    .bounded(
-                        redis::cmd("XGROUP")
-                            .arg("CREATE")
-                            .arg(key)
-                            .arg(GROUP)
-                            .arg("0")
-                            .arg("MKSTREAM")
-                            .query_async(&mut conn),
-                    )
-                    .await;
+        // BUSYGROUP (the group exists) fails the whole batch; then create them one by
+        // one, accepting BUSYGROUP.
+        if self.bounded(conn.query_each(&cmds)).await.is_err() {
+            for cmd in &cmds {
+                let created: Result<(), StreamError> =
+                    self.bounded(cmd.query_async(&mut conn)).await;
                 match created {
                     Ok(()) => {}
                     Err(StreamError::Redis(e)) if e.to_string().contains("BUSYGROUP") => {}
@@ -238,21 +227,25 @@ impl UsageStream {
     /// One XREADGROUP per stream, pipelined: `>` for new entries, `0` for this
     /// consumer's pending ones.
     async fn read(&mut self, from: &str) -> Result<Round, StreamError> {
-        let mut pipe = redis::pipe();
-        for key in &self.keys {
-            pipe.cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("STREAMS")
-                .arg(key)
-                .arg(from);
-        }
+        let cmds: Vec<Cmd> = self
+            .keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(from);
+                cmd
+            })
+            .collect();
         let mut conn = self.conn.clone();
         let replies: Vec<Option<StreamReadReply>> =
-            self.bounded(pipe.query_async(&mut conn)).await?;
+            parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
         let mut round = Round::default();
         for reply in replies.into_iter().flatten() {
             for stream in reply.keys {
@@ -266,19 +259,24 @@ impl UsageStream {
 
     /// Take over entries another collector read and never acknowledged (it died).
     async fn claim(&mut self) -> Result<Round, StreamError> {
-        let mut pipe = redis::pipe();
-        for key in &self.keys {
-            pipe.cmd("XAUTOCLAIM")
-                .arg(key)
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(CLAIM_IDLE_MS)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(READ_COUNT);
-        }
+        let cmds: Vec<Cmd> = self
+            .keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("XAUTOCLAIM");
+                cmd.arg(key)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(CLAIM_IDLE_MS)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(READ_COUNT);
+                cmd
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        let replies: Vec<StreamAutoClaimReply> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let replies: Vec<StreamAutoClaimReply> =
+            parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
         let mut round = Round::default();
         for (key, reply) in self.keys.iter().zip(replies) {
             for entry in &reply.claimed {
@@ -316,25 +314,33 @@ impl UsageStream {
         }
         self.metrics
             .stream_applied(round.facts.len() as u64, applied);
-        let mut pipe = redis::pipe();
-        for (key, ids) in &round.acks {
-            pipe.cmd("XACK").arg(key).arg(GROUP).arg(ids).ignore();
-        }
+        let acks: Vec<Cmd> = round
+            .acks
+            .iter()
+            .map(|(key, ids)| {
+                let mut cmd = redis::cmd("XACK");
+                cmd.arg(key).arg(GROUP).arg(ids);
+                cmd
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+        self.bounded(conn.query_each(&acks)).await?;
         Ok(())
     }
 
     /// Drop entries every collector has acknowledged, and report the backlog.
     async fn trim(&mut self) -> Result<(), StreamError> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(self.keys.len() * 2);
         for key in &self.keys {
-            pipe.cmd("XPENDING").arg(key).arg(GROUP);
-            pipe.cmd("XINFO").arg("GROUPS").arg(key);
+            let mut pending = redis::cmd("XPENDING");
+            pending.arg(key).arg(GROUP);
+            let mut groups = redis::cmd("XINFO");
+            groups.arg("GROUPS").arg(key);
+            cmds.extend([pending, groups]);
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<Value> = self.bounded(pipe.query_async(&mut conn)).await?;
-        let mut trims = redis::pipe();
+        let replies: Vec<Value> = self.bounded(conn.query_each(&cmds)).await?;
+        let mut trims = Vec::new();
         let mut backlog = 0u64;
         for (key, pair) in self.keys.iter().zip(replies.chunks(2)) {
             let [pending, groups] = pair else { continue };
@@ -350,35 +356,28 @@ impl UsageStream {
                     None => continue,
                 },
             };
-            trims
-                .cmd("XTRIM")
-                .arg(key)
-                .arg("MINID")
-                .arg(min_id)
-                .ignore();
+            let mut trim = redis::cmd("XTRIM");
+            trim.arg(key).arg("MINID").arg(min_id);
+            trims.push(trim);
         }
-        self.bounded(trims.query_async::<()>(&mut conn)).await?;
+        self.bounded(conn.query_each(&trims)).await?;
         self.metrics.set_stream_backlog(backlog);
         Ok(())
     }
 }
 
-/// A connection to the counter's Redis that reconnects by itself.
-pub async fn connect(config: &StreamConfig) -> Result<ConnectionManager, RedisError> {
-    let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
-    if let Some(secret) = &config.password {
-        let settings = info.redis_settings().clone();
-        let settings = match secret.split_once(' ') {
-            Some((user, pass)) => settings.set_username(user).set_password(pass),
-            None => settings.set_password(secret),
-        };
-        info = info.set_redis_settings(settings);
-    }
-    let client = Client::open(info)?;
-    let manager = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout));
-    ConnectionManager::new_lazy_with_config(client, manager)
+/// A connection to the counter's Redis (one server or a cluster) that reconnects by
+/// itself.
+pub fn connect(config: &StreamConfig) -> Result<RedisConn, ConnectError> {
+    RedisConn::connect_lazy(&config.redis)
+}
+
+/// Each reply of [`RedisConn::query_each`] as a `T`.
+fn parse_all<T: FromRedisValue>(replies: Vec<Value>) -> Result<Vec<T>, StreamError> {
+    replies
+        .into_iter()
+        .map(|v| T::from_redis_value(v).map_err(|e| StreamError::Redis(e.into())))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

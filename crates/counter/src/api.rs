@@ -505,9 +505,20 @@ pub(crate) fn unauthorized(what: &str) -> Response {
     response
 }
 
+/// 200 when Redis can be used: one server answers, or a cluster serves every slot.
+/// The body says which (`redis.mode`, and a cluster's own `CLUSTER INFO` figures).
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ok" })).into_response(),
+    match state.store.health().await {
+        Ok(health) => {
+            let mut redis = serde_json::json!({ "mode": health.mode.as_str() });
+            if let Some(info) = &health.cluster {
+                redis["cluster_state"] = info.state.clone().into();
+                redis["cluster_size"] = info.size.into();
+                redis["known_nodes"] = info.known_nodes.into();
+                redis["slots_ok"] = info.slots_ok.into();
+            }
+            Json(serde_json::json!({ "status": "ok", "redis": redis })).into_response()
+        }
         Err(err) => {
             let err = ApiError::Unavailable(err);
             state.note_error(&err);
@@ -558,6 +569,10 @@ impl AppState {
                         || text.contains("WRONGPASS")
                     {
                         "; Redis wants a password: set TURNPIKE_REDIS_PASSWORD or --redis-password-file"
+                    } else if text.contains("MOVED") {
+                        "; this Redis is a cluster node: set --redis-mode cluster (TURNPIKE_REDIS_MODE)"
+                    } else if text.contains("cluster support disabled") {
+                        "; this Redis is not a cluster node: set --redis-mode single"
                     } else {
                         ""
                     };

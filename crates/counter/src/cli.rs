@@ -15,9 +15,16 @@ pub struct Cli {
     )]
     pub listen: Option<SocketAddr>,
 
-    /// Redis URL, e.g. redis://127.0.0.1:6379.
+    /// Redis URL, e.g. redis://127.0.0.1:6379. With --redis-mode cluster: the seed
+    /// nodes, comma-separated (redis://10.0.0.1:6379,redis://10.0.0.2:6379); the
+    /// other nodes are learnt from the cluster.
     #[arg(long, env = "TURNPIKE_REDIS_URL", required_unless_present = "validate")]
     pub redis: Option<String>,
+
+    /// `single` (one server, or a primary behind one address) or `cluster` (Redis
+    /// Cluster: follows MOVED/ASK and failovers).
+    #[arg(long, env = "TURNPIKE_REDIS_MODE", default_value = "single")]
+    pub redis_mode: turnpike_redis::Mode,
 
     /// Plans file (TOML). Reloaded on change and on SIGHUP.
     #[arg(long, env = "TURNPIKE_PLANS")]

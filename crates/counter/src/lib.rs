@@ -57,12 +57,15 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         cli.redis_password_file.as_deref(),
         "TURNPIKE_REDIS_PASSWORD",
     )?;
-    let store = store::Store::new(
+    let redis = turnpike_redis::RedisConfig::new(
+        cli.redis_mode,
         redis_url,
-        password.as_deref(),
+        password,
         Duration::from_millis(cli.redis_timeout_ms),
-        cli.idempotency_ttl_secs,
-    )?;
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(mode = %redis.mode, nodes = ?redis.urls.iter().map(|u| turnpike_redis::redacted(u)).collect::<Vec<_>>(), "redis");
+    let store = store::Store::new(&redis, cli.idempotency_ttl_secs)?;
     let mut state = state::AppState::new(plans, store);
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let service = auth::Tokens::load(

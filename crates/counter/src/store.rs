@@ -1,12 +1,14 @@
 //! Redis I/O: the consume, refund and seed scripts, usage reads, health. Every call is
-//! bounded by the configured timeout so a dead Redis answers fast, and the
-//! `ConnectionManager` reconnects by itself in the background.
+//! bounded by the configured timeout so a dead Redis answers fast, and the connection
+//! (one server or a Redis Cluster, `turnpike_redis`) reconnects by itself in the
+//! background. Every script touches the keys of one tenant bucket only, one hash
+//! slot, so it runs unchanged on a cluster.
 
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::{Script, Value};
+use turnpike_redis::{Health, RedisConfig, RedisConn};
 
 use crate::keys::TenantKeys;
 use crate::ticket::{parse_record_slots, Ticket, EXPIRE_GRACE_SECS};
@@ -20,6 +22,17 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    #[error(transparent)]
+    Connect(#[from] turnpike_redis::ConnectError),
+    /// The cluster answered, but does not serve every slot (failover in progress,
+    /// a shard lost).
+    #[error("redis cluster_state:{state} (slots ok {ok}, pfail {pfail}, fail {fail})")]
+    ClusterDown {
+        state: String,
+        ok: u64,
+        pfail: u64,
+        fail: u64,
+    },
 }
 
 /// What the consume script answered.
@@ -123,7 +136,7 @@ pub enum Refunded {
 }
 
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     record_ttl_secs: u64,
     consume: Script,
@@ -185,33 +198,10 @@ pub struct Closed {
 
 impl Store {
     /// A store connecting lazily: the service starts (and answers 503) even while
-    /// Redis is down.
-    pub fn new(
-        url: &str,
-        password: Option<&str>,
-        timeout: Duration,
-        record_ttl_secs: u64,
-    ) -> Result<Store, StoreError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
-        if let Some(secret) = password {
-            // `user password` for an ACL user, else the password of `default`.
-            let mut settings = info.redis_settings().clone();
-            settings = match secret.split_once(' ') {
-                Some((user, pass)) => settings.set_username(user).set_password(pass),
-                None => settings.set_password(secret),
-            };
-            info = info.set_redis_settings(settings);
-        }
-        let client = Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Few, quick retries: callers time out anyway, and the next request
-            // after a failure triggers a fresh reconnect.
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// Redis is down. Every call is bounded by `redis.timeout`.
+    pub fn new(redis: &RedisConfig, record_ttl_secs: u64) -> Result<Store, StoreError> {
+        let conn = RedisConn::connect_lazy(redis)?;
+        let timeout = redis.timeout;
         Ok(Store {
             conn,
             timeout,
@@ -383,19 +373,30 @@ impl Store {
     /// Open leases past their expiry in every bucket (at most `limit` per bucket), as
     /// `TENANT:ID` members.
     pub async fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        let mut pipe = redis::pipe();
-        for bucket in 0..turnpike_plans::keys::BUCKETS {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(turnpike_plans::keys::lease_index_key(bucket))
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
-        }
+        // One command per bucket, each in its own slot: a cluster cannot pipeline them
+        // across nodes, so `query_each` routes each to its master (one pipeline on a
+        // single Redis).
+        let cmds: Vec<redis::Cmd> = (0..turnpike_plans::keys::BUCKETS)
+            .map(|bucket| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(turnpike_plans::keys::lease_index_key(bucket))
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+                cmd
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        let found: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(found.into_iter().flatten().collect())
+        let replies = self.bounded(conn.query_each(&cmds)).await?;
+        let mut found = Vec::new();
+        for reply in replies {
+            let members: Vec<String> =
+                redis::FromRedisValue::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            found.extend(members);
+        }
+        Ok(found)
     }
 
     async fn bounded<T>(
@@ -569,12 +570,20 @@ impl Store {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// One server: it answers PING. A cluster: it serves every slot (`CLUSTER INFO`
+    /// says `cluster_state:ok`); otherwise [`StoreError::ClusterDown`].
+    pub async fn health(&self) -> Result<Health, StoreError> {
         let mut conn = self.conn.clone();
-        let _: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        Ok(())
+        let health = self.bounded(conn.health()).await?;
+        match &health.cluster {
+            Some(info) if !info.is_ok() => Err(StoreError::ClusterDown {
+                state: info.state.clone(),
+                ok: info.slots_ok,
+                pfail: info.slots_pfail,
+                fail: info.slots_fail,
+            }),
+            _ => Ok(health),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Turnpike developer tools, as a library so the integration-test harness can use
 //! them in-process: JWT minting ([`token`]), JWKS ([`jwks`]), Envoy config rendering
-//! ([`render`]), the demo upstream API ([`upstream`]) and a local Stripe Billing
-//! Meters stand-in ([`stripe_fake`]).
+//! ([`render`]), the demo upstream API ([`upstream`]), a local Stripe Billing
+//! Meters stand-in ([`stripe_fake`]) and a counter-only load generator
+//! ([`load_counter`]).
 
 pub mod jwks;
+pub mod load_counter;
 pub mod render;
 pub mod stripe_fake;
 pub mod token;

@@ -1,5 +1,5 @@
 //! `turnpike-dev`: mint demo JWTs, print a JWKS, render the Envoy config, run the demo
-//! upstream API, run the local Stripe Billing Meters fake.
+//! upstream API, run the local Stripe Billing Meters fake, load a counter.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use turnpike_devtools::render::{parse_assignment, render_envoy, values_with_defaults};
 use turnpike_devtools::token::{self, TokenSpec, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_KID};
-use turnpike_devtools::{jwks, read_file, stripe_fake, upstream, DevError};
+use turnpike_devtools::{jwks, load_counter, read_file, stripe_fake, upstream, DevError};
 
 const DEFAULT_KEY: &str = "config/demo/jwt-signing-key.pem";
 
@@ -80,6 +80,35 @@ enum Command {
             default_value = "127.0.0.1:8081"
         )]
         listen: SocketAddr,
+    },
+    /// Send consumes straight to a counter (no Envoy) for a while, over h2c with the
+    /// service token, and print throughput and latency (bench/capacity.sh).
+    LoadCounter {
+        /// The counter's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        url: String,
+        /// File holding the service token; or TURNPIKE_SERVICE_TOKEN (the first of a
+        /// comma-separated list).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Distinct tenants, used in turn.
+        #[arg(long, default_value_t = 1000)]
+        tenants: u32,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP/2 connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// The meters of every consume, `meter=cost,...`.
+        #[arg(long, default_value = "requests=1")]
+        meters: String,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a local stand-in for Stripe's Billing Meters API (see docs/stripe-fake.md).
     StripeFake {
@@ -200,6 +229,76 @@ fn run(command: Command) -> Result<(), DevError> {
             }
         }
         Command::Upstream { listen } => run_upstream(listen),
+        Command::LoadCounter {
+            url,
+            token_file,
+            tenants,
+            concurrency,
+            connections,
+            duration,
+            meters,
+            json,
+        } => {
+            let token = match token_file {
+                Some(path) => read_text(&path)?.trim().to_owned(),
+                None => std::env::var("TURNPIKE_SERVICE_TOKEN")
+                    .ok()
+                    .and_then(|v| v.split(',').next().map(|t| t.trim().to_owned()))
+                    .filter(|t| !t.is_empty())
+                    .ok_or(DevError::InvalidArg {
+                        field: "--token-file",
+                        reason: "give the counter's service token (--token-file or \
+                                 TURNPIKE_SERVICE_TOKEN)"
+                            .into(),
+                    })?,
+            };
+            let run_id = format!(
+                "lc{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            );
+            let meters =
+                load_counter::parse_meters(&meters).map_err(|reason| DevError::InvalidArg {
+                    field: "--meters",
+                    reason,
+                })?;
+            let config = load_counter::LoadConfig {
+                url,
+                token,
+                tenants,
+                concurrency,
+                connections,
+                duration: std::time::Duration::from_secs(duration),
+                run_id,
+                meters,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| DevError::Io {
+                    path: "tokio runtime".into(),
+                    source,
+                })?;
+            let report = runtime.block_on(load_counter::run(config))?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "{} requests in {:.1} s: {:.0} consumes/s ({} allowed, {} denied, {} errors), \
+                     p50 {:.2} ms, p99 {:.2} ms",
+                    report.requests,
+                    report.seconds,
+                    report.consumes_per_sec,
+                    report.allowed,
+                    report.denied,
+                    report.errors,
+                    report.p50_ms,
+                    report.p99_ms
+                );
+            }
+            Ok(())
+        }
         Command::StripeFake {
             listen,
             api_key_file,
