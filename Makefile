@@ -3,6 +3,9 @@
 #                (ENVOY_VERSION=1.37 make test: against another supported Envoy)
 #   make test-matrix  the Envoy-facing tests against every supported Envoy minor
 #   make demo    run the whole stack locally with sample tenants and tokens
+#                (scripts/demo.sh: DEMO_DIR, PORT_OFFSET, PLANS, ... see its header)
+#   make guides  run the guides in docs/ that scripts can run, checking every result
+#   make images  build the counter, collector and filter OCI images (needs Docker)
 #   make bench   Envoy without vs with Turnpike, same run, ratios printed
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -10,7 +13,7 @@ TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null
 WASM := $(TARGET_DIR)/wasm32-wasip1/wasm/turnpike.wasm
 BINS := -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 
-.PHONY: all tools build wasm bins test test-matrix unit lint fmt demo bench eval clean
+.PHONY: all tools build wasm bins test test-matrix unit lint fmt demo demo-stop guides images bench eval clean
 
 all: build
 
@@ -49,6 +52,19 @@ fmt:
 
 demo: tools
 	scripts/demo.sh
+
+demo-stop:
+	scripts/demo.sh stop
+
+# docs/meter-your-own-api.md, step by step (also a test: cargo test -p turnpike-tests --test guides).
+guides: tools build
+	scripts/guide-own-api.sh
+
+# OCI images from deploy/docker/Dockerfile, tagged $(IMAGE_PREFIX)/<name>:<version>
+# (default turnpike/counter:0.1.0, ...). IMAGES="devtools envoy" builds others.
+IMAGES ?= counter collector filter
+images:
+	scripts/build-images.sh $(IMAGES)
 
 bench: tools
 	bench/run.sh

@@ -78,6 +78,8 @@ command -v wrk >/dev/null || apt_pkgs+=(wrk)
 command -v curl >/dev/null || apt_pkgs+=(curl)
 # Headless Chromium for the operator console's browser test (crates/collector/tests/console.rs).
 command -v chromium >/dev/null || apt_pkgs+=(chromium)
+# The ledger backup script and its test (scripts/ledger-backup.sh).
+command -v sqlite3 >/dev/null || apt_pkgs+=(sqlite3)
 if [ "$want_postgres" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   apt_pkgs+=(postgresql)
 fi
@@ -176,7 +178,24 @@ done
 link "$tools/envoy/$default_envoy/envoy" "$tools/bin/envoy"
 flock -u 8
 
+# --- promtool, for the alert rules (deploy/prometheus/turnpike-rules.yml) ------------
+# From Debian's prometheus package, unpacked: only the promtool binary goes to .tools/bin,
+# the Prometheus server is neither installed nor started.
+if ! command -v promtool >/dev/null && ! [ -x "$tools/bin/promtool" ]; then
+  command -v apt-get >/dev/null || die "promtool missing and no apt-get: install Prometheus's promtool and put it on PATH"
+  say "installing promtool from Debian's prometheus package into .tools/bin"
+  dl=$(mktemp -d)
+  chmod 755 "$dl"
+  ( cd "$dl" && apt-get download prometheus >/dev/null 2>&1 ) \
+    || { apt-get update -qq >/dev/null 2>&1 || true; ( cd "$dl" && apt-get download prometheus >/dev/null 2>&1 ); } \
+    || die "apt-get download prometheus failed: install promtool yourself (it comes with Prometheus)"
+  dpkg-deb -x "$dl"/prometheus_*.deb "$dl/x" || die "cannot unpack the prometheus package"
+  install -m 755 "$dl/x/usr/bin/promtool" "$tools/bin/promtool.tmp.$$" \
+    && mv -f "$tools/bin/promtool.tmp.$$" "$tools/bin/promtool"
+  rm -rf "$dl"
+fi
+
 # --- the Istio manifest validator (pinned, from PyPI) ---------------------------------
 "$root/deploy/istio/validate.sh" --install || die "cannot install the Istio manifest validator"
 
-say "ok: $(cargo --version), wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), wrk, chromium, envoy ${envoy_done[*]} (default $default_envoy)$([ "$want_postgres" = 1 ] && echo ", postgresql")"
+say "ok: $(cargo --version), wasm32-wasip1, $(redis-server --version | cut -d' ' -f3), wrk, chromium, sqlite3, promtool, envoy ${envoy_done[*]} (default $default_envoy)$([ "$want_postgres" = 1 ] && echo ", postgresql")"

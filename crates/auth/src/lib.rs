@@ -142,3 +142,37 @@ mod tests {
         assert_eq!(env.unwrap().unwrap().0.len(), 2);
     }
 }
+
+/// A URL for an error message: any password replaced by `***` (also in a URL too
+/// malformed to parse).
+pub fn redact_url(url: &str) -> String {
+    let Some((userinfo, host)) = url.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let (scheme, userinfo) = userinfo.split_once("://").unwrap_or(("", userinfo));
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:***@{host}"),
+        None => format!("{scheme}***@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        assert_eq!(redact_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("postgres://me:pw@db/ledger"), "postgres://me:***@db/ledger");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("notaurl"), "notaurl");
+        assert_eq!(redact_url("redis//u:secret@x"), "redis//u:***@x");
+        assert_eq!(redact_url("redis://secret@h"), "redis://***@h");
+    }
+}

@@ -28,9 +28,9 @@ pub enum StartError {
     Plans(#[from] turnpike_plans::PlanError),
     #[error("--database: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
-    #[error("--redis: {0}")]
+    #[error("--redis: {0}; expected redis://[user[:password]@]host:port[/db] (with --redis-mode cluster: seed URLs, comma-separated)")]
     Redis(#[from] turnpike_redis::ConnectError),
-    #[error("--listen {addr}: {source}")]
+    #[error("--listen {addr}: {source}; another process listening there? choose another --listen")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -47,7 +47,12 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "ingest secret",
         args.ingest_secret_file.as_deref(),
         env("TURNPIKE_INGEST_SECRET"),
-    )?
+    )
+    .map_err(|e| {
+        StartError::Config(format!(
+            "{e} (--ingest-secret-file FILE or TURNPIKE_INGEST_SECRET)"
+        ))
+    })?
     .ok_or_else(|| {
         StartError::Config(
             "ingest secret: set --ingest-secret-file FILE or TURNPIKE_INGEST_SECRET \
@@ -60,7 +65,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             "read token",
             args.read_token_file.as_deref(),
             env("TURNPIKE_READ_TOKEN"),
-        )?,
+        )
+        .map_err(|e| {
+            StartError::Config(format!("{e} (--read-token-file FILE or TURNPIKE_READ_TOKEN)"))
+        })?,
         args.allow_unauthenticated_reads,
     ) {
         (Some(tokens), _) => tokens,
@@ -78,7 +86,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         }
     };
     let plans = args.store.plans.as_deref().map(Plans::load).transpose()?;
-    let ledger = Ledger::open(&args.store.database, args.store.db_connections).await?;
+    let ledger = Ledger::open(&args.store.database, args.store.db_connections)
+        .await
+        .map_err(|e| ledger_error(&args.store.database, e))?;
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind(args.listen)
         .await
@@ -211,6 +221,19 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     ledger.close().await;
     tracing::info!("turnpike-collector stopped");
     Ok(())
+}
+
+/// A ledger that cannot be opened. PostgreSQL errors name the server (never the
+/// password); SQLite errors already name the path and the fix.
+fn ledger_error(url: &str, error: crate::ledger::LedgerError) -> StartError {
+    if !url.starts_with("postgres") {
+        return StartError::Ledger(error);
+    }
+    let shown = turnpike_auth::redact_url(url);
+    StartError::Config(format!(
+        "--database {shown}: {error}; is PostgreSQL running there, and does it accept this \
+         user and database?"
+    ))
 }
 
 /// The billing sync, when a Stripe key is configured.

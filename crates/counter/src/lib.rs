@@ -51,7 +51,7 @@ pub enum StartError {
 pub async fn run(cli: Cli) -> Result<(), StartError> {
     let listen = cli.listen.ok_or(StartError::Missing("--listen"))?;
     let redis_url = cli.redis.as_deref().ok_or(StartError::Missing("--redis"))?;
-    let plans = Plans::load(&cli.plans)?;
+    let plans = Plans::load(&cli.plans).map_err(|e| plans_error(&cli.plans, e))?;
     let password = secret_from(
         "--redis-password-file",
         cli.redis_password_file.as_deref(),
@@ -63,7 +63,11 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         password,
         Duration::from_millis(cli.redis_timeout_ms),
     )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+    .map_err(|e| {
+        StartError::Config(format!(
+            "{e}; expected redis://[user[:password]@]host:port[/db] (rediss:// for TLS; with --redis-mode cluster, seed URLs, comma-separated)"
+        ))
+    })?;
     tracing::info!(mode = %redis.mode, nodes = ?redis.urls.iter().map(|u| turnpike_redis::redacted(u)).collect::<Vec<_>>(), "redis");
     let store = store::Store::new(&redis, cli.idempotency_ttl_secs)?;
     let mut state = state::AppState::new(plans, store);
@@ -72,12 +76,14 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         "service token",
         cli.service_token_file.as_deref(),
         env("TURNPIKE_SERVICE_TOKEN"),
-    )?;
+    )
+    .map_err(|e| token_error(e, "--service-token-file FILE or TURNPIKE_SERVICE_TOKEN"))?;
     let read = auth::Tokens::load(
         "read token",
         cli.read_token_file.as_deref(),
         env("TURNPIKE_READ_TOKEN"),
-    )?;
+    )
+    .map_err(|e| token_error(e, "--read-token-file FILE or TURNPIKE_READ_TOKEN"))?;
     match (service, read, cli.allow_unauthenticated) {
         (Some(service), Some(read), _) => {
             state.service_tokens = service;
@@ -144,7 +150,14 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Io {
-            context: format!("cannot listen on {listen}"),
+            context: if source.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "cannot listen on {listen} (another process listens there, another \
+                     counter?): stop it or choose another --listen"
+                )
+            } else {
+                format!("cannot listen on {listen}")
+            },
             source,
         })?;
     // Envoy multiplexes every callout over one h2 connection: without TCP_NODELAY,
@@ -179,6 +192,24 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A plans file that cannot be used, with the flag, the path and what to do.
+fn plans_error(path: &std::path::Path, error: PlanError) -> StartError {
+    match error {
+        PlanError::Io { .. } => StartError::Config(format!(
+            "--plans: {error}; give the path of a readable plans file (--plans FILE or TURNPIKE_PLANS)"
+        )),
+        error => StartError::Config(format!(
+            "--plans {}: {error}; fix the file (turnpike-counter --plans FILE --validate checks it)",
+            path.display()
+        )),
+    }
+}
+
+/// A credential file that cannot be used, with where it may come from.
+fn token_error(error: auth::TokenError, from: &str) -> StartError {
+    StartError::Config(format!("{error} ({from})"))
 }
 
 /// A secret from `file` (trimmed), else from the environment variable `env`.

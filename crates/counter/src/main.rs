@@ -29,14 +29,15 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
+            eprintln!("turnpike-counter: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(turnpike_counter::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "turnpike-counter failed to start");
+            // Once, on stderr, plain: what is wrong, where, and what to do.
+            eprintln!("turnpike-counter: {error}");
             ExitCode::FAILURE
         }
     }

@@ -8,58 +8,85 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use turnpike_devtools::render::{parse_assignment, render_envoy, values_with_defaults};
 use turnpike_devtools::token::{self, TokenSpec, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_KID};
-use turnpike_devtools::{jwks, load_counter, read_file, stripe_fake, upstream, DevError};
-
-const DEFAULT_KEY: &str = "config/demo/jwt-signing-key.pem";
+use turnpike_devtools::{
+    find_demo_key, jwks, load_counter, read_file, stripe_fake, upstream, DevError,
+};
 
 #[derive(Parser)]
-#[command(name = "turnpike-dev", about = "Turnpike developer tools")]
+#[command(
+    name = "turnpike-dev",
+    about = "Turnpike developer tools: demo tokens, JWKS, the Envoy config, a demo API, a Stripe fake",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the signing key is: `--key`, else `TURNPIKE_DEMO_KEY`, else the repository's
+/// demo key (found from the working directory or from this binary's location).
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// RSA private key (PEM) to sign with. Default: $TURNPIKE_DEMO_KEY, else
+    /// config/demo/jwt-signing-key.pem of this repository (looked up from the working
+    /// directory and from where this binary lives, so any directory works).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Key id (`kid`) in the token header and the JWKS; Envoy picks the JWKS key by it.
+    #[arg(long, default_value = DEFAULT_KID)]
+    kid: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Print an RS256 JWT.
+    /// Print an RS256 JWT for a tenant (on stdout; its lifetime on stderr).
     Mint {
+        /// Tenant id, put in the tenant claim (required unless --no-tenant).
         #[arg(long, required_unless_present = "no_tenant")]
         tenant: Option<String>,
+        /// Plan name, put in the plan claim. A tenant override in the plans file wins.
         #[arg(long)]
         plan: Option<String>,
-        /// Dotted path of the tenant claim (`org.id` nests it).
+        /// Dotted path of the tenant claim (`org.id` nests it); must match the filter's
+        /// `tenant.claim`.
         #[arg(long, default_value = "tenant")]
         claim: String,
+        /// Claim holding the plan; must match the filter's `tenant.plan_claim`.
         #[arg(long, default_value = "plan")]
         plan_claim: String,
+        /// How long the token is valid, in seconds (Envoy refuses it afterwards with
+        /// `Jwt is expired`: mint another).
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
-        /// Mint an already expired token.
+        /// Mint an already expired token (to see Envoy refuse it).
         #[arg(long)]
         expired: bool,
-        /// Leave the tenant claim out.
+        /// Leave the tenant claim out (to see the filter's 401 missing-tenant).
         #[arg(long, conflicts_with = "tenant")]
         no_tenant: bool,
-        #[arg(long, default_value = DEFAULT_KEY)]
-        key: PathBuf,
-        #[arg(long, default_value = DEFAULT_KID)]
-        kid: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// `iss` claim; must be the issuer jwt_authn expects (template: JWT_ISSUER).
         #[arg(long, default_value = DEFAULT_ISSUER)]
         issuer: String,
+        /// `aud` claim; must be an audience jwt_authn expects (template: JWT_AUDIENCE).
         #[arg(long, default_value = DEFAULT_AUDIENCE)]
         audience: String,
+        /// Print only the token (no lifetime line on stderr).
+        #[arg(long, short)]
+        quiet: bool,
     },
-    /// Print the JWKS of a private key.
+    /// Print the JWKS (public key set) of a private key, for jwt_authn's `local_jwks`.
     Jwks {
-        #[arg(long, default_value = DEFAULT_KEY)]
-        key: PathBuf,
-        #[arg(long, default_value = DEFAULT_KID)]
-        kid: String,
+        #[command(flatten)]
+        key: KeyArgs,
     },
-    /// Render the Envoy config template.
+    /// Render the Envoy config template, filling `${NAME}` placeholders.
     RenderEnvoy {
+        /// The template.
         #[arg(long, default_value = "envoy/envoy.yaml.tmpl")]
         template: PathBuf,
+        /// The filter configuration (JSON), inlined as `${FILTER_CONFIG}`.
         #[arg(long, default_value = "envoy/filter-config.json")]
         filter_config: PathBuf,
         /// NAME=VALUE for a `${NAME}` placeholder (repeatable).
@@ -72,12 +99,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run the demo upstream API.
+    /// Run the demo upstream API: echoes requests, `/status/{code}`, and an LLM-shaped
+    /// `POST /v1/chat/completions` (see `turnpike-dev upstream --help`).
+    #[command(after_help = UPSTREAM_HELP)]
     Upstream {
+        /// Address to serve on.
         #[arg(
             long,
             env = "TURNPIKE_UPSTREAM_LISTEN",
-            default_value = "127.0.0.1:8081"
+            default_value = "127.0.0.1:8080"
         )]
         listen: SocketAddr,
     },
@@ -112,6 +142,7 @@ enum Command {
     },
     /// Run a local stand-in for Stripe's Billing Meters API (see docs/stripe-fake.md).
     StripeFake {
+        /// Address to serve on.
         #[arg(
             long,
             env = "TURNPIKE_STRIPE_FAKE_LISTEN",
@@ -136,6 +167,19 @@ enum Command {
     },
 }
 
+const UPSTREAM_HELP: &str = "\
+Routes:
+  GET  /healthz                 {\"status\":\"ok\"}
+  ANY  /status/{code}           that status (?delay_ms=N waits first)
+  POST /v1/chat/completions     OpenAI-style answer with usage; \"stream\": true for SSE
+  anything else                 echoes method, path, query and headers as JSON
+
+Chat completion token counts: prompt = words in the messages, completion =
+x-demo-completion-tokens, else max_tokens, else 16. Test knobs (request headers):
+x-demo-chunk-tokens, x-demo-chunk-delay-ms, x-demo-split-usage, x-demo-usage
+(nan|negative|huge|missing), x-demo-status (400-599, body keeps usage),
+x-demo-usage-header (header|trailer: x-usage-tokens). See crates/devtools/src/llm.rs.";
+
 fn parse_set(arg: &str) -> Result<(String, String), String> {
     parse_assignment(arg).map_err(|e| e.to_string())
 }
@@ -147,6 +191,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,9 +214,9 @@ fn run(command: Command) -> Result<(), DevError> {
             expired,
             no_tenant,
             key,
-            kid,
             issuer,
             audience,
+            quiet,
         } => {
             let spec = TokenSpec {
                 tenant: if no_tenant { None } else { tenant },
@@ -182,11 +228,16 @@ fn run(command: Command) -> Result<(), DevError> {
                 ttl_secs,
                 expired,
             };
-            println!("{}", token::mint(&spec, &read_file(&key)?, &kid)?);
+            let key_path = find_demo_key(key.key.as_deref(), &env_var)?;
+            println!("{}", token::mint(&spec, &read_file(&key_path)?, &key.kid)?);
+            if !quiet {
+                eprintln!("turnpike-dev: {}", token::lifetime_note(&spec, token::now_unix()));
+            }
             Ok(())
         }
-        Command::Jwks { key, kid } => {
-            let set = jwks::jwks_for_private_key(&read_file(&key)?, &kid)?;
+        Command::Jwks { key } => {
+            let key_path = find_demo_key(key.key.as_deref(), &env_var)?;
+            let set = jwks::jwks_for_private_key(&read_file(&key_path)?, &key.kid)?;
             let json = serde_json::to_string_pretty(&set).map_err(|source| DevError::Json {
                 what: "jwks".into(),
                 source,
@@ -329,6 +380,10 @@ fn run(command: Command) -> Result<(), DevError> {
     }
 }
 
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 fn read_text(path: &std::path::Path) -> Result<String, DevError> {
     String::from_utf8(read_file(path)?).map_err(|e| DevError::InvalidArg {
         field: "file",
@@ -386,6 +441,36 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_of_every_command_has_help_text() {
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        for sub in Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_upstream_does_not_default_to_the_counter_port() {
+        let cli = Cli::try_parse_from(["turnpike-dev", "upstream"]).unwrap();
+        match cli.command {
+            Command::Upstream { listen } => assert_eq!(listen.port(), 8080),
+            _ => unreachable!(),
         }
     }
 }

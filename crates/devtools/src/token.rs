@@ -149,6 +149,59 @@ pub fn mint(spec: &TokenSpec, key_pem: &[u8], kid: &str) -> Result<String, DevEr
     sign(&spec.claims(now_unix())?, key_pem, kid)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time.
+pub fn format_utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// What `turnpike-dev mint` says about the token it printed: who it is for and when it
+/// stops working.
+pub fn lifetime_note(spec: &TokenSpec, now_unix: u64) -> String {
+    let who = match (&spec.tenant, &spec.plan) {
+        (Some(t), Some(p)) => format!("tenant {t}, plan claim {p}"),
+        (Some(t), None) => format!("tenant {t}"),
+        (None, _) => "no tenant claim".to_owned(),
+    };
+    let exp = spec
+        .claims(now_unix)
+        .ok()
+        .and_then(|c| c["exp"].as_u64())
+        .unwrap_or(now_unix);
+    if spec.expired {
+        return format!("token ({who}) expired at {} on purpose (--expired)", format_utc(exp));
+    }
+    let ttl = spec.ttl_secs;
+    let span = if ttl % 3600 == 0 {
+        format!("{} h", ttl / 3600)
+    } else if ttl % 60 == 0 {
+        format!("{} min", ttl / 60)
+    } else {
+        format!("{ttl} s")
+    };
+    format!(
+        "token ({who}) valid until {} ({span}, --ttl-secs); after that Envoy answers 401 \
+         `Jwt is expired`: mint another",
+        format_utc(exp)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +238,21 @@ mod tests {
         let exp = claims["exp"].as_u64().unwrap();
         assert!(exp + 300 < 10_000, "exp {exp}");
         assert!(claims["iat"].as_u64().unwrap() < exp);
+    }
+
+    #[test]
+    fn utc_times_and_the_lifetime_note() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_798_761_599), "2026-12-31T23:59:59Z");
+        let note = lifetime_note(&TokenSpec::for_tenant("acme"), 0);
+        assert_eq!(
+            note,
+            "token (tenant acme) valid until 1970-01-01T01:00:00Z (1 h, --ttl-secs); after \
+             that Envoy answers 401 `Jwt is expired`: mint another"
+        );
+        let note = lifetime_note(&TokenSpec::for_tenant("acme").expired(), 10_000);
+        assert!(note.contains("expired at 1970-01-01T02:36:40Z"), "{note}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The demo/test API behind Envoy. It echoes what it received so tests can see the
-//! headers the filter set (`turnpike-tenant`, `turnpike-consume-id`).
+//! headers the filter set (`turnpike-tenant`, `turnpike-consume-id`), answers a chosen
+//! status on `/status/{code}`, and plays an LLM API on `POST /v1/chat/completions`
+//! ([`crate::llm`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +42,10 @@ pub fn router() -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/status/{code}", axum::routing::any(status))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(crate::llm::chat_completions),
+        )
         .fallback(echo)
 }
 
@@ -136,5 +142,139 @@ mod tests {
 
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    async fn raw_post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{headers}connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// A chunked HTTP/1.1 response: its head, its chunks as sent, its trailer lines.
+    fn dechunk(resp: &str) -> (String, Vec<String>, Vec<String>) {
+        let (head, mut rest) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        let mut chunks = Vec::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            if size == 0 {
+                let trailers = after
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                return (head.to_owned(), chunks, trailers);
+            }
+            chunks.push(after[..size].to_owned());
+            rest = &after[size + 2..];
+        }
+    }
+
+    async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"count these four words"}],"max_tokens":3}"#;
+
+    #[tokio::test]
+    async fn chat_completion_answers_with_usage_and_the_usage_header() {
+        let (addr, _stop) = start().await;
+        let resp = raw_post(
+            addr,
+            "/v1/chat/completions",
+            "x-demo-usage-header: header\r\n",
+            CHAT,
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("x-usage-tokens: 7\r\n"), "{resp}");
+        let body: serde_json::Value =
+            serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(
+            body["usage"],
+            serde_json::json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
+        );
+
+        let resp = raw_post(addr, "/v1/chat/completions", "x-demo-status: 503\r\n", CHAT).await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(resp.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#), "{resp}");
+
+        let resp = raw_post(addr, "/v1/chat/completions", "", "{").await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        assert!(resp.contains("invalid_request_error"), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn streamed_usage_can_arrive_split_and_the_total_as_a_trailer() {
+        let (addr, _stop) = start().await;
+        let stream_chat = CHAT.replace("\"max_tokens\":3", "\"max_tokens\":3,\"stream\":true");
+        let resp = raw_post(
+            addr,
+            "/v1/chat/completions",
+            "x-demo-split-usage: 3\r\nx-demo-usage-header: trailer\r\nte: trailers\r\n",
+            &stream_chat,
+        )
+        .await;
+        let (head, chunks, trailers) = dechunk(&resp);
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        // role, 3 one-token chunks, finish, the usage event in 3 writes, [DONE]
+        assert_eq!(chunks.len(), 9, "{chunks:#?}");
+        let usage_event = chunks[5..8].concat();
+        assert!(
+            !chunks[5].ends_with("\n\n") && !chunks[6].ends_with("\n\n"),
+            "the usage event was not split: {chunks:#?}"
+        );
+        assert!(usage_event.starts_with("data: {") && usage_event.ends_with("}\n\n"));
+        assert!(usage_event.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#));
+        assert_eq!(chunks[8], "data: [DONE]\n\n");
+        assert_eq!(trailers, ["x-usage-tokens: 7"]);
+    }
+
+    #[tokio::test]
+    async fn a_long_stream_is_produced_lazily_in_chunks_of_the_asked_size() {
+        let (addr, _stop) = start().await;
+        let stream_chat = CHAT.replace("\"max_tokens\":3", "\"stream\":true");
+        let resp = raw_post(
+            addr,
+            "/v1/chat/completions",
+            "x-demo-completion-tokens: 200000\r\nx-demo-chunk-tokens: 1000\r\n",
+            &stream_chat,
+        )
+        .await;
+        let (_, chunks, _) = dechunk(&resp);
+        // role, 200 content chunks, finish, usage, [DONE]
+        assert_eq!(chunks.len(), 204);
+        assert!(chunks[202].contains(r#""completion_tokens":200000"#), "{}", chunks[202]);
+        let words: usize = chunks[1..201]
+            .iter()
+            .map(|c| {
+                let v: serde_json::Value =
+                    serde_json::from_str(c.trim_start_matches("data: ").trim()).unwrap();
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .split_whitespace()
+                    .count()
+            })
+            .sum();
+        assert_eq!(words, 200_000);
     }
 }
