@@ -81,6 +81,12 @@ struct RawConfig {
     /// Largest request body read for a JSON reservation; past it, the default.
     #[serde(default = "default_reserve_body_max_bytes")]
     reserve_body_max_bytes: usize,
+    /// Hold a body-reserving request's headers until the counter has answered (needs
+    /// Envoy's `allow_on_headers_stop_iteration: true` in the Wasm plugin config, Envoy
+    /// 1.35 and later; without it Envoy never hands the body over and the request hangs).
+    /// Off: the headers go upstream at once and only the body is held.
+    #[serde(default)]
+    hold_headers_for_body: bool,
     /// Largest JSON response body read for a settlement; past it, the missing policy.
     /// (Event streams are read line by line and have no such bound.)
     #[serde(default = "default_settle_body_max_bytes")]
@@ -350,6 +356,7 @@ pub struct Config {
     /// How leased routes lease (defaults when the section is absent).
     pub lease: LeaseConfig,
     pub reserve_body_max_bytes: usize,
+    pub hold_headers_for_body: bool,
     pub settle_body_max_bytes: usize,
 }
 
@@ -476,6 +483,7 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
             .map(|c| compile_collector(c, env))
             .transpose()?,
         lease: compile_lease(raw.lease, counter_timeout_ms)?,
+        hold_headers_for_body: raw.hold_headers_for_body,
         reserve_body_max_bytes: check_range(
             "reserve_body_max_bytes",
             raw.reserve_body_max_bytes,

@@ -90,6 +90,9 @@ pub struct HttpFilter {
     pending: Option<Pending>,
     /// The request had no body (its headers ended the stream).
     bodyless: bool,
+    /// The request headers went upstream before the decision (a body-reserving route
+    /// without `hold_headers_for_body`): no turnpike-* headers can be added to them.
+    headers_forwarded: bool,
     /// The consume was given back (upstream 5xx): nothing is billed or settled.
     refunded: bool,
     /// What the usage event bills when settled (fixed costs and settled quantities).
@@ -135,6 +138,7 @@ impl HttpFilter {
             settle_values: Vec::new(),
             pending: None,
             bodyless: false,
+            headers_forwarded: false,
             refunded: false,
             billed: None,
         }
@@ -193,7 +197,14 @@ impl HttpFilter {
                     method,
                 });
                 self.stage = Stage::AwaitingBody;
-                return Action::Pause;
+                // Envoy hands a Wasm filter the body after a paused header only when
+                // the plugin allows it (allow_on_headers_stop_iteration); otherwise the
+                // headers go on and the body is what waits for the counter.
+                if plugin.config.hold_headers_for_body {
+                    return Action::Pause;
+                }
+                self.headers_forwarded = true;
+                return Action::Continue;
             }
             self.reserved = reservations(&route, None);
         }
@@ -406,10 +417,12 @@ impl HttpFilter {
     }
 
     fn set_upstream_headers(&self) {
-        if !self
-            .plugin
-            .as_ref()
-            .is_some_and(|p| p.config.upstream_headers)
+        // Headers already on their way upstream cannot be changed any more.
+        if self.headers_forwarded
+            || !self
+                .plugin
+                .as_ref()
+                .is_some_and(|p| p.config.upstream_headers)
         {
             return;
         }

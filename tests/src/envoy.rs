@@ -153,9 +153,13 @@ impl Envoy {
             "--base-id".to_owned(),
             admin_port.to_string(),
             "-l".to_owned(),
-            "warning".to_owned(),
+            // TURNPIKE_ENVOY_LOG_LEVEL=debug when a test needs to see inside Envoy.
+            std::env::var("TURNPIKE_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warning".to_owned()),
             "--log-path".to_owned(),
             log_path.display().to_string(),
+            // Tests read the log: flush it often (Envoy's default is every 10 s).
+            "--file-flush-interval-msec".to_owned(),
+            "100".to_owned(),
         ];
         let envoy_bin = envoy();
         // Captured with the test's output: a failure report names the Envoy it ran on.

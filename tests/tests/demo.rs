@@ -15,13 +15,29 @@ use turnpike_tests::ports::free_port;
 
 /// Settings of the caller's environment that would change what the demo does.
 const AMBIENT: &[&str] = &[
-    "PORT_OFFSET", "PLANS", "FILTER_CONFIG", "ENVOY_TEMPLATE", "JWKS", "JWT_ISSUER",
-    "JWT_AUDIENCE", "TURNPIKE_DEMO_KEY", "JWT_KID", "JWT_TENANT_CLAIM", "TOKEN_TTL",
-    "TENANTS", "API_ADDRESS", "DEMO_WALKTHROUGH",
+    "PORT_OFFSET",
+    "PLANS",
+    "FILTER_CONFIG",
+    "ENVOY_TEMPLATE",
+    "JWKS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "TURNPIKE_DEMO_KEY",
+    "JWT_KID",
+    "JWT_TENANT_CLAIM",
+    "TOKEN_TTL",
+    "TENANTS",
+    "API_ADDRESS",
+    "DEMO_WALKTHROUGH",
 ];
 const PORTS: &[&str] = &[
-    "ENVOY_PORT", "ADMIN_PORT", "COUNTER_PORT", "COLLECTOR_PORT", "UPSTREAM_PORT",
-    "REDIS_PORT", "STRIPE_PORT",
+    "ENVOY_PORT",
+    "ADMIN_PORT",
+    "COUNTER_PORT",
+    "COLLECTOR_PORT",
+    "UPSTREAM_PORT",
+    "REDIS_PORT",
+    "STRIPE_PORT",
 ];
 
 /// One demo instance: its state directory and ports. Stopped when dropped.
@@ -65,7 +81,9 @@ impl Demo {
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| {
-                let (name, value) = l.split_once('=').unwrap_or_else(|| panic!("not NAME=value: {l}"));
+                let (name, value) = l
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not NAME=value: {l}"));
                 (name.to_owned(), value.to_owned())
             })
             .collect()
@@ -95,7 +113,11 @@ async fn status(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> u16 
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    request
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -110,37 +132,84 @@ async fn the_demo_runs_twice_side_by_side_and_refuses_to_share_a_state_directory
     let shown = output(&out);
     assert!(out.status.success(), "{shown}");
     for line in ["request 5 -> 200", "request 6 -> 429", "\"quantity\":5"] {
-        assert!(shown.contains(line), "no `{line}` in the walkthrough:\n{shown}");
+        assert!(
+            shown.contains(line),
+            "no `{line}` in the walkthrough:\n{shown}"
+        );
     }
     // What Stripe holds after the first sync: last hour's sample usage.
     let stripe: Vec<&str> = shown.lines().filter(|l| l.contains("cus_demo_")).collect();
     assert!(
-        stripe.iter().any(|l| l.contains("acme") && l.contains("api_requests") && l.contains(" 42 ")),
+        stripe
+            .iter()
+            .any(|l| l.contains("acme") && l.contains("api_requests") && l.contains(" 42 ")),
         "{shown}"
     );
     assert!(
-        stripe.iter().any(|l| l.contains("acme") && l.contains("search_units") && l.contains(" 150 ")),
+        stripe
+            .iter()
+            .any(|l| l.contains("acme") && l.contains("search_units") && l.contains(" 150 ")),
         "{shown}"
     );
-    assert!(stripe.iter().any(|l| l.contains("globex") && l.contains(" 4 ")), "{shown}");
+    assert!(
+        stripe
+            .iter()
+            .any(|l| l.contains("globex") && l.contains(" 4 ")),
+        "{shown}"
+    );
 
     // tokens.env: every credential the demo made, and the endpoints.
     let tokens = first.tokens();
     for name in [
-        "ENVOY_URL", "COUNTER_URL", "COLLECTOR_URL", "STRIPE_URL", "ACME", "GLOBEX", "INITECH",
-        "NOTENANT", "READ_TOKEN", "SERVICE_TOKEN", "INGEST_SECRET", "STRIPE_KEY",
+        "ENVOY_URL",
+        "COUNTER_URL",
+        "COLLECTOR_URL",
+        "STRIPE_URL",
+        "ACME",
+        "GLOBEX",
+        "INITECH",
+        "NOTENANT",
+        "READ_TOKEN",
+        "SERVICE_TOKEN",
+        "INGEST_SECRET",
+        "STRIPE_KEY",
     ] {
-        assert!(tokens.get(name).is_some_and(|v| !v.is_empty()), "no {name} in tokens.env");
+        assert!(
+            tokens.get(name).is_some_and(|v| !v.is_empty()),
+            "no {name} in tokens.env"
+        );
     }
     // The printed "try it yourself" lines work as printed: initech has room left...
     let envoy = &tokens["ENVOY_URL"];
-    assert!(shown.contains("curl -i -H \"Authorization: Bearer $INITECH\" \"$ENVOY_URL/v1/items/1\""), "{shown}");
-    assert_eq!(status(&http, &format!("{envoy}/v1/items/1"), Some(&tokens["INITECH"])).await, 200);
-    assert_eq!(status(&http, &format!("{envoy}/v1/items/1"), Some(&tokens["NOTENANT"])).await, 401);
+    assert!(
+        shown.contains("curl -i -H \"Authorization: Bearer $INITECH\" \"$ENVOY_URL/v1/items/1\""),
+        "{shown}"
+    );
+    assert_eq!(
+        status(
+            &http,
+            &format!("{envoy}/v1/items/1"),
+            Some(&tokens["INITECH"])
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &http,
+            &format!("{envoy}/v1/items/1"),
+            Some(&tokens["NOTENANT"])
+        )
+        .await,
+        401
+    );
     // ...and the read token opens both read APIs.
     let read = Some(tokens["READ_TOKEN"].as_str());
     let counter_usage = format!("{}/v1/tenants/acme/usage", tokens["COUNTER_URL"]);
-    let ledger_usage = format!("{}/v1/tenants/acme/usage?window=month", tokens["COLLECTOR_URL"]);
+    let ledger_usage = format!(
+        "{}/v1/tenants/acme/usage?window=month",
+        tokens["COLLECTOR_URL"]
+    );
     assert_eq!(status(&http, &counter_usage, read).await, 200);
     assert_eq!(status(&http, &ledger_usage, read).await, 200);
     assert_eq!(status(&http, &ledger_usage, None).await, 401);
@@ -148,16 +217,34 @@ async fn the_demo_runs_twice_side_by_side_and_refuses_to_share_a_state_directory
     // A second demo in the same state directory (other ports) is refused, and the
     // first one's tokens and ledger are left alone.
     let tokens_before = std::fs::read(first.dir.join("tokens.env")).unwrap();
-    let ledger_inode = std::fs::metadata(first.dir.join("ledger.db")).unwrap().ino();
+    let ledger_inode = std::fs::metadata(first.dir.join("ledger.db"))
+        .unwrap()
+        .ino();
     let same_dir = Demo::new(&first.dir);
     let out = same_dir.run(&[], &[]);
     let refused = output(&out);
     assert!(!out.status.success(), "{refused}");
     assert!(refused.contains("already running in"), "{refused}");
     std::mem::forget(same_dir); // its `stop` would stop the first demo
-    assert_eq!(std::fs::read(first.dir.join("tokens.env")).unwrap(), tokens_before);
-    assert_eq!(std::fs::metadata(first.dir.join("ledger.db")).unwrap().ino(), ledger_inode);
-    assert_eq!(status(&http, &format!("{envoy}/v1/items/2"), Some(&tokens["INITECH"])).await, 200);
+    assert_eq!(
+        std::fs::read(first.dir.join("tokens.env")).unwrap(),
+        tokens_before
+    );
+    assert_eq!(
+        std::fs::metadata(first.dir.join("ledger.db"))
+            .unwrap()
+            .ino(),
+        ledger_inode
+    );
+    assert_eq!(
+        status(
+            &http,
+            &format!("{envoy}/v1/items/2"),
+            Some(&tokens["INITECH"])
+        )
+        .await,
+        200
+    );
 
     // A second demo in its own directory, on its own ports, runs beside the first.
     let second = Demo::new(&tmp.path().join("second"));
@@ -168,7 +255,12 @@ async fn the_demo_runs_twice_side_by_side_and_refuses_to_share_a_state_directory
     assert_eq!(status(&http, &ready(&first), None).await, 200);
     assert_eq!(status(&http, &ready(&second), None).await, 200);
     assert_eq!(
-        status(&http, &format!("{}/v1/items/1", second_tokens["ENVOY_URL"]), Some(&second_tokens["ACME"])).await,
+        status(
+            &http,
+            &format!("{}/v1/items/1", second_tokens["ENVOY_URL"]),
+            Some(&second_tokens["ACME"])
+        )
+        .await,
         200
     );
     // Each demo has its own credentials.
@@ -180,7 +272,10 @@ async fn the_demo_runs_twice_side_by_side_and_refuses_to_share_a_state_directory
     let fresh = first.tokens();
     assert_ne!(fresh["ACME"], tokens["ACME"]);
     assert_eq!(fresh["READ_TOKEN"], tokens["READ_TOKEN"]);
-    assert_eq!(status(&http, &format!("{envoy}/v1/items/3"), Some(&fresh["ACME"])).await, 200);
+    assert_eq!(
+        status(&http, &format!("{envoy}/v1/items/3"), Some(&fresh["ACME"])).await,
+        200
+    );
 
     // `stop` stops that demo only.
     let out = second.run(&["stop"], &[]);
@@ -209,8 +304,14 @@ fn taken_ports_or_a_foreign_directory_are_refused_before_anything_is_touched() {
             && shown.contains("Nothing was started or changed"),
         "{shown}"
     );
-    assert_eq!(std::fs::read_to_string(dir.join("tokens.env")).unwrap(), "ACME=old\n");
-    assert_eq!(std::fs::read_to_string(dir.join("ledger.db")).unwrap(), "old ledger");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tokens.env")).unwrap(),
+        "ACME=old\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ledger.db")).unwrap(),
+        "old ledger"
+    );
     drop(taken);
 
     // A directory that is not a demo's is never replaced.
@@ -219,6 +320,13 @@ fn taken_ports_or_a_foreign_directory_are_refused_before_anything_is_touched() {
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
     let out = Demo::new(&foreign).run(&[], &[]);
     assert!(!out.status.success());
-    assert!(output(&out).contains("not a demo state directory"), "{}", output(&out));
-    assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "mine");
+    assert!(
+        output(&out).contains("not a demo state directory"),
+        "{}",
+        output(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }

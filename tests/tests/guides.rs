@@ -19,8 +19,13 @@ fn meter_your_own_api_guide_works_step_by_step() {
         .env("DEMO_ENVOY", envoy_bin())
         .env("API_PORT", free_port().to_string());
     for name in [
-        "ENVOY_PORT", "ADMIN_PORT", "COUNTER_PORT", "COLLECTOR_PORT", "UPSTREAM_PORT",
-        "REDIS_PORT", "STRIPE_PORT",
+        "ENVOY_PORT",
+        "ADMIN_PORT",
+        "COUNTER_PORT",
+        "COLLECTOR_PORT",
+        "UPSTREAM_PORT",
+        "REDIS_PORT",
+        "STRIPE_PORT",
     ] {
         command.env(name, free_port().to_string());
     }
@@ -33,7 +38,13 @@ fn meter_your_own_api_guide_works_step_by_step() {
     assert!(out.status.success(), "{shown}");
     // Each step's checks ran (the script exits at the first failed one).
     for step in 0..=10 {
-        assert!(shown.contains(&format!("[guide] {step}. ")), "step {step} missing:\n{shown}");
+        assert!(
+            shown.contains(&format!("[guide] {step}. ")),
+            "step {step} missing:\n{shown}"
+        );
     }
-    assert!(shown.contains("every step of docs/meter-your-own-api.md worked"), "{shown}");
+    assert!(
+        shown.contains("every step of docs/meter-your-own-api.md worked"),
+        "{shown}"
+    );
 }

@@ -27,7 +27,9 @@ fn promtool() -> std::path::PathBuf {
                 .find(|p| p.is_file())
         })
         .unwrap_or_else(|| {
-            panic!("promtool not found: install the tools with `make tools` (scripts/ensure-tools.sh)")
+            panic!(
+                "promtool not found: install the tools with `make tools` (scripts/ensure-tools.sh)"
+            )
         })
 }
 
@@ -83,7 +85,8 @@ fn metric_names_in_rules() -> BTreeSet<String> {
             while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
                 end += 1;
             }
-            let preceded = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let preceded =
+                start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
             if !preceded {
                 names.insert(line[start..end].to_owned());
             }
@@ -147,9 +150,16 @@ async fn every_metric_the_alert_rules_use_is_exported_by_the_filter_counter_or_c
     );
     let missing: Vec<&String> = names
         .iter()
-        .filter(|name| ![&envoy, &counter, &collector].iter().any(|text| exposes(text, name)))
+        .filter(|name| {
+            ![&envoy, &counter, &collector]
+                .iter()
+                .any(|text| exposes(text, name))
+        })
         .collect();
-    assert!(missing.is_empty(), "the alert rules use metrics nobody exports: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the alert rules use metrics nobody exports: {missing:?}"
+    );
 }
 
 fn event(id: &str, tenant: &str) -> Value {
@@ -201,7 +211,9 @@ async fn a_running_sqlite_ledger_is_backed_up_and_restored_to_exactly_what_it_he
     let database = format!("sqlite://{}", db.display());
     let ingest = collector.url("/v1/events");
     let http = reqwest::Client::new();
-    let before: Vec<Value> = (0..50).map(|i| event(&format!("before-{i}"), "acme")).collect();
+    let before: Vec<Value> = (0..50)
+        .map(|i| event(&format!("before-{i}"), "acme"))
+        .collect();
     post(&http, &ingest, &before).await;
 
     // The backup runs while batches keep arriving.
@@ -218,24 +230,36 @@ async fn a_running_sqlite_ledger_is_backed_up_and_restored_to_exactly_what_it_he
     };
     let backup = dir.path().join("backups/ledger-1.db");
     let (database_arg, backup_arg) = (database.clone(), backup.display().to_string());
-    let out = tokio::task::spawn_blocking(move || {
-        backup_script(&["backup", &database_arg, &backup_arg])
-    })
-    .await
-    .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || backup_script(&["backup", &database_arg, &backup_arg]))
+            .await
+            .unwrap();
     writer.await.unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("usage_events"), "{}", text(&out));
     let in_backup = count_rows(&backup);
-    assert!((50..=250).contains(&in_backup), "{in_backup} rows in the backup");
+    assert!(
+        (50..=250).contains(&in_backup),
+        "{in_backup} rows in the backup"
+    );
 
     // A backup is never overwritten; `check` reads it back.
     let out = backup_script(&["backup", &database, &backup.display().to_string()]);
-    assert!(!out.status.success() && text(&out).contains("exists"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("exists"),
+        "{}",
+        text(&out)
+    );
     let out = backup_script(&["check", &backup.display().to_string()]);
-    assert!(out.status.success() && text(&out).contains("integrity ok"), "{}", text(&out));
+    assert!(
+        out.status.success() && text(&out).contains("integrity ok"),
+        "{}",
+        text(&out)
+    );
 
-    let after: Vec<Value> = (0..30).map(|i| event(&format!("after-{i}"), "acme")).collect();
+    let after: Vec<Value> = (0..30)
+        .map(|i| event(&format!("after-{i}"), "acme"))
+        .collect();
     post(&http, &ingest, &after).await;
     let all = collector.all_events("acme").await.unwrap().len() as u64;
     assert_eq!(all, 280);
@@ -243,17 +267,30 @@ async fn a_running_sqlite_ledger_is_backed_up_and_restored_to_exactly_what_it_he
     // Not while the collector has the ledger open: refused, nothing changed.
     let out = backup_script(&["restore", &backup.display().to_string(), &database]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("stop the collector first"), "{}", text(&out));
-    assert_eq!(collector.all_events("acme").await.unwrap().len() as u64, 280);
+    assert!(
+        text(&out).contains("stop the collector first"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        collector.all_events("acme").await.unwrap().len() as u64,
+        280
+    );
 
-    collector.process().terminate(std::time::Duration::from_secs(10));
+    collector
+        .process()
+        .terminate(std::time::Duration::from_secs(10));
     let out = backup_script(&["restore", &backup.display().to_string(), &database]);
     assert!(out.status.success(), "{}", text(&out));
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("collector.db.before-restore-") && !name.ends_with("-wal") && !name.ends_with("-shm"))
+        .filter(|name| {
+            name.starts_with("collector.db.before-restore-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
         .collect();
     assert_eq!(aside.len(), 1, "the replaced ledger is kept: {aside:?}");
     assert_eq!(count_rows(&dir.path().join(&aside[0])), 280);
@@ -268,7 +305,10 @@ async fn a_running_sqlite_ledger_is_backed_up_and_restored_to_exactly_what_it_he
         .collect();
     assert!((0..50).all(|i| ids.contains(&format!("before-{i}"))));
     assert!(!ids.iter().any(|id| id.starts_with("after-")));
-    assert_eq!(ids.iter().filter(|id| id.starts_with("during-")).count() % 10, 0);
+    assert_eq!(
+        ids.iter().filter(|id| id.starts_with("during-")).count() % 10,
+        0
+    );
 }
 
 /// The statements of docs/operate.md's `-- prune` SQL block.
@@ -300,8 +340,12 @@ async fn the_documented_retention_sql_prunes_old_rows_and_keeps_the_rest() {
         e["time"] = json!(turnpike_devtools::token::format_utc(secs));
         e
     };
-    let old: Vec<Value> = (0..5).map(|i| at(&format!("old-{i}"), now - 500 * 86_400)).collect();
-    let recent: Vec<Value> = (0..7).map(|i| at(&format!("recent-{i}"), now - 3 * 86_400)).collect();
+    let old: Vec<Value> = (0..5)
+        .map(|i| at(&format!("old-{i}"), now - 500 * 86_400))
+        .collect();
+    let recent: Vec<Value> = (0..7)
+        .map(|i| at(&format!("recent-{i}"), now - 3 * 86_400))
+        .collect();
     post(&http, &collector.url("/v1/events"), &old).await;
     post(&http, &collector.url("/v1/events"), &recent).await;
     assert_eq!(collector.all_events("acme").await.unwrap().len(), 12);
@@ -314,7 +358,10 @@ async fn the_documented_retention_sql_prunes_old_rows_and_keeps_the_rest() {
         format!(".parameter set :cutoff_ms {cutoff_ms}"),
     ];
     args.extend(statements);
-    let out = Command::new("sqlite3").args(&args).output().expect("sqlite3");
+    let out = Command::new("sqlite3")
+        .args(&args)
+        .output()
+        .expect("sqlite3");
     assert!(out.status.success(), "{}", text(&out));
 
     let left = collector.all_events("acme").await.unwrap();
@@ -322,12 +369,17 @@ async fn the_documented_retention_sql_prunes_old_rows_and_keeps_the_rest() {
     assert_eq!(ids.len(), 7, "{ids:?}");
     assert!(ids.iter().all(|id| id.starts_with("recent-")));
     let meters = Command::new("sqlite3")
-        .args([&db.display().to_string(), "SELECT count(*) FROM usage_meters"])
+        .args([
+            &db.display().to_string(),
+            "SELECT count(*) FROM usage_meters",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&meters.stdout).trim(), "7");
     // The collector goes on storing after the prune.
     post(&http, &collector.url("/v1/events"), &[at("later", now)]).await;
     assert_eq!(collector.all_events("acme").await.unwrap().len(), 8);
-    collector.process().terminate(std::time::Duration::from_secs(5));
+    collector
+        .process()
+        .terminate(std::time::Duration::from_secs(5));
 }

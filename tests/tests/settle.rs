@@ -111,15 +111,26 @@ async fn a_json_answer_settles_below_its_reservation_into_counter_and_ledger() {
     assert_eq!(stack.envoy.filter_stat("settlements").await, 1, "{row}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reservation_past_the_budget_is_refused_before_the_upstream_runs() {
-    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
-    let token = stack.token("budget");
-    let upstream_before = stack
-        .envoy
-        .stats("cluster.upstream.upstream_rq_total")
+/// Refuses a reservation past the budget; returns how many requests reached the
+/// upstream and how many it answered, over both.
+async fn refuse_past_budget(hold_headers: bool) -> (u64, u64) {
+    let mut patch = chat_route(json!({ "json": "/usage/total_tokens" }));
+    patch["hold_headers_for_body"] = json!(hold_headers);
+    let stack = Stack::builder(PLANS)
+        .with_collector()
+        .filter_patch(patch)
+        .start()
         .await;
-    // 4000 reserved of a 5000-token day: fine; another 4000: refused, never sent.
+    let token = stack.token("budget");
+    let sent = |m: std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    let requests_before = sent(
+        stack
+            .envoy
+            .stats("cluster.upstream.upstream_rq_total")
+            .await,
+    );
+    let answers_before = sent(stack.envoy.stats("cluster.upstream.upstream_rq_2xx").await);
+    // 4000 reserved of a 5000-token day: fine; another 4000: refused.
     let (status, body) = post_chat(
         &stack,
         &token,
@@ -130,16 +141,41 @@ async fn a_reservation_past_the_budget_is_refused_before_the_upstream_runs() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = post_chat(&stack, &token, &chat(1, 4000, false), &[]).await;
     assert_eq!(status, 429, "{body}");
-    let upstream_after = stack
-        .envoy
-        .stats("cluster.upstream.upstream_rq_total")
-        .await;
-    let sent = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    assert_eq!(tokens_used(&stack, "budget").await, 4000);
+    (
+        sent(
+            stack
+                .envoy
+                .stats("cluster.upstream.upstream_rq_total")
+                .await,
+        ) - requests_before,
+        sent(stack.envoy.stats("cluster.upstream.upstream_rq_2xx").await) - answers_before,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_past_the_budget_is_refused_before_the_upstream_runs() {
+    // With Envoy's allow_on_headers_stop_iteration (the repository's Envoy config), the
+    // refused request never leaves Envoy.
+    let (requests, answers) = refuse_past_budget(true).await;
     assert_eq!(
-        sent(&upstream_after) - sent(&upstream_before),
-        1,
+        (requests, answers),
+        (1, 1),
         "the refused request reached the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_held_headers_a_refused_reservation_never_sends_its_body() {
+    // Where Envoy cannot hold a body-reading filter's headers (Istio's WasmPlugin), the
+    // headers go upstream at once, the body waits for the counter, and a refusal resets
+    // the upstream request before it has a body to work on: it is never answered.
+    let (requests, answers) = refuse_past_budget(false).await;
+    assert_eq!(
+        answers, 1,
+        "the refused request was answered by the upstream"
+    );
+    assert!(requests <= 2, "{requests} upstream requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,11 +294,20 @@ async fn malformed_usage_falls_back_to_the_reservation_with_a_metric_and_a_log_l
         .await;
     }
     assert_eq!(stack.envoy.filter_stat("settle_malformed").await, 3);
-    let logs = stack.envoy.process().logs();
-    assert!(
-        logs.contains("unusable tokens quantity"),
-        "no log line about the bad usage"
-    );
+    // Envoy writes its log file every 100 ms (the harness's flush interval).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stack
+        .envoy
+        .process()
+        .logs()
+        .contains("unusable tokens quantity")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line about the bad usage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

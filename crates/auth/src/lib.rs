@@ -167,9 +167,15 @@ mod redact_tests {
 
     #[test]
     fn passwords_never_reach_error_messages() {
-        assert_eq!(redact_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(
+            redact_url("redis://u:pw@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
         assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
-        assert_eq!(redact_url("postgres://me:pw@db/ledger"), "postgres://me:***@db/ledger");
+        assert_eq!(
+            redact_url("postgres://me:pw@db/ledger"),
+            "postgres://me:***@db/ledger"
+        );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("notaurl"), "notaurl");
         assert_eq!(redact_url("redis//u:secret@x"), "redis//u:***@x");

@@ -67,7 +67,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             env("TURNPIKE_READ_TOKEN"),
         )
         .map_err(|e| {
-            StartError::Config(format!("{e} (--read-token-file FILE or TURNPIKE_READ_TOKEN)"))
+            StartError::Config(format!(
+                "{e} (--read-token-file FILE or TURNPIKE_READ_TOKEN)"
+            ))
         })?,
         args.allow_unauthenticated_reads,
     ) {

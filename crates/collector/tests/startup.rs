@@ -30,7 +30,10 @@ fn error_line(out: &Output) -> String {
         .filter(|l| l.starts_with("turnpike-collector: "))
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(!stderr.contains("ERROR"), "the error was also logged: {stderr}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "the error was also logged: {stderr}"
+    );
     lines[0].to_owned()
 }
 
@@ -47,7 +50,11 @@ impl Drop for Running {
 fn a_sqlite_ledger_in_a_missing_directory_is_created_and_served() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("missing-dir/nested/ledger.db");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = collector()
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--database", &format!("sqlite://{}", db.display())])
@@ -81,7 +88,12 @@ fn a_sqlite_ledger_in_a_missing_directory_is_created_and_served() {
 fn a_ledger_path_that_cannot_work_is_named_with_the_fix() {
     // /proc refuses new files, for root too.
     let out = collector()
-        .args(["--listen", "127.0.0.1:0", "--database", "sqlite:///proc/turnpike/ledger.db"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "sqlite:///proc/turnpike/ledger.db",
+        ])
         .output()
         .unwrap();
     let line = error_line(&out);
@@ -95,7 +107,10 @@ fn a_ledger_path_that_cannot_work_is_named_with_the_fix() {
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("is a directory") && line.contains("ledger.db"), "{line}");
+    assert!(
+        line.contains("is a directory") && line.contains("ledger.db"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -109,7 +124,10 @@ fn a_port_in_use_a_missing_plans_file_or_secret_file_is_named() {
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains(&format!("--listen {addr}")) && line.contains("another --listen"), "{line}");
+    assert!(
+        line.contains(&format!("--listen {addr}")) && line.contains("another --listen"),
+        "{line}"
+    );
 
     let out = collector()
         .args(["--listen", "127.0.0.1:0", "--database", &database])
@@ -117,7 +135,10 @@ fn a_port_in_use_a_missing_plans_file_or_secret_file_is_named() {
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("--plans") && line.contains("/missing-dir/plans.toml"), "{line}");
+    assert!(
+        line.contains("--plans") && line.contains("/missing-dir/plans.toml"),
+        "{line}"
+    );
 
     let out = collector()
         .args(["--listen", "127.0.0.1:0", "--database", &database])
@@ -125,17 +146,26 @@ fn a_port_in_use_a_missing_plans_file_or_secret_file_is_named() {
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("/missing-dir/ingest") && line.contains("--ingest-secret-file"), "{line}");
+    assert!(
+        line.contains("/missing-dir/ingest") && line.contains("--ingest-secret-file"),
+        "{line}"
+    );
 }
 
 #[test]
 fn a_postgres_url_is_shown_without_its_password() {
     let out = collector()
         .args(["--listen", "127.0.0.1:0"])
-        .args(["--database", "postgres://turnpike:hunter2@127.0.0.1:1/ledger"])
+        .args([
+            "--database",
+            "postgres://turnpike:hunter2@127.0.0.1:1/ledger",
+        ])
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("postgres://turnpike:***@127.0.0.1:1/ledger"), "{line}");
+    assert!(
+        line.contains("postgres://turnpike:***@127.0.0.1:1/ledger"),
+        "{line}"
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }

@@ -42,8 +42,8 @@ pub const MAX_COMPLETION_TOKENS: u64 = 10_000_000;
 const MAX_DELAY_MS: u64 = 10_000;
 const SPLIT_PAUSE: Duration = Duration::from_millis(5);
 const WORDS: [&str; 12] = [
-    "metered", "tokens", "flow", "through", "the", "proxy", "and", "every", "one", "is",
-    "counted", "once",
+    "metered", "tokens", "flow", "through", "the", "proxy", "and", "every", "one", "is", "counted",
+    "once",
 ];
 
 /// How the usage object is spelled.
@@ -104,7 +104,11 @@ impl IntoResponse for BadRequest {
     }
 }
 
-fn header_u64(headers: &HeaderMap, name: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>, BadRequest> {
+fn header_u64(
+    headers: &HeaderMap,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, BadRequest> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
@@ -559,15 +563,26 @@ mod tests {
     #[test]
     fn tokens_follow_from_the_request() {
         let c = plan(&request(false), &Knobs::default(), 7).unwrap();
-        assert_eq!(c.prompt_tokens, 6, "3 words of system text + 3 of user text");
+        assert_eq!(
+            c.prompt_tokens, 6,
+            "3 words of system text + 3 of user text"
+        );
         assert_eq!(c.completion_tokens, 5, "max_tokens");
         assert_eq!(c.finish_reason, "length");
         // The same request, the same id; the header knob wins over max_tokens.
-        let again = plan(&request(false), &knobs(&[("x-demo-completion-tokens", "9")]).unwrap(), 8).unwrap();
+        let again = plan(
+            &request(false),
+            &knobs(&[("x-demo-completion-tokens", "9")]).unwrap(),
+            8,
+        )
+        .unwrap();
         assert_eq!(again.id, c.id);
         assert_eq!(again.completion_tokens, 9);
         let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
-        assert_eq!(plan(body, &Knobs::default(), 0).unwrap().completion_tokens, DEFAULT_COMPLETION_TOKENS);
+        assert_eq!(
+            plan(body, &Knobs::default(), 0).unwrap().completion_tokens,
+            DEFAULT_COMPLETION_TOKENS
+        );
     }
 
     #[test]
@@ -578,7 +593,10 @@ mod tests {
         assert_eq!(body["choices"][0]["message"]["role"], "assistant");
         let content = body["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(content.split_whitespace().count(), 5);
-        assert_eq!(body["usage"], json!({"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11}));
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11})
+        );
     }
 
     #[test]
@@ -588,22 +606,30 @@ mod tests {
         let events: Vec<Event> = (0..).map_while(|i| stream_event(&c, &k, i)).collect();
         // role, ceil(5/2) = 3 content chunks, finish, usage, [DONE]
         assert_eq!(events.len(), 7);
-        assert!(events.iter().all(|e| e.text.starts_with("data: ") && e.text.ends_with("\n\n")));
+        assert!(events
+            .iter()
+            .all(|e| e.text.starts_with("data: ") && e.text.ends_with("\n\n")));
         assert_eq!(events.last().unwrap().text, "data: [DONE]\n\n");
-        let usage: Value = serde_json::from_str(events[5].text.trim_start_matches("data: ").trim()).unwrap();
+        let usage: Value =
+            serde_json::from_str(events[5].text.trim_start_matches("data: ").trim()).unwrap();
         assert!(events[5].usage);
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 11);
         let text: String = events[1..4]
             .iter()
             .map(|e| {
-                let v: Value = serde_json::from_str(e.text.trim_start_matches("data: ").trim()).unwrap();
+                let v: Value =
+                    serde_json::from_str(e.text.trim_start_matches("data: ").trim()).unwrap();
                 assert_eq!(v["usage"], Value::Null);
-                v["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
             })
             .collect();
         assert_eq!(text, words(0, 5));
-        let finish: Value = serde_json::from_str(events[4].text.trim_start_matches("data: ").trim()).unwrap();
+        let finish: Value =
+            serde_json::from_str(events[4].text.trim_start_matches("data: ").trim()).unwrap();
         assert_eq!(finish["choices"][0]["finish_reason"], "length");
     }
 
@@ -611,7 +637,9 @@ mod tests {
     fn include_usage_false_leaves_the_usage_event_out() {
         let body = br#"{"stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"a b"}],"max_tokens":1}"#;
         let c = plan(body, &Knobs::default(), 0).unwrap();
-        let events: Vec<Event> = (0..).map_while(|i| stream_event(&c, &Knobs::default(), i)).collect();
+        let events: Vec<Event> = (0..)
+            .map_while(|i| stream_event(&c, &Knobs::default(), i))
+            .collect();
         assert_eq!(events.len(), 4, "role, one chunk, finish, [DONE]");
         assert!(events.iter().all(|e| !e.text.contains("\"usage\"")));
     }
@@ -619,13 +647,18 @@ mod tests {
     #[test]
     fn malformed_usage_styles() {
         let c = plan(&request(false), &Knobs::default(), 0).unwrap();
-        let nan: Value = serde_json::from_str(&usage_json(&c, UsageStyle::NotANumber).unwrap()).unwrap();
+        let nan: Value =
+            serde_json::from_str(&usage_json(&c, UsageStyle::NotANumber).unwrap()).unwrap();
         assert_eq!(nan["completion_tokens"], "5");
-        let negative: Value = serde_json::from_str(&usage_json(&c, UsageStyle::Negative).unwrap()).unwrap();
+        let negative: Value =
+            serde_json::from_str(&usage_json(&c, UsageStyle::Negative).unwrap()).unwrap();
         assert_eq!(negative["total_tokens"], -11);
         let huge = usage_json(&c, UsageStyle::Huge).unwrap();
         let parsed: Value = serde_json::from_str(&huge).unwrap();
-        assert!(parsed["completion_tokens"].as_u64().is_none(), "past u64: {huge}");
+        assert!(
+            parsed["completion_tokens"].as_u64().is_none(),
+            "past u64: {huge}"
+        );
         assert!(usage_json(&c, UsageStyle::Missing).is_none());
         let k = knobs(&[("x-demo-usage", "missing")]).unwrap();
         let body: Value = serde_json::from_str(&completion_body(&c, &k)).unwrap();
@@ -646,7 +679,10 @@ mod tests {
             assert!(err.0.starts_with(name), "{name}: {}", err.0);
         }
         assert!(plan(b"not json", &Knobs::default(), 0).is_err());
-        assert!(plan(b"{}", &Knobs::default(), 0).unwrap_err().0.contains("messages"));
+        assert!(plan(b"{}", &Knobs::default(), 0)
+            .unwrap_err()
+            .0
+            .contains("messages"));
     }
 
     #[test]

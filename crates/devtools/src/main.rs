@@ -231,7 +231,10 @@ fn run(command: Command) -> Result<(), DevError> {
             let key_path = find_demo_key(key.key.as_deref(), &env_var)?;
             println!("{}", token::mint(&spec, &read_file(&key_path)?, &key.kid)?);
             if !quiet {
-                eprintln!("turnpike-dev: {}", token::lifetime_note(&spec, token::now_unix()));
+                eprintln!(
+                    "turnpike-dev: {}",
+                    token::lifetime_note(&spec, token::now_unix())
+                );
             }
             Ok(())
         }

@@ -185,7 +185,10 @@ pub fn lifetime_note(spec: &TokenSpec, now_unix: u64) -> String {
         .and_then(|c| c["exp"].as_u64())
         .unwrap_or(now_unix);
     if spec.expired {
-        return format!("token ({who}) expired at {} on purpose (--expired)", format_utc(exp));
+        return format!(
+            "token ({who}) expired at {} on purpose (--expired)",
+            format_utc(exp)
+        );
     }
     let ttl = spec.ttl_secs;
     let span = if ttl % 3600 == 0 {

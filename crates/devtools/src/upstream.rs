@@ -215,7 +215,10 @@ mod tests {
 
         let resp = raw_post(addr, "/v1/chat/completions", "x-demo-status: 503\r\n", CHAT).await;
         assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
-        assert!(resp.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#), "{resp}");
+        assert!(
+            resp.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#),
+            "{resp}"
+        );
 
         let resp = raw_post(addr, "/v1/chat/completions", "", "{").await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
@@ -243,7 +246,8 @@ mod tests {
             "the usage event was not split: {chunks:#?}"
         );
         assert!(usage_event.starts_with("data: {") && usage_event.ends_with("}\n\n"));
-        assert!(usage_event.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#));
+        assert!(usage_event
+            .contains(r#""usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}"#));
         assert_eq!(chunks[8], "data: [DONE]\n\n");
         assert_eq!(trailers, ["x-usage-tokens: 7"]);
     }
@@ -262,7 +266,11 @@ mod tests {
         let (_, chunks, _) = dechunk(&resp);
         // role, 200 content chunks, finish, usage, [DONE]
         assert_eq!(chunks.len(), 204);
-        assert!(chunks[202].contains(r#""completion_tokens":200000"#), "{}", chunks[202]);
+        assert!(
+            chunks[202].contains(r#""completion_tokens":200000"#),
+            "{}",
+            chunks[202]
+        );
         let words: usize = chunks[1..201]
             .iter()
             .map(|c| {

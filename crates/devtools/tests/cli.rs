@@ -20,12 +20,18 @@ fn repo() -> &'static Path {
 #[test]
 fn mint_works_from_another_directory_and_says_when_the_token_expires() {
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = dev(elsewhere.path(), &["mint", "--tenant", "acme", "--ttl-secs", "120"]);
+    let out = dev(
+        elsewhere.path(),
+        &["mint", "--tenant", "acme", "--ttl-secs", "120"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(token.trim().split('.').count(), 3, "{token}");
-    assert!(stderr.contains("tenant acme") && stderr.contains("(2 min, --ttl-secs)"), "{stderr}");
+    assert!(
+        stderr.contains("tenant acme") && stderr.contains("(2 min, --ttl-secs)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Jwt is expired"), "{stderr}");
 
     // -q: the token alone, for scripts.
@@ -34,7 +40,11 @@ fn mint_works_from_another_directory_and_says_when_the_token_expires() {
 
     // The JWKS from elsewhere is the committed one: the key found is the demo key.
     let out = dev(elsewhere.path(), &["jwks"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let committed: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo().join("config/demo/jwks.json")).unwrap())
@@ -53,9 +63,16 @@ fn the_key_comes_from_the_flag_or_the_environment_and_a_wrong_one_is_named() {
         .env("TURNPIKE_DEMO_KEY", &copy)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = dev(dir.path(), &["mint", "--tenant", "acme", "--key", "nope.pem"]);
+    let out = dev(
+        dir.path(),
+        &["mint", "--tenant", "acme", "--key", "nope.pem"],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
