@@ -148,12 +148,7 @@ impl RedisConfig {
 
 /// A URL fit for a log line or an error: a password in it is replaced.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://<credentials>@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
+    turnpike_auth::redact_url(url)
 }
 
 #[cfg(test)]
