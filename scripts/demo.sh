@@ -64,14 +64,14 @@ stop_demo() { # stop our processes, Envoy first so it flushes its usage events
   local name pid start order=(envoy upstream counter collector stripe redis) n
   for n in "${order[@]}"; do
     while read -r name pid start; do
-      [ "$name" = "$n" ] && kill -TERM "$pid" 2>/dev/null || true
+      [ "$name" = "$n" ] && kill -TERM -- "-$pid" 2>/dev/null || true
     done < <(running)
     for _ in $(seq 1 50); do
       is_running "$n" || break
       sleep 0.1
     done
     while read -r name pid start; do
-      [ "$name" = "$n" ] && kill -KILL "$pid" 2>/dev/null || true
+      [ "$name" = "$n" ] && kill -KILL -- "-$pid" 2>/dev/null || true
     done < <(running)
   done
   return 0
@@ -172,7 +172,10 @@ write_tokens() {
 
 start() { # name, command...: a session of its own, so Ctrl-C reaches only this script
   local name=$1; shift
-  setsid "$@" </dev/null >>"$DEMO_DIR/$name.log" 2>&1 9>&- &
+  # A shell stays as the parent: Envoy asks for SIGTERM when its parent exits, and this
+  # script exits while a detached demo runs. The recorded pid leads the process group
+  # that stop_demo signals.
+  setsid bash -c '"$@" & wait $!' "$name" "$@" </dev/null >>"$DEMO_DIR/$name.log" 2>&1 9>&- &
   local pid=$! start=""
   for _ in 1 2 3 4 5; do start=$(started_at "$pid"); [ -n "$start" ] && break; sleep 0.05; done
   echo "$name $pid $start" >>"$pids_file"
@@ -222,7 +225,7 @@ case "$command" in
     render_envoy "$DEMO_DIR/envoy.yaml.new" \
       || die "cannot render $ENVOY_TEMPLATE with $FILTER_CONFIG (above); Envoy keeps running"
     # Envoy flushes its usage events when it stops; the quota lives in Redis, not in Envoy.
-    while read -r name pid _; do [ "$name" = envoy ] && kill -TERM "$pid"; done < <(running)
+    while read -r name pid _; do [ "$name" = envoy ] && kill -TERM -- "-$pid"; done < <(running)
     for _ in $(seq 1 100); do is_running envoy || break; sleep 0.1; done
     grep -v '^envoy ' "$pids_file" >"$pids_file.new" || true
     mv "$pids_file.new" "$pids_file"
@@ -467,6 +470,11 @@ tenant tokens last $((TOKEN_TTL / 3600)) h (then 401 "Jwt is expired": scripts/d
   curl -i -H "Authorization: Bearer \$INITECH" "\$ENVOY_URL/v1/items/1"
   # acme is pinned to the pro plan; a search costs 1 request + 5 search_units
   curl -i -H "Authorization: Bearer \$ACME" "\$ENVOY_URL/v1/search?q=shoes"
+  # an LLM-style API billed by tokens: max_tokens reserved first, usage.total_tokens settled
+  curl -s -H "Authorization: Bearer \$ACME" -H 'content-type: application/json' \
+    -d '{"model":"demo","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}' \
+    "\$ENVOY_URL/v1/chat/completions"
+  curl -s -H "Authorization: Bearer \$READ_TOKEN" "\$COUNTER_URL/v1/tenants/acme/usage" | grep -o '{"name":"tokens-daily"[^}]*}'
   # globex spent its minute above: 429 until the minute ends
   curl -i -H "Authorization: Bearer \$GLOBEX" "\$ENVOY_URL/v1/items/1"
   # a verified token without a tenant claim: 401 problem+json from the filter

@@ -133,9 +133,12 @@ wasm=${DEMO_WASM:-$(dirname "$(dirname "$bin")")/wasm32-wasip1/wasm/turnpike.was
   --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT=8081 \
   --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT=8082 \
   --out envoy.yaml
-"$envoy" --mode validate -c envoy.yaml --disable-hot-restart -l error >validate.log 2>&1 \
+# The filter checks that its secrets reach it through Envoy's environment: any value
+# does for a check.
+TURNPIKE_COUNTER_TOKEN=check TURNPIKE_INGEST_SECRET=check \
+  "$envoy" --mode validate -c envoy.yaml --disable-hot-restart -l error >validate.log 2>&1 \
   || { cat validate.log >&2; fail "envoy --mode validate refused envoy.yaml"; }
-expect_in "envoy --mode validate" "$(cat validate.log)" "configuration '$work/envoy.yaml' OK"
+expect_in "envoy --mode validate" "$(cat validate.log)" "configuration 'envoy.yaml' OK"
 
 # --- 5. run it: the demo stack in front of your API ------------------------------------
 step "5. start Turnpike in front of your API (scripts/demo.sh with your files)"
