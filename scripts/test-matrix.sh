@@ -20,7 +20,9 @@ cd "$root"
 HOST_FACING=(host quota auth soft_refund events events_faults failure istio concurrency reload idempotency trust_paths lossless leased settle grafana)
 # cluster: Redis Cluster failovers; it runs Envoy, but what it checks is the counter
 # and Redis, which do not change with the Envoy version (`make test` runs it once).
-NOT_HOST_FACING=(cluster)
+# demo, guides, operate: the scripts users run (demo, guide, backup) and the alert
+# rules; they run the default Envoy once in `make test`.
+NOT_HOST_FACING=(cluster demo guides operate)
 # The same reason for the Redis Cluster variant of tests that run on both topologies
 # (tests/src/topology.rs): the matrix runs their single-Redis variant only.
 SKIP=(--skip ::redis_cluster)
