@@ -5,15 +5,32 @@
 #   turnpike  + jwt_authn + the Turnpike filter, one counter callout per request
 #             (usage events off)
 #   turnpike+events  the same with usage events shipped to a collector (SQLite)
+#   turnpike-leased  turnpike with the route in leased mode: requests are admitted from
+#             a block of requests leased from the counter, reported every 100 ms
+#             (docs/enforcement-modes.md; the filter's default lease tuning)
+#   turnpike-leased-c2  the same with Envoy --concurrency 2: two workers sharing their
+#             leases through shared data (on a 2-core machine shared with wrk, the
+#             counter and Redis: not a scaling figure)
+#   turnpike-settle  exact mode on an LLM-shaped route: POST with a JSON body, tokens
+#             reserved from /max_tokens and settled from the answer's
+#             /usage/total_tokens (docs/usage-metering.md); a consume and a settle
+#             callout per request, the headers held until the body is read
 # Then the collector's own ingest rate into SQLite and PostgreSQL (INGEST=0 skips it),
 # and the capacity figures of the counter and Redis alone, on one Redis and on a Redis
 # Cluster (bench/capacity.sh, docs/capacity.md; CAPACITY=0 skips them).
-# Envoy --concurrency 1, wrk 1 thread / 32 connections on loopback, the counter (release
-# build) over Redis. Prints req/s, p50/p99 latency, Envoy CPU µs per request, counter
-# CPU and RSS, and the ratios. Never asserts timings: it measures.
+# Envoy --concurrency 1 (turnpike-leased-c2: 2), wrk 1 thread / 32 connections on
+# loopback, the counter (release build) over Redis. Prints req/s, p50/p99 latency, Envoy
+# CPU µs per request, counter CPU and RSS, and the ratios; then the filter's own stats
+# in the leased and settle runs, and the ledger against what the counter admitted.
+# Never asserts timings: it measures. docs/benchmarks.md has the latest figures.
 #
 #   bench/run.sh                # 10 s per variant
 #   DURATION=30 bench/run.sh
+#   VARIANTS="bare jwt turnpike-leased" bench/run.sh   # a subset, in that order
+#   WARMUP=1 CONNECTIONS=64 INGEST=0 CAPACITY=0 bench/run.sh
+#   PATCH='{"lease":{"report_interval_ms":50}}' bench/run.sh  # a filter-config merge patch:
+#       replaces the events-off patch of bare/jwt/turnpike and turnpike+events' (none),
+#       merged on top of the leased and settle variants' own patches
 #   ENVOY_VERSION=1.36 bench/run.sh   # another supported Envoy (a minor or its pinned
 #                                     # patch), one per run; default .tools/bin/envoy
 set -euo pipefail
@@ -23,9 +40,17 @@ cd "$root"
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
+ALL_VARIANTS="bare jwt turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
+VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 run="$root/.run/bench"
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+for v in $VARIANTS; do
+  case " $ALL_VARIANTS " in
+    *" $v "*) ;;
+    *) die "VARIANTS: unknown variant '$v' (known: $ALL_VARIANTS)" ;;
+  esac
+done
 
 command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
 if [ -n "${ENVOY_VERSION:-}" ]; then
@@ -92,12 +117,57 @@ token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
 printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us\tcounter_us\tredis_us\tcollector_us\tcounter_rss_kb\tnon2xx\n' >"$results"
 
-for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
+# RFC 7396 merge of the JSON patch $2 over $1 (the variant's own patch, then PATCH).
+merge_json() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+def merge(t, p):
+    if not isinstance(p, dict):
+        return p
+    t = dict(t) if isinstance(t, dict) else {}
+    for k, v in p.items():
+        if v is None:
+            t[k] = None  # kept: a patch's null still deletes when applied
+        else:
+            t[k] = merge(t.get(k), v)
+    return t
+print(json.dumps(merge(json.loads(sys.argv[1]), json.loads(sys.argv[2]))))
+PY
+}
+# The leased variants: the default route (every bench request) leased, events off.
+LEASED_PATCH='{"collector":null,"default_route":{"mode":"leased"}}'
+# The settle variant: the LLM route of docs/usage-metering.md (as tests/tests/settle.rs
+# sets it), events off; the headers wait for the body the reservation reads (with the
+# template's allow_on_headers_stop_iteration).
+SETTLE_PATCH='{"collector":null,"hold_headers_for_body":true,"routes":[
+  {"name":"chat","method":"POST","path_exact":"/v1/chat/completions","meters":{"requests":1},
+   "usage":[{"meter":"tokens","reserve":{"json":"/max_tokens","default":500,"max":4000},
+             "settle":{"json":"/usage/total_tokens"}}]}]}'
+CHAT_BODY='{"model":"bench","max_tokens":100,"messages":[{"role":"user","content":"Say ok."}]}'
+# wrk posts the chat body (command-line -H headers, the token, still apply).
+cat >"$run/chat.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$CHAT_BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+for variant in $VARIANTS; do
   LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  concurrency=1; path=/v1/items/1; wrk_script=(); curl_body=()
   case "$variant" in
     turnpike+events) patch=${PATCH:-}; base=turnpike ;;
+    turnpike-leased|turnpike-leased-c2)
+      patch=$LEASED_PATCH; base=turnpike
+      [ "$variant" = turnpike-leased-c2 ] && concurrency=2 ;;
+    turnpike-settle)
+      patch=$SETTLE_PATCH; base=settle; path=/v1/chat/completions
+      wrk_script=(-s "$run/chat.lua")
+      curl_body=(-H 'Content-Type: application/json' --data-binary "$CHAT_BODY") ;;
     # Events off: no collector section in the filter config.
     *) patch=${PATCH:-'{"collector":null}'}; base=$variant ;;
+  esac
+  case "$variant" in
+    turnpike-*) [ -n "${PATCH:-}" ] && patch=$(merge_json "$patch" "$PATCH") ;;
   esac
   "$dev" render-envoy --template envoy/envoy.yaml.tmpl --filter-config envoy/filter-config.json \
     --set ADMIN_ADDRESS=127.0.0.1 --set ADMIN_PORT="$ADMIN_PORT" \
@@ -109,19 +179,21 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
     ${patch:+--patch-filter "$patch"} \
     --out "$run/rendered.yaml"
   python3 bench/derive.py "$base" <"$run/rendered.yaml" >"$run/envoy-$variant.yaml"
-  "$envoy" -c "$run/envoy-$variant.yaml" --concurrency 1 --base-id $((9000 + RANDOM % 1000)) \
+  "$envoy" -c "$run/envoy-$variant.yaml" --concurrency "$concurrency" --base-id $((9000 + RANDOM % 1000)) \
     -l warning >"$run/envoy-$variant.log" 2>&1 &
   envoy_pid=$!; pids+=($envoy_pid)
   wait_http "http://127.0.0.1:$ADMIN_PORT/ready"
-  url="http://127.0.0.1:$LISTEN_PORT/v1/items/1"
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url")
+  url="http://127.0.0.1:$LISTEN_PORT$path"
+  code=$(curl -s -o "$run/first-$variant.txt" -w '%{http_code}' -H "Authorization: Bearer $token" \
+    ${curl_body[@]+"${curl_body[@]}"} "$url")
   [ "$code" = 200 ] || die "$variant: a single request got $code, not 200 (see $run/envoy-$variant.log)"
-  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Authorization: Bearer $token" "$url" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" ${wrk_script[@]+"${wrk_script[@]}"} \
+    -H "Authorization: Bearer $token" "$url" >/dev/null
   e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
   l0=$(cpu_ticks $collector_pid)
-  say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s"
-  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$url" \
-    >"$run/wrk-$variant.txt"
+  say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s${wrk_script[*]:+ ${wrk_script[*]#"$run"/}} (Envoy --concurrency $concurrency)"
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency ${wrk_script[@]+"${wrk_script[@]}"} \
+    -H "Authorization: Bearer $token" "$url" >"$run/wrk-$variant.txt"
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
   l1=$(cpu_ticks $collector_pid)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
@@ -133,20 +205,52 @@ for variant in ${VARIANTS:-bare jwt turnpike turnpike+events}; do
       | grep -E 'wasmcustom\.turnpike\.((billable_)?events_(queued|sent|dropped|rejected)|buffer_depth):' \
       | sed 's/^/  /' >"$run/events.txt"
   fi
+  # What the filter did (decisions from leases, settlements), to check the variant
+  # measured what it says.
+  case "$variant" in
+    turnpike-leased*) stats='allowed|denied|leased|lease_renewals|lease_empty_grants|lease_records_lost|counter_errors' ;;
+    turnpike-settle) stats='allowed|denied|settlements|settle_missing|settle_malformed|counter_errors' ;;
+    *) stats= ;;
+  esac
+  if [ -n "$stats" ]; then
+    sleep 0.3 # leased: the last report goes out every 100 ms
+    curl -s "http://127.0.0.1:$ADMIN_PORT/stats" \
+      | grep -E "^wasmcustom\.turnpike\.($stats): " | sed 's/^/  /' >"$run/stats-$variant.txt"
+  fi
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
 done
 
-echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1; wrk -t1 -c$CONNECTIONS -d${DURATION}s"
+echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1$(case " $VARIANTS " in *" turnpike-leased-c2 "*) echo ' (turnpike-leased-c2: 2)' ;; esac); wrk -t1 -c$CONNECTIONS -d${DURATION}s"
 python3 bench/summarize.py table "$results"
+case " $VARIANTS " in
+  *" turnpike-leased-c2 "*)
+    echo "turnpike-leased-c2: Envoy with 2 workers on a $(nproc)-core machine shared with wrk, the counter, Redis and the collector: not a scaling figure" ;;
+esac
+for variant in $VARIANTS; do
+  [ -s "$run/stats-$variant.txt" ] || continue
+  echo "filter stats in the $variant run (Envoy stats, warm-up included):"
+  cat "$run/stats-$variant.txt"
+  # Admitted but never counted nor billed: the filter gave up reporting them.
+  awk -v v="$variant" -v file="${run#"$root"/}/envoy-$variant.log" '
+    /lease_records_lost: / && $2 > 0 { printf "WARNING: %s: %d leased requests admitted but never reported to the counter (unbilled; see \"gave up reporting\" in %s)\n", v, $2, file }
+    /settle_(missing|malformed): / && $2 > 0 { sub(/^wasmcustom\.turnpike\./, "", $1); printf "WARNING: %s: %s %d\n", v, $1, $2 }
+  ' "$run/stats-$variant.txt"
+done
 if [ -f "$run/events.txt" ]; then
   echo "usage events in the turnpike+events run (Envoy stats, warm-up included):"
   cat "$run/events.txt"
 fi
 # Every request the counter admitted (all variants, warm-ups included) must be billed by
 # the ledger, once: it reaches the ledger through the counter's usage stream, whatever
-# the proxy's event buffer did under saturation.
-admitted=$(curl -s "http://127.0.0.1:$COUNTER_PORT/metrics" \
-  | awk '/^turnpike_counter_consumes_total\{result="allowed"\}/ {print $2}')
+# the proxy's event buffer did under saturation. Admitted: the consumes allowed, less
+# those refunded (a consume in flight when wrk stops is cancelled by the filter and
+# refunded: the ledger keeps it, not billable), plus the leased requests the proxies
+# reported.
+admitted=$(curl -s "http://127.0.0.1:$COUNTER_PORT/metrics" | awk '
+  /^turnpike_counter_consumes_total\{result="allowed"\} / { n += $2 }
+  /^turnpike_counter_refunds_total\{result="refunded"\} / { n -= $2 }
+  /^turnpike_counter_lease_reported_requests_total / { n += $2 }
+  END { print n + 0 }')
 billed=0
 for _ in $(seq 1 240); do
   billed=$(curl -s -H "Authorization: Bearer $TURNPIKE_READ_TOKEN" \

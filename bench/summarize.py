@@ -44,10 +44,9 @@ def table(path):
     for r in [header, *rows.values()]:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)))
     print()
-    for name in ("turnpike", "turnpike+events"):
-        t = rows.get(name)
-        if not t:
-            continue
+    # Every metered variant, in the order it ran, against the two baselines.
+    for name in [n for n in rows if n.startswith("turnpike")]:
+        t = rows[name]
         for base in ("bare", "jwt"):
             b = rows.get(base)
             if not b:
