@@ -395,6 +395,16 @@ impl LeaseBook {
                 Ok(()) => {
                     self.pending_records = self.pending_records.saturating_sub(records.len());
                 }
+                // Too large for the counter: nothing of it was counted, so its halves
+                // go out as reports of their own (new batch ids).
+                Err(_) if status.as_deref() == Some("413") && records.len() > 1 => {
+                    let mut first = records;
+                    let second = first.split_off(first.len() / 2);
+                    for half in [first, second] {
+                        let batch = plugin_batch_id(&half);
+                        self.send_report(plugin, &key, lease, batch, half, attempts);
+                    }
+                }
                 Err(e) if attempts + 1 >= MAX_REPORT_ATTEMPTS => {
                     self.pending_records = self.pending_records.saturating_sub(records.len());
                     if let Some(m) = metrics {

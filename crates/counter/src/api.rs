@@ -26,6 +26,8 @@ use crate::ticket::Ticket;
 const PROBLEM_BASE: &str = "https://turnpike.dev/problems/";
 /// Request bodies are a few hundred bytes; refuse anything far larger early.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A lease report carries up to 10,000 (consume id, time) records of ~70 bytes.
+const MAX_REPORT_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -33,7 +35,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(counter_paths::REFUND, post(refund))
         .route(counter_paths::SETTLE, post(settle))
         .route(counter_paths::LEASE, post(crate::lease_api::lease))
-        .route(counter_paths::LEASE_REPORT, post(crate::lease_api::report))
+        .route(
+            counter_paths::LEASE_REPORT,
+            post(crate::lease_api::report).layer(DefaultBodyLimit::max(MAX_REPORT_BODY_BYTES)),
+        )
         .route("/v1/tenants/{tenant}/usage", get(usage))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -203,3 +203,26 @@ async fn leases_and_consumes_together_never_exceed_a_limit() {
     assert!(total <= 10, "{total} admitted against a limit of 10");
     assert_eq!(total, 10, "the limit was used up");
 }
+
+#[tokio::test]
+async fn a_report_of_ten_thousand_requests_is_taken_whole() {
+    // A proxy at 50k req/s reports ~5,000 requests every 100 ms: far more than the
+    // 64 KiB the other endpoints accept.
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let granted = lease(&api, "acme", 20, None, false).await;
+    let id = granted["lease"].as_u64().unwrap();
+    let now_ms = granted["time_ms"].as_u64().unwrap();
+    let records: Vec<Value> = (0..10_000)
+        .map(|i| json!([format!("leased-0123456789abcdef-{i:08}"), now_ms]))
+        .collect();
+    let body = json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "big", "records": records});
+    assert!(body.to_string().len() > 64 * 1024);
+    let (status, reported) = api.post("/v1/lease/report", body).await;
+    assert_eq!(
+        (status, reported["recorded"].clone()),
+        (200, json!(10_000)),
+        "{reported}"
+    );
+}
