@@ -191,9 +191,9 @@ pub fn lifetime_note(spec: &TokenSpec, now_unix: u64) -> String {
         );
     }
     let ttl = spec.ttl_secs;
-    let span = if ttl % 3600 == 0 {
+    let span = if ttl.is_multiple_of(3600) {
         format!("{} h", ttl / 3600)
-    } else if ttl % 60 == 0 {
+    } else if ttl.is_multiple_of(60) {
         format!("{} min", ttl / 60)
     } else {
         format!("{ttl} s")
