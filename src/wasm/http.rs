@@ -811,8 +811,13 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.stage != Stage::AwaitingBody {
-            return Action::Continue;
+        match self.stage {
+            Stage::AwaitingBody => {}
+            // Where Envoy hands over the body of a request whose headers are paused
+            // (allow_on_headers_stop_iteration), going on here would send the request
+            // upstream before the counter has decided: hold it too.
+            Stage::Consuming { .. } => return Action::Pause,
+            _ => return Action::Continue,
         }
         let Some(plugin) = self.plugin.clone() else {
             return Action::Continue;
@@ -849,6 +854,10 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // A 5xx waits for its refund: its body too (see on_http_request_body).
+        if matches!(self.stage, Stage::Refunding { .. }) {
+            return Action::Pause;
+        }
         if let Some(settlement) = &mut self.settlement {
             if settlement.wants_body() {
                 // Read as it passes; the response is never held back for it.

@@ -243,3 +243,45 @@ turnpike_tests::on_each_topology! {
         assert!(stack.envoy.filter_stat("exempt").await >= 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_waits_for_the_decision_and_a_refused_one_never_reaches_the_upstream() {
+    // Envoy hands the filter request bodies while the headers are paused
+    // (allow_on_headers_stop_iteration in the template): the body must wait for the
+    // counter too, or a denied POST would be sent upstream before the 429.
+    const ONE_A_DAY: &str = r#"
+default_plan = "free"
+[plans.free]
+limits = [ { name = "daily", meter = "requests", window = "day", max = 1 } ]
+"#;
+    let stack = Stack::builder(ONE_A_DAY).start().await;
+    let token = stack.token("poster");
+    avoid_window_end(86_400, 30).await;
+    let body = "x".repeat(256 * 1024);
+    let sent = |m: std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    let before = sent(
+        stack
+            .envoy
+            .stats("cluster.upstream.upstream_rq_total")
+            .await,
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let response = stack
+            .request(reqwest::Method::POST, "/v1/uploads")
+            .bearer_auth(&token)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("upload");
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429]);
+    let after = sent(
+        stack
+            .envoy
+            .stats("cluster.upstream.upstream_rq_total")
+            .await,
+    );
+    assert_eq!(after - before, 1, "the refused upload reached the upstream");
+}
