@@ -53,13 +53,25 @@ async fn ledger_ids(stack: &Stack, tenant: &str) -> Option<(HashSet<String>, Vec
 /// Waits until the ledger bills exactly what the counter admitted, then checks that
 /// the clients' 200s are among them: by id, none twice, none missing.
 async fn assert_ledger_equals_admitted(stack: &Stack, tenant: &str, report: &LoadReport) {
-    let admitted_by_counter = stack.counter.consumes_allowed().await;
-    let billable = eventually(
+    let (billable, admitted_by_counter) = eventually(
         "the ledger to bill every admitted request",
         Duration::from_secs(180),
         || async {
+            // Read each round: consumes a dying Envoy sent just before it went can still
+            // be finishing in the counter. Consumes given back (a request cut off as
+            // Envoy stopped, refunded by the filter) are admitted but not billed.
+            let metrics = stack.counter.metrics().await;
+            let value = |series: &str| -> u64 {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(series))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let allowed = value("turnpike_counter_consumes_total{result=\"allowed\"} ");
+            let refunded = value("turnpike_counter_refunds_total{result=\"refunded\"} ");
             let (billable, _) = ledger_ids(stack, tenant).await?;
-            (billable.len() as u64 == admitted_by_counter).then_some(billable)
+            (billable.len() as u64 + refunded == allowed).then_some((billable, allowed))
         },
     )
     .await;
