@@ -99,6 +99,8 @@ struct Record {
 enum Call {
     Renew {
         key: String,
+        /// When it was sent (our clock): the grant happened after this.
+        sent_ms: u64,
     },
     Report {
         key: String,
@@ -238,8 +240,14 @@ impl LeaseBook {
                     false,
                 );
                 if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
-                    self.in_flight
-                        .insert(token, Call::Renew { key: key.clone() });
+                    let sent_ms = now_ms();
+                    self.in_flight.insert(
+                        token,
+                        Call::Renew {
+                            key: key.clone(),
+                            sent_ms,
+                        },
+                    );
                     count(metrics, |m| m.lease_renewals);
                 }
             }
@@ -357,7 +365,7 @@ impl LeaseBook {
         let status = call_response_status();
         let now = now_ms();
         match call {
-            Call::Renew { key } => {
+            Call::Renew { key, sent_ms } => {
                 let body = call_response_body(body_size);
                 let answer = body
                     .as_ref()
@@ -367,7 +375,15 @@ impl LeaseBook {
                     Ok(a) => {
                         self.offset_ms =
                             i64::try_from(a.time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
-                        let expires = a.expires_ms.saturating_sub(a.time_ms).saturating_add(now);
+                        // Counted from when the renewal was sent, not from when its
+                        // answer came: the lease then ends here no later than it does on
+                        // the counter's clock, and what it admits is billed inside the
+                        // windows it was taken from (a per-second lease's requests in
+                        // that second).
+                        let expires = a
+                            .expires_ms
+                            .saturating_sub(a.time_ms)
+                            .saturating_add(sent_ms);
                         let _ = update(&key, |state| {
                             state.granted(a.lease, a.granted, expires, now)
                         });

@@ -254,7 +254,11 @@ default_plan = "free"
 [plans.free]
 limits = [ { name = "daily", meter = "requests", window = "day", max = 1 } ]
 "#;
-    let stack = Stack::builder(ONE_A_DAY).start().await;
+    // A generous callout timeout: this is about holding the body, not about speed.
+    let stack = Stack::builder(ONE_A_DAY)
+        .filter_patch(serde_json::json!({ "counter": { "timeout_ms": 5000 } }))
+        .start()
+        .await;
     let token = stack.token("poster");
     avoid_window_end(86_400, 30).await;
     let body = "x".repeat(256 * 1024);
