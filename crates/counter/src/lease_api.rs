@@ -103,7 +103,7 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
             plan: ticket.plan,
         });
     }
-    let id = id.unwrap_or_else(|| fastrand::u64(1..u64::MAX >> 11));
+    let mut id = id.unwrap_or_else(|| fastrand::u64(1..u64::MAX >> 11));
     for _ in 0..MAX_ROUNDS {
         match state
             .store
@@ -134,6 +134,19 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
             Leased::NeedsSeed { now_ms, required } => {
                 state.clock.learn(now_ms);
                 seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms), required).await?;
+            }
+            // The windows rolled over between the check above and the script: the held
+            // lease's unspent units belong to windows that ended. Close it and lease
+            // anew, or its old units would be spent (and given back) in the new windows.
+            Leased::HeldStale { now_ms } => {
+                state.clock.learn(now_ms);
+                if let Some(record) = state.store.lease_record(&req.tenant, id).await? {
+                    if let Some(closed) = state.store.close_lease(&req.tenant, id, &record).await? {
+                        Metrics::inc(&state.metrics.leases_closed);
+                        Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
+                    }
+                }
+                id = fastrand::u64(1..u64::MAX >> 11);
             }
         }
         ticket = Ticket::for_request(plan, &req.meters, state.clock.now_secs());

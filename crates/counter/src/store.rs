@@ -165,6 +165,10 @@ pub enum Leased {
         now_ms: u64,
         required: bool,
     },
+    /// The lease to extend took from windows that have since rolled over.
+    HeldStale {
+        now_ms: u64,
+    },
 }
 
 /// What the settle script did.
@@ -277,6 +281,7 @@ impl Store {
                 now_ms,
                 required: int(reply.get(2))? == 1,
             }),
+            6 => Ok(Leased::HeldStale { now_ms }),
             _ => Err(bad()),
         }
     }

@@ -21,11 +21,18 @@
 -- Replies {code, now_ms, payload...}:
 --   1 {1, now_ms, granted, expires, used csv}   (granted may be 0: no room to lease)
 --   3 stale, 4 seed (as consume.lua)
+--   6 the lease exists but took from other windows (they rolled over since the caller
+--     decided to extend it): never extend it across windows; close it, lease anew
 
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS - 5
+
+local held = redis.call('HGET', KEYS[1], 'k')
+if held and held ~= ARGV[11] then
+  return {6, now_ms}
+end
 
 for i = 1, n do
   local base = 12 + 4 * (i - 1)
