@@ -222,7 +222,7 @@ pub fn now_ms() -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn check_tenant(tenant: &str) -> Result<(), ApiError> {
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), ApiError> {
     if ids::is_valid_tenant(tenant) {
         Ok(())
     } else {
@@ -232,7 +232,7 @@ fn check_tenant(tenant: &str) -> Result<(), ApiError> {
     }
 }
 
-fn query_error(rejection: QueryRejection) -> ApiError {
+pub(crate) fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::bad_query(rejection.body_text())
 }
 

@@ -63,11 +63,7 @@ impl ListParams {
     pub fn to_query(&self) -> Result<AnomalyQuery, ApiError> {
         let tenant = empty_as_none(&self.tenant);
         if let Some(t) = tenant {
-            if !ids::is_valid_tenant(t) {
-                return Err(ApiError::bad_query(
-                    "tenant: must be 1..=64 of [A-Za-z0-9._-]",
-                ));
-            }
+            crate::api::check_tenant(t)?;
         }
         let meter = empty_as_none(&self.meter);
         if let Some(m) = meter {

@@ -11,13 +11,13 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
-use turnpike_plans::{ids, window_bounds, Window};
+use turnpike_plans::{window_bounds, Window};
 
 use crate::anomalies::http::{judge_status, JudgeStatus, ListParams};
 use crate::anomalies::series::{bucket_of, SeriesKey};
 use crate::anomalies::store::{buckets_between, Filter};
 use crate::anomalies::AnomalyView;
-use crate::api::{now_ms, require_read, AppState, EventView};
+use crate::api::{check_tenant, now_ms, query_error, require_read, AppState, EventView};
 use crate::event::{format_time_ms, parse_time_ms};
 use crate::ledger::{Ledger, LedgerError};
 use crate::problem::ApiError;
@@ -37,20 +37,6 @@ const MAX_TENANTS: u32 = 500;
 fn unavailable(err: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %err, "console query failed");
     ApiError::ledger_unavailable("the ledger could not be queried; retry")
-}
-
-fn bad_query(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_query(rejection.body_text())
-}
-
-fn check_tenant(tenant: &str) -> Result<(), ApiError> {
-    if ids::is_valid_tenant(tenant) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_query(
-            "tenant: must be 1..=64 of [A-Za-z0-9._-]",
-        ))
-    }
 }
 
 fn parse_at(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -274,7 +260,7 @@ pub async fn tenants_json(
     query: Result<Query<TenantsParams>, QueryRejection>,
 ) -> Result<Json<TenantsPage>, ApiError> {
     require_read(&state, &headers)?;
-    let Query(p) = query.map_err(bad_query)?;
+    let Query(p) = query.map_err(query_error)?;
     Ok(Json(tenants_page(&state, &p).await?))
 }
 
@@ -396,7 +382,7 @@ pub async fn series_json(
     query: Result<Query<SeriesParams>, QueryRejection>,
 ) -> Result<Json<TenantSeries>, ApiError> {
     require_read(&state, &headers)?;
-    let Query(p) = query.map_err(bad_query)?;
+    let Query(p) = query.map_err(query_error)?;
     Ok(Json(tenant_series(&state, &tenant, &p).await?))
 }
 
@@ -446,7 +432,7 @@ pub async fn recent_json(
     query: Result<Query<RecentParams>, QueryRejection>,
 ) -> Result<Json<RecentEvents>, ApiError> {
     require_read(&state, &headers)?;
-    let Query(p) = query.map_err(bad_query)?;
+    let Query(p) = query.map_err(query_error)?;
     Ok(Json(recent_events(&state, &tenant, &p).await?))
 }
 
