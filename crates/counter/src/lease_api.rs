@@ -140,11 +140,9 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
             // anew, or its old units would be spent (and given back) in the new windows.
             Leased::HeldStale { now_ms } => {
                 state.clock.learn(now_ms);
-                if let Some(record) = state.store.lease_record(&req.tenant, id).await? {
-                    if let Some(closed) = state.store.close_lease(&req.tenant, id, &record).await? {
-                        Metrics::inc(&state.metrics.leases_closed);
-                        Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
-                    }
+                if let Some(closed) = state.store.close_open_lease(&req.tenant, id).await? {
+                    Metrics::inc(&state.metrics.leases_closed);
+                    Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
                 }
                 id = fastrand::u64(1..u64::MAX >> 11);
             }
@@ -241,14 +239,7 @@ pub async fn sweep_expired_leases(state: Arc<AppState>, every: Duration) {
             let Some((tenant, id)) = parse_index_member(&member) else {
                 continue;
             };
-            let closed = async {
-                match state.store.lease_record(tenant, id).await? {
-                    Some(record) => state.store.close_lease(tenant, id, &record).await,
-                    None => Ok(None),
-                }
-            }
-            .await;
-            match closed {
+            match state.store.close_open_lease(tenant, id).await {
                 Ok(Some(closed)) => {
                     Metrics::inc(&state.metrics.leases_expired);
                     Metrics::add(&state.metrics.lease_returned_requests, closed.returned);

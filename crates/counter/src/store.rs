@@ -304,6 +304,18 @@ impl Store {
     }
 
     /// Give back what lease `id` (whose `record` was just read) did not spend.
+    /// Close lease `id` if it is still open (its record read first).
+    pub async fn close_open_lease(
+        &self,
+        tenant: &str,
+        id: u64,
+    ) -> Result<Option<Closed>, StoreError> {
+        match self.lease_record(tenant, id).await? {
+            Some(record) => self.close_lease(tenant, id, &record).await,
+            None => Ok(None),
+        }
+    }
+
     pub async fn close_lease(
         &self,
         tenant: &str,
