@@ -253,10 +253,14 @@ impl Envoy {
 
     /// The filter's counter `name` (`wasmcustom.turnpike.<name>`), 0 when not yet defined.
     pub async fn filter_stat(&self, name: &str) -> u64 {
-        let full = format!("wasmcustom.turnpike.{name}");
+        self.stat(&format!("wasmcustom.turnpike.{name}")).await
+    }
+
+    /// One stat by its full name (`cluster.upstream.upstream_rq_total`); 0 if absent.
+    pub async fn stat(&self, full: &str) -> u64 {
         self.stats(&format!("^{}$", full.replace('.', "\\.")))
             .await
-            .get(&full)
+            .get(full)
             .copied()
             .unwrap_or(0)
     }
