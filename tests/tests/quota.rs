@@ -254,9 +254,15 @@ default_plan = "free"
 [plans.free]
 limits = [ { name = "daily", meter = "requests", window = "day", max = 1 } ]
 "#;
-    // A generous callout timeout: this is about holding the body, not about speed.
+    // Generous timeouts (the callout's and the counter's own budget, as the concurrency
+    // test gives them): this is about holding the body, not about speed, and a loaded
+    // machine must not turn the first upload into a fail_closed 503.
     let stack = Stack::builder(ONE_A_DAY)
         .filter_patch(serde_json::json!({ "counter": { "timeout_ms": 5000 } }))
+        .counter_arg("--budget-ms")
+        .counter_arg("4000")
+        .counter_arg("--redis-timeout-ms")
+        .counter_arg("3000")
         .start()
         .await;
     let token = stack.token("poster");
@@ -272,9 +278,22 @@ limits = [ { name = "daily", meter = "requests", window = "day", max = 1 } ]
             .send()
             .await
             .expect("upload");
-        statuses.push(response.status().as_u16());
+        let status = response.status().as_u16();
+        let body: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        statuses.push((status, body));
     }
-    assert_eq!(statuses, [200, 429]);
+    // The answers' bodies say who answered (the filter's problem+json, Envoy, the echo).
+    assert_eq!(
+        statuses.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [200, 429],
+        "{statuses:?}"
+    );
     let after = stack.envoy.stat("cluster.upstream.upstream_rq_total").await;
     assert_eq!(after - before, 1, "the refused upload reached the upstream");
 }
