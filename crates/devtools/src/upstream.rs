@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -23,6 +25,9 @@ pub struct Echo {
     pub query: Option<String>,
     /// Header name (lower case) → values in arrival order.
     pub headers: BTreeMap<String, Vec<String>>,
+    /// How many body bytes arrived.
+    #[serde(default)]
+    pub body_bytes: u64,
 }
 
 impl Echo {
@@ -69,7 +74,20 @@ async fn status(Path(code): Path<u16>, Query(query): Query<StatusQuery>) -> Resp
     }
 }
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Echo> {
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    // Read the whole body before answering. A server that answers early and closes a
+    // connection with unread bytes in it makes the kernel send RST, which can destroy
+    // the answer before the proxy reads it: under load that turned uploads into 503s.
+    let mut body = body.into_data_stream();
+    let mut body_bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => body_bytes += chunk.len() as u64,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("request body: {e}")).into_response()
+            }
+        }
+    }
     let mut echoed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in &headers {
         echoed
@@ -82,7 +100,9 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Echo> {
         path: uri.path().to_owned(),
         query: uri.query().map(str::to_owned),
         headers: echoed,
+        body_bytes,
     })
+    .into_response()
 }
 
 /// Serves until `shutdown` resolves.
