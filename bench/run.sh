@@ -31,6 +31,8 @@
 #   PATCH='{"lease":{"report_interval_ms":50}}' bench/run.sh  # a filter-config merge patch:
 #       replaces the events-off patch of bare/jwt/turnpike and turnpike+events' (none),
 #       merged on top of the leased and settle variants' own patches
+#   PERF=1 bench/run.sh        # also perf-record Envoy in each measured run:
+#       .run/bench/perf-VARIANT.data (perf report -i … --sort dso,sym)
 #   ENVOY_VERSION=1.36 bench/run.sh   # another supported Envoy (a minor or its pinned
 #                                     # patch), one per run; default .tools/bin/envoy
 set -euo pipefail
@@ -77,7 +79,7 @@ say "building the filter and release builds of the services"
 make --no-print-directory wasm >/dev/null
 cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-wasm="$target/wasm32-wasip1/wasm/turnpike.wasm"
+wasm=${WASM:-"$target/wasm32-wasip1/wasm/turnpike.wasm"}
 dev="$target/release/turnpike-dev"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -192,8 +194,17 @@ for variant in $VARIANTS; do
   e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
   l0=$(cpu_ticks $collector_pid)
   say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s${wrk_script[*]:+ ${wrk_script[*]#"$run"/}} (Envoy --concurrency $concurrency)"
+  perf_pid=
+  if [ -n "${PERF:-}" ]; then
+    # Where Envoy's CPU goes during the measured run (wasm JIT code shows as anonymous
+    # memory: V8 writes no perf map).
+    perf record -q -F "${PERF_HZ:-499}" -g -p "$envoy_pid" -o "$run/perf-$variant.data" \
+      -- sleep "$DURATION" >"$run/perf-$variant.log" 2>&1 &
+    perf_pid=$!
+  fi
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency ${wrk_script[@]+"${wrk_script[@]}"} \
     -H "Authorization: Bearer $token" "$url" >"$run/wrk-$variant.txt"
+  [ -z "$perf_pid" ] || wait "$perf_pid" || true
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
   l1=$(cpu_ticks $collector_pid)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
@@ -232,6 +243,9 @@ for variant in $VARIANTS; do
   cat "$run/stats-$variant.txt"
   # Admitted but never counted nor billed: the filter gave up reporting them.
   awk -v v="$variant" -v file="${run#"$root"/}/envoy-$variant.log" '
+    /turnpike\.allowed: / { allowed = $2 }
+    /turnpike\.leased: / { leased = $2; has_leased = 1 }
+    END { if (has_leased && allowed > 0) printf "  %s: %.1f%% of admitted requests decided from leases (the rest by exact consumes: no lease yet, a window rolling over, a renewal late)\n", v, 100 * leased / allowed }
     /lease_records_lost: / && $2 > 0 { printf "WARNING: %s: %d leased requests admitted but never reported to the counter (unbilled; see \"gave up reporting\" in %s)\n", v, $2, file }
     /settle_(missing|malformed): / && $2 > 0 { sub(/^wasmcustom\.turnpike\./, "", $1); printf "WARNING: %s: %s %d\n", v, $1, $2 }
   ' "$run/stats-$variant.txt"

@@ -44,6 +44,9 @@ pub struct Flusher {
     /// This VM's share of the `buffer_depth` gauge. Every worker's VM (and the main
     /// thread's) has a buffer, all on one gauge: each adds its own changes.
     reported_depth: usize,
+    /// The root's tick can be shorter than the flush interval (lease renewals go out
+    /// on it): batches still go every flush interval, not every tick.
+    next_flush_ns: u64,
     stopping: bool,
 }
 
@@ -63,6 +66,7 @@ impl Flusher {
             overflow_log: LogBudget::new(LOG_INTERVAL_SECS),
             unreported_drops: 0,
             reported_depth: 0,
+            next_flush_ns: 0,
             stopping: false,
         }
     }
@@ -79,6 +83,12 @@ impl Flusher {
     }
 
     pub fn on_tick(&mut self) {
+        let now = now_ns();
+        if now < self.next_flush_ns {
+            return;
+        }
+        let interval_ns = u64::try_from(self.config.flush_interval.as_nanos()).unwrap_or(u64::MAX);
+        self.next_flush_ns = now.saturating_add(interval_ns);
         let (detail, billable) = self
             .vm
             .events

@@ -271,7 +271,10 @@ impl HttpFilter {
         head: &RequestHead,
     ) -> bool {
         let key = lease::shared_key(tenant, &route.name);
-        let Some((spend, state)) = lease::spend(&key, &plugin.config.lease) else {
+        // One clock read for the whole decision: each hostcall costs about a µs.
+        let started_ns = now_ns();
+        let now = started_ns / 1_000_000;
+        let Some((spend, state)) = lease::spend(&key, &plugin.config.lease, now) else {
             return false;
         };
         let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
@@ -290,12 +293,14 @@ impl HttpFilter {
         if !spend.admitted {
             return false;
         }
-        let now = lease::now_ms();
         let decided_ms = book.counter_time_ms(now);
-        let (policy, remaining, warning) = book.headers(&key, state.balance);
+        let (policy, remaining, warning) = book.headers(&key, state.balance, now);
         drop(book);
-        self.count(|m| m.allowed);
-        self.count(|m| m.leased);
+        // `allowed` and `leased` are added up here and sent to Envoy on the root's
+        // next tick (10 ms with leased routes): two hostcalls fewer per request.
+        self.vm
+            .leased_admits
+            .set(self.vm.leased_admits.get().saturating_add(1));
         if warning.is_some() {
             self.count(|m| m.soft_warnings);
         }
@@ -312,7 +317,7 @@ impl HttpFilter {
                 route: route.clone(),
                 method: report_method(&head.method),
                 plan: None,
-                started_ns: now_ns(),
+                started_ns,
                 decided_ms: Some(decided_ms),
                 status: None,
                 refunded: false,

@@ -64,9 +64,8 @@ pub fn update<R>(
 }
 
 /// One request of `route` for `tenant` arrives: spend from the shared lease if it can.
-pub fn spend(key: &str, config: &LeaseConfig) -> Option<(Spend, LeaseState)> {
-    let now = now_ms();
-    update(key, |state| state.spend(now, &config.tuning))
+pub fn spend(key: &str, config: &LeaseConfig, now_ms: u64) -> Option<(Spend, LeaseState)> {
+    update(key, |state| state.spend(now_ms, &config.tuning))
 }
 
 /// A refunded request (upstream 5xx) goes back into its lease, if still the same one.
@@ -119,6 +118,10 @@ pub struct LeaseBook {
     /// Admitted requests by lease key.
     records: HashMap<String, Vec<Record>>,
     pending_records: usize,
+    /// Keys with a renewal to ask for, in the order requests asked.
+    renewals_due: Vec<String>,
+    /// When reports and returns next go out (unix ms, our clock).
+    next_report_ms: u64,
     in_flight: HashMap<u32, Call>,
     /// The counter's clock minus ours, ms (learned from every lease answer).
     offset_ms: i64,
@@ -131,6 +134,8 @@ impl LeaseBook {
             entries: HashMap::new(),
             records: HashMap::new(),
             pending_records: 0,
+            renewals_due: Vec::new(),
+            next_report_ms: 0,
             in_flight: HashMap::new(),
             offset_ms: 0,
             failures_log: crate::log_budget::LogBudget::new(10),
@@ -159,7 +164,9 @@ impl LeaseBook {
     ) {
         let entry = self.entry(key, tenant, route);
         entry.plan = plan.map(str::to_owned);
-        entry.renew = Some(want);
+        if entry.renew.replace(want).is_none() {
+            self.renewals_due.push(key.to_owned());
+        }
     }
 
     fn entry(&mut self, key: &str, tenant: &str, route: &Rc<Route>) -> &mut Entry {
@@ -177,11 +184,12 @@ impl LeaseBook {
         &self,
         key: &str,
         balance: u64,
+        now_ms: u64,
     ) -> (Option<String>, Option<String>, Option<String>) {
         match self.entries.get(key) {
             Some(e) => (
                 e.limits.policy.clone(),
-                e.limits.remaining(balance, now_ms()),
+                e.limits.remaining(balance, now_ms),
                 e.limits.warning.clone(),
             ),
             None => (None, None, None),
@@ -219,38 +227,23 @@ impl LeaseBook {
         self.in_flight.contains_key(&token)
     }
 
-    /// Send what is due: renewals, reports, and the leases to give back (all of them
-    /// when `stopping`).
+    /// Send what is due: renewals on every tick (a lease asked for on the next report
+    /// tick instead ran dry while it waited, and its requests fell back to exact
+    /// consumes), then every report interval (and when `stopping`) the reports and the
+    /// leases to give back (all of them when `stopping`).
     pub fn tick(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, stopping: bool) {
-        let config = &plugin.config.lease;
+        for key in std::mem::take(&mut self.renewals_due) {
+            self.send_renewal(plugin, metrics, &key);
+        }
         let now = now_ms();
+        if !stopping && now < self.next_report_ms {
+            return;
+        }
+        let config = &plugin.config.lease;
+        let interval = u64::try_from(config.report_interval.as_millis()).unwrap_or(u64::MAX);
+        self.next_report_ms = now.saturating_add(interval);
         let keys: Vec<String> = self.entries.keys().cloned().collect();
         for key in keys {
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            if let Some(want) = entry.renew.take() {
-                let held = read(&key).map(|s| s.id).filter(|id| *id != 0);
-                let body = callout::lease_body(
-                    &entry.tenant,
-                    entry.plan.as_deref(),
-                    &entry.route.meters_json,
-                    want,
-                    held,
-                    false,
-                );
-                if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
-                    let sent_ms = now_ms();
-                    self.in_flight.insert(
-                        token,
-                        Call::Renew {
-                            key: key.clone(),
-                            sent_ms,
-                        },
-                    );
-                    count(metrics, |m| m.lease_renewals);
-                }
-            }
             let close = update(&key, |state| {
                 if stopping || state.should_close(now, config.idle_return_ms) {
                     let id = state.id;
@@ -284,6 +277,35 @@ impl LeaseBook {
                 || self.records.contains_key(key)
                 || read(key).is_some_and(|s| s.id != 0)
         });
+    }
+
+    fn send_renewal(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, key: &str) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(want) = entry.renew.take() else {
+            return;
+        };
+        let held = read(key).map(|s| s.id).filter(|id| *id != 0);
+        let body = callout::lease_body(
+            &entry.tenant,
+            entry.plan.as_deref(),
+            &entry.route.meters_json,
+            want,
+            held,
+            false,
+        );
+        if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
+            let sent_ms = now_ms();
+            self.in_flight.insert(
+                token,
+                Call::Renew {
+                    key: key.to_owned(),
+                    sent_ms,
+                },
+            );
+            count(metrics, |m| m.lease_renewals);
+        }
     }
 
     fn send_reports(&mut self, plugin: &Plugin) {

@@ -31,6 +31,10 @@ const MAX_REFUNDS_IN_FLIGHT: usize = 16;
 const MAX_REFUND_ATTEMPTS: u32 = 30;
 /// The root context's tick when no collector sets a shorter one.
 const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+/// The tick with leased routes: a renewal goes out on the next tick, and a lease must
+/// not run dry while it waits (its requests would fall back to exact consumes).
+/// Reports and returns keep the report interval.
+const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A refund the root context owes the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +73,9 @@ pub struct Vm {
     pub refunds: RefCell<RetryQueue<Refund>>,
     /// Leases this worker spends from, and what it owes the counter about them.
     pub leases: RefCell<super::lease::LeaseBook>,
+    /// Requests admitted from leases not yet added to the `allowed` and `leased`
+    /// stats (the root adds them on its tick).
+    pub leased_admits: Cell<u64>,
 }
 
 /// One configuration, compiled, with what is precomputed from it.
@@ -104,6 +111,7 @@ impl Root {
                     MAX_REFUND_ATTEMPTS,
                 )),
                 leases: RefCell::new(super::lease::LeaseBook::new()),
+                leased_admits: Cell::new(0),
             }),
             plugin: None,
             flusher: None,
@@ -121,6 +129,12 @@ impl Root {
     }
 
     fn lease_tick(&mut self) {
+        let admitted = self.vm.leased_admits.replace(0);
+        if let (Some(m), true) = (&self.vm.metrics, admitted > 0) {
+            let n = usize::try_from(admitted).unwrap_or(usize::MAX);
+            Metrics::add(m.allowed, n);
+            Metrics::add(m.leased, n);
+        }
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
@@ -261,7 +275,7 @@ impl Root {
             tick = tick.min(c.flush_interval);
         }
         if config.matcher.has_leased_routes() {
-            tick = tick.min(config.lease.report_interval);
+            tick = tick.min(config.lease.report_interval).min(LEASE_TICK);
         }
         if hostcalls::set_tick_period(tick).is_err() {
             error!("cannot set the tick period: refunds, usage events and lease reports will not be sent");
