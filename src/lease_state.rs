@@ -4,7 +4,7 @@
 //! Pure: encoding and the decisions; the glue is `wasm::lease`.
 
 /// Encoded size of a [`LeaseState`].
-pub const ENCODED_LEN: usize = 64;
+pub const ENCODED_LEN: usize = 80;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseState {
@@ -24,6 +24,12 @@ pub struct LeaseState {
     pub last_spend_ms: u64,
     /// Size of the last grant: the low-water mark is a share of it.
     pub last_grant: u64,
+    /// The lease's end as the counter last answered it (unix ms, the counter's clock).
+    pub counter_end_ms: u64,
+    /// A renewal of this lease left its end where it was: the end is a window's end
+    /// (a per-second limit's second), which no renewal can move. Asking again before
+    /// it would only add units that go back unspent: ask when the lease ends instead.
+    pub end_fixed: bool,
 }
 
 /// How a lease is spent and renewed.
@@ -62,6 +68,8 @@ impl LeaseState {
             u64::from(self.count) | (u64::from(self.prev_count) << 32),
             self.last_spend_ms,
             self.last_grant,
+            self.counter_end_ms,
+            u64::from(self.end_fixed),
         ];
         for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&value.to_le_bytes());
@@ -91,6 +99,8 @@ impl LeaseState {
             prev_count: u32::try_from(counts >> 32).unwrap_or(u32::MAX),
             last_spend_ms: next()?,
             last_grant: next()?,
+            counter_end_ms: next()?,
+            end_fixed: next()? != 0,
         })
     }
 
@@ -137,9 +147,16 @@ impl LeaseState {
             self.last_spend_ms = now_ms;
         }
         // Ask before the lease runs dry: at half of the last grant, or when it ends
-        // within a renewal's round trip.
-        let low = self.balance <= self.last_grant / 2
-            || now_ms.saturating_add(tuning.renew_timeout_ms) >= self.expires_ms;
+        // within a renewal's round trip. When no renewal can move its end, only for
+        // more units while it can still be spent, and for a new lease once it ended
+        // (asked before, the counter would only extend the ending one).
+        let low = if self.end_fixed {
+            let in_time = now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms;
+            now_ms >= self.expires_ms || (in_time && self.balance <= self.last_grant / 2)
+        } else {
+            self.balance <= self.last_grant / 2
+                || now_ms.saturating_add(tuning.renew_timeout_ms) >= self.expires_ms
+        };
         let renew = (low && self.renewing_until_ms <= now_ms).then(|| {
             self.renewing_until_ms = now_ms.saturating_add(tuning.renew_timeout_ms);
             self.want(now_ms, tuning)
@@ -147,26 +164,46 @@ impl LeaseState {
         Spend { admitted, renew }
     }
 
-    /// How many requests to ask for: about `target_ms` of recent traffic.
+    /// How many requests to ask for: about `target_ms` of recent traffic, or what is
+    /// left of a lease whose end cannot move, whichever is shorter.
     pub fn want(&self, now_ms: u64, tuning: &LeaseTuning) -> u64 {
-        let per_target = self.rate(now_ms).saturating_mul(tuning.target_ms) / 1000;
+        let mut span_ms = tuning.target_ms;
+        if self.end_fixed && now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms {
+            span_ms = span_ms.min(self.expires_ms.saturating_sub(now_ms));
+        }
+        let per_target = self.rate(now_ms).saturating_mul(span_ms) / 1000;
         per_target.clamp(1, tuning.max_request.max(1))
     }
 
     /// The counter answered a renewal: `lease` with `granted` more requests until
-    /// `expires_ms` (local clock). A new lease replaces the old one (whose units went
-    /// back to the counter with its windows).
-    pub fn granted(&mut self, lease: Option<u64>, granted: u64, expires_ms: u64, now_ms: u64) {
+    /// `expires_ms` (local clock; `counter_end_ms` on the counter's). A new lease
+    /// replaces the old one (whose units went back to the counter with its windows).
+    pub fn granted(
+        &mut self,
+        lease: Option<u64>,
+        granted: u64,
+        expires_ms: u64,
+        counter_end_ms: u64,
+        now_ms: u64,
+    ) {
         match lease {
-            Some(id) if id == self.id => self.balance = self.balance.saturating_add(granted),
+            Some(id) if id == self.id => {
+                self.balance = self.balance.saturating_add(granted);
+                self.end_fixed = granted > 0 && counter_end_ms <= self.counter_end_ms;
+            }
             Some(id) => {
                 self.id = id;
                 self.balance = granted;
+                self.end_fixed = false;
             }
             None => {
                 self.id = 0;
                 self.balance = 0;
+                self.end_fixed = false;
             }
+        }
+        if lease.is_some() && granted > 0 {
+            self.counter_end_ms = counter_end_ms;
         }
         if lease.is_some() {
             self.expires_ms = expires_ms;
@@ -189,6 +226,7 @@ impl LeaseState {
         self.id = 0;
         self.balance = 0;
         self.last_grant = 0;
+        self.end_fixed = false;
     }
 }
 
@@ -215,9 +253,11 @@ mod tests {
             prev_count: 7,
             last_spend_ms: 8,
             last_grant: 9,
+            counter_end_ms: 10,
+            end_fixed: true,
         };
         assert_eq!(LeaseState::decode(&s.encode()), Some(s));
-        assert_eq!(LeaseState::decode(&[0; 63]), None);
+        assert_eq!(LeaseState::decode(&[0; ENCODED_LEN - 1]), None);
         assert_eq!(LeaseState::decode(b""), None);
     }
 
@@ -236,7 +276,7 @@ mod tests {
     #[test]
     fn a_grant_is_spent_then_renewed_at_half_before_it_runs_dry() {
         let mut s = LeaseState::default();
-        s.granted(Some(7), 10, 60_000, 10_000);
+        s.granted(Some(7), 10, 60_000, 60_000, 10_000);
         let mut renewals = Vec::new();
         for i in 0..10 {
             let spend = s.spend(10_000 + i, &TUNING);
@@ -247,7 +287,7 @@ mod tests {
         }
         assert_eq!(renewals, [4], "one renewal, when half the grant was left");
         assert!(!s.spend(10_020, &TUNING).admitted, "dry");
-        s.granted(Some(7), 5, 60_000, 10_030);
+        s.granted(Some(7), 5, 60_000, 60_000, 10_030);
         assert_eq!(s.balance, 5);
         assert!(s.spend(10_031, &TUNING).admitted);
     }
@@ -255,7 +295,7 @@ mod tests {
     #[test]
     fn a_lease_is_not_spent_at_or_near_its_end() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100, 20_000, 10_000);
+        s.granted(Some(1), 100, 20_000, 20_000, 10_000);
         assert!(!s.spend(19_996, &TUNING).admitted);
         assert!(!s.spend(20_000, &TUNING).admitted);
     }
@@ -263,7 +303,7 @@ mod tests {
     #[test]
     fn the_ask_follows_the_recent_rate() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100_000, 99_000_000, 0);
+        s.granted(Some(1), 100_000, 99_000_000, 99_000_000, 0);
         for i in 0..400 {
             s.spend(5_000 + i, &TUNING);
         }
@@ -276,18 +316,65 @@ mod tests {
     #[test]
     fn nothing_granted_backs_off_and_a_new_lease_replaces_the_old() {
         let mut s = LeaseState::default();
-        s.granted(None, 0, 0, 1_000);
+        s.granted(None, 0, 0, 0, 1_000);
         assert_eq!(s.spend(1_100, &TUNING).renew, None, "backing off");
         assert!(s.spend(1_300, &TUNING).renew.is_some());
-        s.granted(Some(1), 10, 9_000, 1_400);
-        s.granted(Some(2), 4, 9_500, 1_500);
+        s.granted(Some(1), 10, 9_000, 9_000, 1_400);
+        s.granted(Some(2), 4, 9_500, 9_500, 1_500);
         assert_eq!((s.id, s.balance, s.expires_ms), (2, 4, 9_500));
+    }
+
+    #[test]
+    fn a_lease_that_cannot_outlive_its_window_is_renewed_when_it_ends_not_before() {
+        let mut s = LeaseState::default();
+        // Busy: 1000 requests in second 10.
+        s.granted(Some(1), 100_000, 11_000, 11_000, 10_000);
+        for i in 0..1000 {
+            s.spend(10_000 + i / 10, &TUNING);
+        }
+        // Near the end (within renew_timeout_ms): the usual early ask.
+        let early = s.spend(10_600, &TUNING);
+        assert!(early.renew.is_some());
+        // The counter extended the lease but its end stayed (a window's end).
+        s.granted(Some(1), 10, 11_000, 11_000, 10_610);
+        assert!(s.end_fixed);
+        for t in [10_700, 10_900, 10_960, 10_999] {
+            assert_eq!(
+                s.spend(t, &TUNING).renew,
+                None,
+                "no ask at {t}: it would only extend"
+            );
+        }
+        // It ended: ask for a new one.
+        let ended = s.spend(11_000, &TUNING);
+        assert!(!ended.admitted);
+        assert!(ended.renew.is_some());
+        s.granted(Some(2), 50, 12_000, 12_000, 11_010);
+        assert!(
+            !s.end_fixed,
+            "a new lease: its end is not known to be fixed"
+        );
+    }
+
+    #[test]
+    fn a_fixed_end_lease_asks_only_for_what_its_remaining_time_can_spend() {
+        let mut s = LeaseState::default();
+        s.granted(Some(1), 100_000, 20_000, 20_000, 10_000);
+        for i in 0..1000 {
+            s.spend(19_000 + i, &TUNING);
+        }
+        s.granted(Some(1), 5, 20_000, 20_000, 19_950);
+        // 1000 requests a second, 30 ms left of a 100 ms target: 30.
+        assert_eq!(s.want(19_970, &TUNING), 30);
+        // Spent down to half of the last grant, still in time: more units.
+        s.balance = 2;
+        assert!(s.spend(19_970, &TUNING).renew.is_some());
     }
 
     #[test]
     fn quiet_or_ended_leases_go_back() {
         let mut s = LeaseState::default();
-        s.granted(Some(3), 10, 50_000, 1_000);
+        s.granted(Some(3), 10, 50_000, 50_000, 1_000);
         s.spend(1_000, &TUNING);
         assert!(!s.should_close(2_000, 2_000));
         assert!(s.should_close(3_000, 2_000), "quiet for 2 s");

@@ -407,7 +407,7 @@ impl LeaseBook {
                             .saturating_sub(a.time_ms)
                             .saturating_add(sent_ms);
                         let _ = update(&key, |state| {
-                            state.granted(a.lease, a.granted, expires, now)
+                            state.granted(a.lease, a.granted, expires, a.expires_ms, now)
                         });
                         if let Some(entry) = self.entries.get_mut(&key) {
                             entry.limits = LeaseLimits::from_grant(&a.limits, now);
