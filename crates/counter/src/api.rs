@@ -113,21 +113,36 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
-    let outcome = match tokio::time::timeout(state.budget, consume_inner(&state, &body)).await {
-        Ok(outcome) => outcome,
+    // The decision runs as its own task and is counted there: a caller that hangs up
+    // (or a budget that runs out) must not cancel it halfway, after Redis has decided
+    // but before the decision is counted.
+    let task = tokio::spawn({
+        let state = state.clone();
+        async move {
+            let outcome = consume_inner(&state, &body).await;
+            if let Ok(answer) = &outcome {
+                let counter = if answer.allowed {
+                    &state.metrics.consumes_allowed
+                } else {
+                    &state.metrics.consumes_denied
+                };
+                Metrics::inc(counter);
+                if answer.replayed {
+                    Metrics::inc(&state.metrics.consumes_replayed);
+                }
+            }
+            outcome
+        }
+    });
+    let outcome = match tokio::time::timeout(state.budget, task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Err(ApiError::Unavailable(StoreError::Reply(format!(
+            "the consume task failed: {e}"
+        )))),
         Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
     };
     let response = match outcome {
         Ok(answer) => {
-            let counter = if answer.allowed {
-                &state.metrics.consumes_allowed
-            } else {
-                &state.metrics.consumes_denied
-            };
-            Metrics::inc(counter);
-            if answer.replayed {
-                Metrics::inc(&state.metrics.consumes_replayed);
-            }
             if compact {
                 (
                     [(header::CONTENT_TYPE, turnpike_wire::COMPACT_ANSWER)],

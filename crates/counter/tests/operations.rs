@@ -284,6 +284,53 @@ fn validate_prints_ok_for_a_good_file_and_names_the_field_of_a_bad_one() {
 }
 
 #[tokio::test]
+async fn a_consume_whose_caller_hung_up_is_still_counted_once_redis_decides() {
+    let redis = Redis::start();
+    let counter = Counter::start_with(
+        &redis,
+        &plans_with_daily_max(100),
+        &["--budget-ms", "5000", "--redis-timeout-ms", "4000"],
+    );
+    let api = Api::new(&counter);
+    assert!(allowed(&api, "warm").await);
+    // Redis holds every write for 1.5 s; the caller gives up after 200 ms.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query(&mut redis.conn())
+        .expect("CLIENT PAUSE");
+    let hung_up = api
+        .http
+        .post(counter.url("/v1/consume"))
+        .bearer_auth(common::SERVICE_TOKEN)
+        .json(&serde_json::json!({ "id": "gone", "tenant": "acme", "meters": [{ "meter": "requests", "cost": 1 }] }))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        hung_up.is_err(),
+        "the caller was meant to time out: {hung_up:?}"
+    );
+    // Redis decides once the pause ends; the metric must say so, as the windows do.
+    eventually(
+        "the hung-up consume counted",
+        Duration::from_secs(10),
+        || async { metric(&api, "turnpike_counter_consumes_total{result=\"allowed\"}").await == 2 },
+    )
+    .await;
+    assert_eq!(
+        redis.get(&common::window_key(
+            "acme",
+            "requests",
+            "day",
+            common::unix_now() / 86_400 * 86_400
+        )),
+        Some(2)
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_consumes_by_result_and_latency() {
     let redis = Redis::start();
     let counter = Counter::start(&redis, &plans_with_daily_max(1));
