@@ -591,16 +591,32 @@ impl Store {
     /// says `cluster_state:ok`); otherwise [`StoreError::ClusterDown`].
     pub async fn health(&self) -> Result<Health, StoreError> {
         let mut conn = self.conn.clone();
-        let health = self.bounded(conn.health()).await?;
+        let health = match self.bounded(conn.health()).await {
+            Ok(health) => health,
+            Err(e) => {
+                // The cluster connection may be what cannot answer (rebuilding against
+                // a dead seed): ask a node directly, so a cluster that is down says so
+                // with its own figures instead of "timed out".
+                let direct = tokio::time::timeout(self.timeout, conn.cluster_info_direct());
+                return match direct.await {
+                    Ok(Some(info)) if !info.is_ok() => Err(cluster_down(&info)),
+                    _ => Err(e),
+                };
+            }
+        };
         match &health.cluster {
-            Some(info) if !info.is_ok() => Err(StoreError::ClusterDown {
-                state: info.state.clone(),
-                ok: info.slots_ok,
-                pfail: info.slots_pfail,
-                fail: info.slots_fail,
-            }),
+            Some(info) if !info.is_ok() => Err(cluster_down(info)),
             _ => Ok(health),
         }
+    }
+}
+
+fn cluster_down(info: &turnpike_redis::ClusterInfo) -> StoreError {
+    StoreError::ClusterDown {
+        state: info.state.clone(),
+        ok: info.slots_ok,
+        pfail: info.slots_pfail,
+        fail: info.slots_fail,
     }
 }
 

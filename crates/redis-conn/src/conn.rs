@@ -184,6 +184,17 @@ impl ClusterConn {
         )
     }
 
+    /// `CLUSTER INFO` from the first seed (else known master) that answers, each over a
+    /// connection of its own: what the cluster thinks of itself when the cluster
+    /// connection is what cannot answer (it may be rebuilding against a dead seed).
+    pub async fn cluster_info_direct(&self) -> Option<ClusterInfo> {
+        let known: Vec<String> = {
+            let watch = self.shared.watch.lock().unwrap_or_else(|p| p.into_inner());
+            watch.masters.iter().flatten().cloned().collect()
+        };
+        self.shared.probe(&known).await.map(|p| p.info)
+    }
+
     /// The connection calls go to now (a clone: cheap, and it outlives a rebuild).
     pub fn inner(&self) -> ClusterConnection {
         self.shared
@@ -282,9 +293,10 @@ impl ClusterConn {
             let seen = shared.probe(&known).await;
             let mut watch = shared.watch.lock().unwrap_or_else(|p| p.into_inner());
             watch.running = false;
-            let Some(Probe { masters, ok }) = seen else {
+            let Some(Probe { masters, info }) = seen else {
                 return;
             };
+            let ok = info.is_ok();
             let stuck = ok
                 && shared.since_last_success() >= STUCK_AFTER
                 && watch.last_build.is_none_or(|t| t.elapsed() >= STUCK_AFTER);
@@ -307,8 +319,8 @@ impl ClusterConn {
 /// What a topology check saw on one node.
 struct Probe {
     masters: BTreeSet<String>,
-    /// `cluster_state:ok`.
-    ok: bool,
+    /// `CLUSTER INFO` as that node answered it.
+    info: ClusterInfo,
 }
 
 impl ClusterShared {
@@ -355,7 +367,7 @@ impl ClusterShared {
                     .ok()?;
                 Some(Probe {
                     masters: topology::masters(&slots)?,
-                    ok: ClusterInfo::parse(&info).is_ok(),
+                    info: ClusterInfo::parse(&info),
                 })
             };
             if let Ok(Some(probe)) = tokio::time::timeout(self.timeout * 3, asked).await {

@@ -70,6 +70,15 @@ impl Health {
 }
 
 impl RedisConn {
+    /// A cluster's `CLUSTER INFO`, asked of its nodes directly, not through the cluster
+    /// connection (`None` for one node, or when no node answers).
+    pub async fn cluster_info_direct(&self) -> Option<ClusterInfo> {
+        match self {
+            RedisConn::Single(_) => None,
+            RedisConn::Cluster(cluster) => cluster.cluster_info_direct().await,
+        }
+    }
+
     /// PING (one node) or `CLUSTER INFO` (a cluster). An error when Redis cannot be
     /// reached at all; otherwise the state, which [`Health::is_ok`] judges.
     pub async fn health(&mut self) -> RedisResult<Health> {
