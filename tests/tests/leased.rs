@@ -46,12 +46,28 @@ async fn two_workers_and_two_envoys_never_admit_more_than_a_small_limit() {
         .await;
     let second = stack.another_envoy("envoy-2").await;
     let token = stack.token("small");
+    // One lease first, one request at a time: under 64-way load a slow first renewal
+    // (CI saw Redis stall for 150 ms) lets exact consumes take all 500 before any lease
+    // is granted, and the test would not exercise leases at all.
+    let mut admitted = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.envoy.filter_stat("leased").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no request admitted from a lease in 10 s"
+        );
+        let reply = stack.get("/v1/things", Some(&token)).await;
+        if reply.status == 200 {
+            if let Some(id) = reply.echo().header("turnpike-consume-id") {
+                admitted.insert(id.to_owned());
+            }
+        }
+    }
     let loads = [
         Load::start(&stack.envoy.url("/v1/things"), &token, 32),
         Load::start(&second.url("/v1/things"), &token, 32),
     ];
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut admitted = HashSet::new();
     let mut denied = 0;
     for load in loads {
         let report = load.stop().await;
