@@ -693,9 +693,13 @@ fn compile_lease(
         tuning: crate::lease_state::LeaseTuning {
             target_ms: raw.target_ms,
             max_request: raw.max_request,
-            // A renewal goes out on the next report tick and takes one callout.
+            // A renewal goes out within a tick (10 ms) and takes one callout; the
+            // report interval on top is slack for a loaded worker.
             renew_timeout_ms: raw.report_interval_ms + 2 * counter_timeout_ms,
-            expiry_margin_ms: 50,
+            // The lease's end here is already early: it is counted from when the
+            // renewal was sent, so it falls before the counter's end by the round trip.
+            // What is left to cover is millisecond rounding on both clocks.
+            expiry_margin_ms: 5,
         },
         report_interval: Duration::from_millis(raw.report_interval_ms),
         idle_return_ms: raw.idle_return_ms,

@@ -41,8 +41,8 @@ pub struct LeaseTuning {
     pub max_request: u64,
     /// A renewal that has not come back after this long may be asked again.
     pub renew_timeout_ms: u64,
-    /// Stop spending this long before the lease ends (the counter's clock and ours
-    /// agree only to a few ms).
+    /// Stop spending this long before the lease ends (its local end is computed from
+    /// when the renewal was sent, so it is early already; this covers rounding).
     pub expiry_margin_ms: u64,
 }
 
