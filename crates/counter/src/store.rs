@@ -210,11 +210,17 @@ impl Store {
             conn,
             timeout,
             record_ttl_secs,
-            consume: Script::new(include_str!("lua/consume.lua")),
+            consume: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/consume.lua")
+            )),
             refund: Script::new(include_str!("lua/refund.lua")),
             seed: Script::new(include_str!("lua/seed.lua")),
             settle: Script::new(include_str!("lua/settle.lua")),
-            lease: Script::new(include_str!("lua/lease.lua")),
+            lease: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/lease.lua")
+            )),
             lease_close: Script::new(include_str!("lua/lease_close.lua")),
             lease_report: Script::new(include_str!("lua/lease_report.lua")),
         })

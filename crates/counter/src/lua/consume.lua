@@ -29,9 +29,7 @@
 --     ledger must answer; 0: a new month, plan or tenant, the ledger is best effort
 --   5 cancelled: this id was refunded before it arrived; nothing consumed
 
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now, now_ms = redis_now()
 local n = #KEYS - 4
 
 local function used_csv()
@@ -50,26 +48,16 @@ if rec then
   return {2, now_ms, rec, used_csv()}
 end
 
-for i = 1, n do
-  local base = 11 + 4 * (i - 1)
-  if now < tonumber(ARGV[base + 2]) or now >= tonumber(ARGV[base + 3]) then
-    return {3, now_ms}
-  end
+if not windows_hold(now, 11, n) then
+  return {3, now_ms}
 end
 if ARGV[2] == '1' then
   if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
     return {3, now_ms}
   end
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    local epoch = redis.call('GET', KEYS[4])
-    if not epoch then
-      redis.call('SET', KEYS[4], now)
-      epoch = now
-    end
-    if tonumber(epoch) > tonumber(ARGV[3]) then
-      return {4, now_ms, 1}
-    end
-    return {4, now_ms, 0}
+  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]))
+  if seed then
+    return seed
   end
 end
 
@@ -96,12 +84,7 @@ end
 local grace = tonumber(ARGV[10])
 for i = 1, n do
   local base = 11 + 4 * (i - 1)
-  local cost = tonumber(ARGV[base])
-  local v = redis.call('INCRBY', KEYS[i + 4], cost)
-  if v == cost then
-    -- A new counter lives until its window ends, by Redis's clock (relative expiry).
-    redis.call('EXPIRE', KEYS[i + 4], tonumber(ARGV[base + 3]) - now + grace)
-  end
+  local v = add_to_window(KEYS[i + 4], tonumber(ARGV[base]), tonumber(ARGV[base + 3]), now, grace)
   -- %d, not tostring: Lua 5.1 prints large numbers in exponent form.
   parts[i] = string.format('%d', v)
 end

@@ -24,9 +24,7 @@
 --   6 the lease exists but took from other windows (they rolled over since the caller
 --     decided to extend it): never extend it across windows; close it, lease anew
 
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now, now_ms = redis_now()
 local n = #KEYS - 5
 
 local held = redis.call('HGET', KEYS[1], 'k')
@@ -34,26 +32,16 @@ if held and held ~= ARGV[11] then
   return {6, now_ms}
 end
 
-for i = 1, n do
-  local base = 12 + 4 * (i - 1)
-  if now < tonumber(ARGV[base + 2]) or now >= tonumber(ARGV[base + 3]) then
-    return {3, now_ms}
-  end
+if not windows_hold(now, 12, n) then
+  return {3, now_ms}
 end
 if ARGV[5] == '1' then
   if now < tonumber(ARGV[6]) or now >= tonumber(ARGV[7]) then
     return {3, now_ms}
   end
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    local epoch = redis.call('GET', KEYS[4])
-    if not epoch then
-      redis.call('SET', KEYS[4], now)
-      epoch = now
-    end
-    if tonumber(epoch) > tonumber(ARGV[6]) then
-      return {4, now_ms, 1}
-    end
-    return {4, now_ms, 0}
+  local seed = seed_reply(now, now_ms, tonumber(ARGV[6]))
+  if seed then
+    return seed
   end
 end
 
@@ -84,11 +72,7 @@ local grace = tonumber(ARGV[4])
 local parts = {}
 for i = 1, n do
   local base = 12 + 4 * (i - 1)
-  local take = tonumber(ARGV[base]) * granted
-  local v = redis.call('INCRBY', KEYS[i + 5], take)
-  if v == take then
-    redis.call('EXPIRE', KEYS[i + 5], tonumber(ARGV[base + 3]) - now + grace)
-  end
+  local v = add_to_window(KEYS[i + 5], tonumber(ARGV[base]) * granted, tonumber(ARGV[base + 3]), now, grace)
   parts[i] = string.format('%d', v)
   -- A lease never outlives a window it took from: after the window ends its units
   -- would count in no window at all.

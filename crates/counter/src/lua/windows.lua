@@ -1,0 +1,52 @@
+-- Shared by consume.lua and lease.lua: the counter loads each of them with this file
+-- in front (Redis scripts cannot call one another). Both take the same keys for the
+-- seed marker (KEYS[3]) and the bucket's epoch (KEYS[4]).
+
+-- Redis's clock (TIME), so every counter replica agrees on which window "now" is in:
+-- unix seconds and unix ms.
+local function redis_now()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1])
+  return now, now * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Whether `now` lies in each of the `n` windows whose arguments start at ARGV[first]
+-- (4 per window: cost, max, start, end).
+local function windows_hold(now, first, n)
+  for i = 1, n do
+    local base = first + 4 * (i - 1)
+    if now < tonumber(ARGV[base + 2]) or now >= tonumber(ARGV[base + 3]) then
+      return false
+    end
+  end
+  return true
+end
+
+-- nil when the tenant's seed marker exists; else the "re-seed first" reply: {4, now_ms,
+-- 1} when the bucket's epoch is younger than the billing month starting at
+-- `month_start` (Redis may have lost usage of this month), {4, now_ms, 0} otherwise.
+local function seed_reply(now, now_ms, month_start)
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    return nil
+  end
+  local epoch = redis.call('GET', KEYS[4])
+  if not epoch then
+    redis.call('SET', KEYS[4], now)
+    epoch = now
+  end
+  if tonumber(epoch) > month_start then
+    return {4, now_ms, 1}
+  end
+  return {4, now_ms, 0}
+end
+
+-- Adds `take` to the window counter `key`; a new counter lives until its window
+-- `ends` (by Redis's clock: a relative expiry), plus `grace` seconds. The new value.
+local function add_to_window(key, take, ends, now, grace)
+  local v = redis.call('INCRBY', key, take)
+  if v == take then
+    redis.call('EXPIRE', key, ends - now + grace)
+  end
+  return v
+end
+
