@@ -130,11 +130,14 @@ impl LeaseState {
         self.count = self.count.saturating_add(1);
     }
 
+    /// Whether `now_ms` is early enough to spend from the lease.
+    fn in_time(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
+        now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms
+    }
+
     /// Whether the lease can admit a request at `now_ms`.
     pub fn usable(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
-        self.id != 0
-            && self.balance > 0
-            && now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms
+        self.id != 0 && self.balance > 0 && self.in_time(now_ms, tuning)
     }
 
     /// One request arrives at `now_ms`: spend from the lease if it can, and decide
@@ -151,8 +154,8 @@ impl LeaseState {
         // more units while it can still be spent, and for a new lease once it ended
         // (asked before, the counter would only extend the ending one).
         let low = if self.end_fixed {
-            let in_time = now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms;
-            now_ms >= self.expires_ms || (in_time && self.balance <= self.last_grant / 2)
+            now_ms >= self.expires_ms
+                || (self.in_time(now_ms, tuning) && self.balance <= self.last_grant / 2)
         } else {
             self.balance <= self.last_grant / 2
                 || now_ms.saturating_add(tuning.renew_timeout_ms) >= self.expires_ms
@@ -168,7 +171,7 @@ impl LeaseState {
     /// left of a lease whose end cannot move, whichever is shorter.
     pub fn want(&self, now_ms: u64, tuning: &LeaseTuning) -> u64 {
         let mut span_ms = tuning.target_ms;
-        if self.end_fixed && now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms {
+        if self.end_fixed && self.in_time(now_ms, tuning) {
             span_ms = span_ms.min(self.expires_ms.saturating_sub(now_ms));
         }
         let per_target = self.rate(now_ms).saturating_mul(span_ms) / 1000;
