@@ -188,10 +188,7 @@ impl ClusterConn {
     /// connection of its own: what the cluster thinks of itself when the cluster
     /// connection is what cannot answer (it may be rebuilding against a dead seed).
     pub async fn cluster_info_direct(&self) -> Option<ClusterInfo> {
-        let known: Vec<String> = {
-            let watch = self.shared.watch.lock().unwrap_or_else(|p| p.into_inner());
-            watch.masters.iter().flatten().cloned().collect()
-        };
+        let known = self.shared.known_masters();
         self.shared.probe(&known).await.map(|p| p.info)
     }
 
@@ -286,10 +283,7 @@ impl ClusterConn {
         }
         let shared = self.shared.clone();
         runtime.spawn(async move {
-            let known: Vec<String> = {
-                let watch = shared.watch.lock().unwrap_or_else(|p| p.into_inner());
-                watch.masters.iter().flatten().cloned().collect()
-            };
+            let known = shared.known_masters();
             let seen = shared.probe(&known).await;
             let mut watch = shared.watch.lock().unwrap_or_else(|p| p.into_inner());
             watch.running = false;
@@ -324,6 +318,12 @@ struct Probe {
 }
 
 impl ClusterShared {
+    /// The masters the last topology check saw (none before the first).
+    fn known_masters(&self) -> Vec<String> {
+        let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        watch.masters.iter().flatten().cloned().collect()
+    }
+
     fn since_last_success(&self) -> Duration {
         let last = Duration::from_millis(self.last_success_ms.load(Ordering::Relaxed));
         self.born.elapsed().saturating_sub(last)
