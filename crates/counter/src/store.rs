@@ -309,7 +309,6 @@ impl Store {
         Ok(crate::lease::LeaseRecord::from_fields(&fields))
     }
 
-    /// Give back what lease `id` (whose `record` was just read) did not spend.
     /// Close lease `id` if it is still open (its record read first).
     pub async fn close_open_lease(
         &self,
@@ -322,6 +321,7 @@ impl Store {
         }
     }
 
+    /// Give back what lease `id` (whose `record` was just read) did not spend.
     pub async fn close_lease(
         &self,
         tenant: &str,
