@@ -1,6 +1,8 @@
 //! The state of one lease as every worker of an Envoy shares it (proxy-wasm shared
 //! data, updated with compare-and-swap): which lease, how many requests are left, until
 //! when, whether a renewal is on its way, and the recent rate that sizes the next one.
+//! A worker does not spend from it request by request: it takes a [`Hold`] of a few
+//! milliseconds of traffic in one compare-and-swap and spends that with no hostcall.
 //! Pure: encoding and the decisions; the glue is `wasm::lease`.
 
 /// Encoded size of a [`LeaseState`].
@@ -44,6 +46,57 @@ pub struct LeaseTuning {
     /// Stop spending this long before the lease ends (its local end is computed from
     /// when the renewal was sent, so it is early already; this covers rounding).
     pub expiry_margin_ms: u64,
+    /// A worker's hold covers about this much of the tenant's recent traffic (0: one
+    /// request per take).
+    pub hold_span_ms: u64,
+    /// A hold is spent for at most this long after it was taken. Shorter than the idle
+    /// return, so a lease that goes back for being quiet has no live hold left.
+    pub hold_valid_ms: u64,
+}
+
+/// Units one worker took from the shared lease, spent locally: no hostcall per request.
+/// It goes back (unspent units into the lease it came from) on the worker's next take
+/// and on every lease tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hold {
+    /// The lease the units came from; 0: none.
+    pub lease: u64,
+    pub units: u64,
+    /// Spendable before this (unix ms, this proxy's clock).
+    pub until_ms: u64,
+    /// Requests admitted from it since the take: they count toward the tenant's rate
+    /// when it goes back.
+    pub spent: u64,
+    pub last_spend_ms: u64,
+    /// What the shared lease held right after the take (for `RateLimit`'s `r`).
+    pub shared_after: u64,
+}
+
+impl Hold {
+    /// Admit one request from the hold, if it has a unit and is still in time.
+    pub fn spend(&mut self, now_ms: u64) -> bool {
+        if self.lease == 0 || self.units == 0 || now_ms >= self.until_ms {
+            return false;
+        }
+        self.units -= 1;
+        self.spent += 1;
+        self.last_spend_ms = now_ms;
+        true
+    }
+
+    /// Requests the proxy can still admit from the lease, as this worker last saw it.
+    pub fn remaining(&self) -> u64 {
+        self.units.saturating_add(self.shared_after)
+    }
+
+    /// A refunded request's unit back into the hold, if it came from this lease.
+    pub fn refund(&mut self, lease: u64) -> bool {
+        if lease == 0 || lease != self.lease {
+            return false;
+        }
+        self.units = self.units.saturating_add(1);
+        true
+    }
 }
 
 /// What one request did to the shared state.
@@ -116,7 +169,7 @@ impl LeaseState {
         }
     }
 
-    fn note_request(&mut self, now_ms: u64) {
+    fn note_requests(&mut self, now_ms: u64, n: u64) {
         let second = now_ms / 1000;
         if second != self.rate_second {
             self.prev_count = if second == self.rate_second + 1 {
@@ -127,7 +180,8 @@ impl LeaseState {
             self.count = 0;
             self.rate_second = second;
         }
-        self.count = self.count.saturating_add(1);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.count = self.count.saturating_add(n);
     }
 
     /// Whether `now_ms` is early enough to spend from the lease.
@@ -140,14 +194,40 @@ impl LeaseState {
         self.id != 0 && self.balance > 0 && self.in_time(now_ms, tuning)
     }
 
-    /// One request arrives at `now_ms`: spend from the lease if it can, and decide
-    /// whether this worker asks for more.
+    /// One request arrives at `now_ms`: spend one unit from the lease if it can, and
+    /// decide whether this worker asks for more.
     pub fn spend(&mut self, now_ms: u64, tuning: &LeaseTuning) -> Spend {
-        self.note_request(now_ms);
+        let once = LeaseTuning {
+            hold_span_ms: 0,
+            ..*tuning
+        };
+        self.take(now_ms, &once, &Hold::default()).0
+    }
+
+    /// One request arrives at `now_ms` at a worker whose hold is empty or stale: take
+    /// `returning` back first, then a new hold (the request's unit and about
+    /// `hold_span_ms` of traffic, never more than a quarter of what is left, so the
+    /// other workers find units too), and decide whether this worker asks for more.
+    pub fn take(&mut self, now_ms: u64, tuning: &LeaseTuning, returning: &Hold) -> (Spend, Hold) {
+        self.give_back(returning, now_ms);
+        self.note_requests(now_ms, 1);
         let admitted = self.usable(now_ms, tuning);
+        let mut hold = Hold::default();
         if admitted {
-            self.balance -= 1;
+            let by_rate = self.rate(now_ms).saturating_mul(tuning.hold_span_ms) / 1000;
+            let size = by_rate.min(self.balance / 4).clamp(1, self.balance);
+            self.balance -= size;
             self.last_spend_ms = now_ms;
+            hold = Hold {
+                lease: self.id,
+                units: size - 1,
+                until_ms: now_ms
+                    .saturating_add(tuning.hold_valid_ms)
+                    .min(self.expires_ms.saturating_sub(tuning.expiry_margin_ms)),
+                spent: 0,
+                last_spend_ms: now_ms,
+                shared_after: self.balance,
+            };
         }
         // Ask before the lease runs dry: at half of the last grant, or when it ends
         // within a renewal's round trip. When no renewal can move its end, only for
@@ -164,7 +244,20 @@ impl LeaseState {
             self.renewing_until_ms = now_ms.saturating_add(tuning.renew_timeout_ms);
             self.want(now_ms, tuning)
         });
-        Spend { admitted, renew }
+        (Spend { admitted, renew }, hold)
+    }
+
+    /// A worker's hold comes back: its unspent units into the lease if it is still
+    /// the one they came from (a replaced lease's units went back to the counter with
+    /// it), its spent requests into the rate.
+    pub fn give_back(&mut self, hold: &Hold, now_ms: u64) {
+        if hold.spent > 0 {
+            self.note_requests(now_ms, hold.spent);
+            self.last_spend_ms = self.last_spend_ms.max(hold.last_spend_ms);
+        }
+        if hold.lease != 0 && hold.lease == self.id {
+            self.balance = self.balance.saturating_add(hold.units);
+        }
     }
 
     /// How many requests to ask for: about `target_ms` of recent traffic, or what is
@@ -242,6 +335,8 @@ mod tests {
         max_request: 1000,
         renew_timeout_ms: 500,
         expiry_margin_ms: 5,
+        hold_span_ms: 0,
+        hold_valid_ms: 20,
     };
 
     #[test]
@@ -385,5 +480,95 @@ mod tests {
         s.closed();
         assert!(!s.should_close(60_000, 0));
         assert!(!s.usable(1_001, &TUNING));
+    }
+
+    const HOLDING: LeaseTuning = LeaseTuning {
+        hold_span_ms: 5,
+        ..TUNING
+    };
+
+    #[test]
+    fn a_worker_takes_a_few_milliseconds_of_traffic_and_spends_them_without_the_shared_state() {
+        let mut s = LeaseState::default();
+        s.granted(Some(9), 10_000, 60_000, 60_000, 10_000);
+        // 4000 requests a second so far: 5 ms of that is 20.
+        s.give_back(
+            &Hold {
+                spent: 4000,
+                ..Hold::default()
+            },
+            10_500,
+        );
+        let (spend, mut hold) = s.take(10_500, &HOLDING, &Hold::default());
+        assert!(spend.admitted);
+        assert_eq!(
+            (hold.lease, hold.units),
+            (9, 19),
+            "one unit went to this request"
+        );
+        assert_eq!(s.balance, 10_000 - 20);
+        assert_eq!(hold.remaining(), 19 + s.balance);
+        for i in 0..19 {
+            assert!(hold.spend(10_501), "unit {i}");
+        }
+        assert!(!hold.spend(10_501), "the hold ran out");
+        // Gone back: spent requests count toward the rate, nothing is left to return.
+        s.give_back(&hold, 10_502);
+        assert_eq!(s.balance, 10_000 - 20);
+        assert_eq!(s.count, 4000 + 1 + 19);
+    }
+
+    #[test]
+    fn a_hold_is_never_more_than_a_quarter_of_the_lease_and_never_outlives_it() {
+        let mut s = LeaseState::default();
+        s.granted(Some(1), 8, 20_000, 20_000, 10_000);
+        s.give_back(
+            &Hold {
+                spent: 100_000,
+                ..Hold::default()
+            },
+            19_000,
+        );
+        let (_, hold) = s.take(19_000, &HOLDING, &Hold::default());
+        assert_eq!((hold.units + 1, s.balance), (2, 6), "a quarter of 8");
+        // Valid for hold_valid_ms, and never past the lease's end less the margin.
+        assert_eq!(hold.until_ms, 19_020);
+        let (_, late) = s.take(19_990, &HOLDING, &hold);
+        assert_eq!(late.until_ms, 20_000 - 5);
+        let mut late = late;
+        assert!(!late.spend(19_995), "at the lease's end less the margin");
+        // One unit left: it goes to the request, and the hold is empty.
+        let mut s = LeaseState::default();
+        s.granted(Some(2), 1, 20_000, 20_000, 10_000);
+        let (spend, hold) = s.take(10_000, &HOLDING, &Hold::default());
+        assert!(spend.admitted);
+        assert_eq!((hold.units, s.balance), (0, 0));
+    }
+
+    #[test]
+    fn unspent_units_go_back_only_to_the_lease_they_came_from() {
+        let mut s = LeaseState::default();
+        s.granted(Some(1), 100, 20_000, 20_000, 10_000);
+        let hold = Hold {
+            lease: 1,
+            units: 7,
+            until_ms: 10_020,
+            spent: 3,
+            last_spend_ms: 10_010,
+            shared_after: 0,
+        };
+        let mut stale = hold;
+        s.give_back(&hold, 10_015);
+        assert_eq!(s.balance, 107);
+        assert_eq!(s.last_spend_ms, 10_010);
+        // A new lease replaced it: the old one's units went back with it at the counter.
+        s.granted(Some(2), 50, 21_000, 21_000, 10_020);
+        s.give_back(&stale, 10_030);
+        assert_eq!(s.balance, 50);
+        // A refund goes into the hold only from its own lease.
+        assert!(stale.refund(1));
+        assert!(!stale.refund(2));
+        assert!(!stale.refund(0));
+        assert_eq!(stale.units, 8);
     }
 }

@@ -274,10 +274,10 @@ impl HttpFilter {
         // One clock read for the whole decision: each hostcall costs about a µs.
         let started_ns = now_ns();
         let now = started_ns / 1_000_000;
-        let Some((spend, state)) = lease::spend(&key, &plugin.config.lease, now) else {
+        let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
             return false;
         };
-        let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
+        let Some(spend) = book.spend(&key, tenant, route, &plugin.config.lease, now) else {
             return false;
         };
         if let Some(want) = spend.renew {
@@ -294,7 +294,7 @@ impl HttpFilter {
             return false;
         }
         let decided_ms = book.counter_time_ms(now);
-        let (policy, remaining, warning) = book.headers(&key, state.balance, now);
+        let (policy, remaining, warning) = book.headers(&key, spend.remaining, now);
         drop(book);
         // `allowed` and `leased` are added up here and sent to Envoy on the root's
         // next tick (10 ms with leased routes): two hostcalls fewer per request.
@@ -325,7 +325,7 @@ impl HttpFilter {
         }
         self.leased = Some(LeasedRequest {
             key,
-            lease: state.id,
+            lease: spend.lease,
             route: route.clone(),
             decided_ms,
             refunded: false,
@@ -798,7 +798,9 @@ impl HttpContext for HttpFilter {
         if let (Stage::Leased, Some(l)) = (self.stage, &mut self.leased) {
             // Back into the lease it came from: no callout, nothing to report.
             if plugin.config.refund_on_5xx && failed {
-                lease::give_back(&l.key, l.lease);
+                if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
+                    book.give_back(&l.key, l.lease);
+                }
                 l.refunded = true;
                 self.count(|m| m.refunds);
                 if let Some(u) = &mut self.usage {

@@ -17,7 +17,7 @@ use super::now_ns;
 use super::root::Plugin;
 use crate::callout;
 use crate::config::LeaseConfig;
-use crate::lease_state::{LeaseState, Spend};
+use crate::lease_state::{Hold, LeaseState};
 use crate::ratelimit::LeaseLimits;
 use crate::routes::Route;
 
@@ -31,6 +31,10 @@ const REPORT_CHUNK: usize = 5_000;
 const MAX_PENDING_RECORDS: usize = 1_000_000;
 /// Attempts to report one chunk before it is given up (counted and logged).
 const MAX_REPORT_ATTEMPTS: u32 = 50;
+
+/// How often a worker gives its holds back (and its leased requests' stats go to
+/// Envoy): a hold is a few milliseconds of traffic that another worker may need.
+pub const HOLD_RETURN_MS: u64 = 10;
 
 /// The shared-data key of a tenant's lease on a route.
 pub fn shared_key(tenant: &str, route: &str) -> String {
@@ -64,17 +68,16 @@ pub fn update<R>(
 }
 
 /// One request of `route` for `tenant` arrives: spend from the shared lease if it can.
-pub fn spend(key: &str, config: &LeaseConfig, now_ms: u64) -> Option<(Spend, LeaseState)> {
-    update(key, |state| state.spend(now_ms, &config.tuning))
-}
-
-/// A refunded request (upstream 5xx) goes back into its lease, if still the same one.
-pub fn give_back(key: &str, lease: u64) {
-    let _ = update(key, |state| {
-        if state.id == lease && lease != 0 {
-            state.balance = state.balance.saturating_add(1);
-        }
-    });
+/// What a request got from its tenant's lease.
+pub struct Spent {
+    /// Admitted (else: decide it with an exact consume).
+    pub admitted: bool,
+    /// Ask the counter for this many more (this worker won the right to).
+    pub renew: Option<u64>,
+    /// The lease it was admitted from.
+    pub lease: u64,
+    /// What the proxy can still admit from the lease, as this worker last saw it.
+    pub remaining: u64,
 }
 
 /// What a worker knows about a lease it spent from.
@@ -85,6 +88,10 @@ struct Entry {
     limits: LeaseLimits,
     /// Requests to ask for at the next renewal (`None`: none due).
     renew: Option<u64>,
+    /// The units this worker holds of the lease.
+    hold: Hold,
+    /// Requests admitted from the lease, waiting to be reported.
+    records: Vec<Record>,
 }
 
 /// A request admitted from a lease, waiting to be reported.
@@ -115,13 +122,13 @@ enum Call {
 /// Per worker: the leases it spent from and what it owes the counter about them.
 pub struct LeaseBook {
     entries: HashMap<String, Entry>,
-    /// Admitted requests by lease key.
-    records: HashMap<String, Vec<Record>>,
     pending_records: usize,
     /// Keys with a renewal to ask for, in the order requests asked.
     renewals_due: Vec<String>,
     /// When reports and returns next go out (unix ms, our clock).
     next_report_ms: u64,
+    /// When holds next go back (unix ms, our clock).
+    next_return_ms: u64,
     in_flight: HashMap<u32, Call>,
     /// The counter's clock minus ours, ms (learned from every lease answer).
     offset_ms: i64,
@@ -132,10 +139,10 @@ impl LeaseBook {
     pub fn new() -> Self {
         LeaseBook {
             entries: HashMap::new(),
-            records: HashMap::new(),
             pending_records: 0,
             renewals_due: Vec::new(),
             next_report_ms: 0,
+            next_return_ms: 0,
             in_flight: HashMap::new(),
             offset_ms: 0,
             failures_log: crate::log_budget::LogBudget::new(10),
@@ -169,6 +176,8 @@ impl LeaseBook {
         }
     }
 
+    /// The entry of `key`, made if missing. Per-request callers look it up with
+    /// `get_mut` first: this copies the key.
     fn entry(&mut self, key: &str, tenant: &str, route: &Rc<Route>) -> &mut Entry {
         self.entries.entry(key.to_owned()).or_insert_with(|| Entry {
             tenant: tenant.to_owned(),
@@ -176,7 +185,74 @@ impl LeaseBook {
             plan: None,
             limits: LeaseLimits::default(),
             renew: None,
+            hold: Hold::default(),
+            records: Vec::new(),
         })
+    }
+
+    /// One request for the lease of `key`: admitted from this worker's hold when it
+    /// has a unit (no hostcall), else from the shared lease, taking a new hold in the
+    /// same compare-and-swap. `None` when the host refused the shared data.
+    pub fn spend(
+        &mut self,
+        key: &str,
+        tenant: &str,
+        route: &Rc<Route>,
+        config: &LeaseConfig,
+        now_ms: u64,
+    ) -> Option<Spent> {
+        if let Some(e) = self.entries.get_mut(key) {
+            if e.hold.spend(now_ms) {
+                return Some(Spent {
+                    admitted: true,
+                    renew: None,
+                    lease: e.hold.lease,
+                    remaining: e.hold.remaining(),
+                });
+            }
+        }
+        let returning = self.entries.get(key).map(|e| e.hold).unwrap_or_default();
+        let ((spend, hold), _) =
+            update(key, |state| state.take(now_ms, &config.tuning, &returning))?;
+        match self.entries.get_mut(key) {
+            Some(e) => e.hold = hold,
+            None => self.entry(key, tenant, route).hold = hold,
+        }
+        Some(Spent {
+            admitted: spend.admitted,
+            renew: spend.renew,
+            lease: hold.lease,
+            remaining: hold.remaining(),
+        })
+    }
+
+    /// A refunded request (upstream 5xx) goes back into its lease, if still the same
+    /// one: into this worker's hold when it came from there, else the shared lease.
+    pub fn give_back(&mut self, key: &str, lease: u64) {
+        if self
+            .entries
+            .get_mut(key)
+            .is_some_and(|e| e.hold.refund(lease))
+        {
+            return;
+        }
+        let _ = update(key, |state| {
+            if state.id == lease && lease != 0 {
+                state.balance = state.balance.saturating_add(1);
+            }
+        });
+    }
+
+    /// Every hold goes back to its shared lease (on every tick: a hold is a few
+    /// milliseconds of traffic, and what one worker does not spend another may).
+    fn return_holds(&mut self, now_ms: u64) {
+        for (key, e) in &mut self.entries {
+            if e.hold == Hold::default() {
+                continue;
+            }
+            let hold = std::mem::take(&mut e.hold);
+            let _ = update(key, |state| state.give_back(&hold, now_ms));
+        }
     }
 
     /// `RateLimit` header values for a request admitted from `key` with `balance` left.
@@ -209,11 +285,11 @@ impl LeaseBook {
         if self.pending_records >= MAX_PENDING_RECORDS {
             return false;
         }
-        self.entry(key, tenant, route);
-        self.records
-            .entry(key.to_owned())
-            .or_default()
-            .push(Record { lease, id, at_ms });
+        let record = Record { lease, id, at_ms };
+        match self.entries.get_mut(key) {
+            Some(e) => e.records.push(record),
+            None => self.entry(key, tenant, route).records.push(record),
+        }
         self.pending_records += 1;
         true
     }
@@ -227,15 +303,19 @@ impl LeaseBook {
         self.in_flight.contains_key(&token)
     }
 
-    /// Send what is due: renewals on every tick (a lease asked for on the next report
-    /// tick instead ran dry while it waited, and its requests fell back to exact
-    /// consumes), then every report interval (and when `stopping`) the reports and the
-    /// leases to give back (all of them when `stopping`).
-    pub fn tick(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, stopping: bool) {
+    /// Send what is due: holds back to the shared leases every `HOLD_RETURN_MS`,
+    /// renewals on every tick (a lease asked for on the next report tick instead ran
+    /// dry while it waited, and its requests fell back to exact consumes), then every
+    /// report interval (and when `stopping`) the reports and the leases to give back
+    /// (all of them when `stopping`).
+    pub fn tick(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, now: u64, stopping: bool) {
+        if stopping || now >= self.next_return_ms {
+            self.next_return_ms = now.saturating_add(HOLD_RETURN_MS);
+            self.return_holds(now);
+        }
         for key in std::mem::take(&mut self.renewals_due) {
             self.send_renewal(plugin, metrics, &key);
         }
-        let now = now_ms();
         if !stopping && now < self.next_report_ms {
             return;
         }
@@ -244,6 +324,11 @@ impl LeaseBook {
         self.next_report_ms = now.saturating_add(interval);
         let keys: Vec<String> = self.entries.keys().cloned().collect();
         for key in keys {
+            // On stopping, another worker of this Envoy may still hold units of the
+            // lease for up to `hold_valid_ms`: what it admits is reported late and
+            // charged to the current windows (docs/guarantees.md). A quiet lease has
+            // no live hold: holds take `last_spend_ms` forward and outlive it by less
+            // than the idle return.
             let close = update(&key, |state| {
                 if stopping || state.should_close(now, config.idle_return_ms) {
                     let id = state.id;
@@ -273,9 +358,7 @@ impl LeaseBook {
         self.send_reports(plugin);
         // Forget leases with nothing pending that no longer hold anything.
         self.entries.retain(|key, e| {
-            e.renew.is_some()
-                || self.records.contains_key(key)
-                || read(key).is_some_and(|s| s.id != 0)
+            e.renew.is_some() || !e.records.is_empty() || read(key).is_some_and(|s| s.id != 0)
         });
     }
 
@@ -309,9 +392,18 @@ impl LeaseBook {
     }
 
     fn send_reports(&mut self, plugin: &Plugin) {
-        let keys: Vec<String> = self.records.keys().cloned().collect();
+        let keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.records.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in keys {
-            let Some(records) = self.records.remove(&key) else {
+            let Some(records) = self
+                .entries
+                .get_mut(&key)
+                .map(|e| std::mem::take(&mut e.records))
+            else {
                 continue;
             };
             let mut by_lease: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
@@ -363,12 +455,16 @@ impl LeaseBook {
             }
             // Not sent: back in the queue for the next tick.
             None => {
-                let queue = self.records.entry(key.to_owned()).or_default();
-                queue.extend(
-                    records
-                        .into_iter()
-                        .map(|(id, at_ms)| Record { lease, id, at_ms }),
-                );
+                let Some(entry) = self.entries.get_mut(key) else {
+                    return;
+                };
+                entry
+                    .records
+                    .extend(
+                        records
+                            .into_iter()
+                            .map(|(id, at_ms)| Record { lease, id, at_ms }),
+                    );
             }
         }
     }

@@ -32,9 +32,12 @@ const MAX_REFUND_ATTEMPTS: u32 = 30;
 /// The root context's tick when no collector sets a shorter one.
 const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 /// The tick with leased routes: a renewal goes out on the next tick, and a lease must
-/// not run dry while it waits (its requests would fall back to exact consumes).
-/// Reports and returns keep the report interval.
-const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+/// not run dry while it waits (its requests would fall back to exact consumes). A
+/// per-second lease ends with its second, and its successor can only be asked for
+/// then: each tick of delay is that many milliseconds of exact consumes every second.
+/// Holds go back every [`lease::HOLD_RETURN_MS`]; reports and returns keep the report
+/// interval.
+const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A refund the root context owes the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +97,8 @@ pub struct Root {
     jitter: Jitter,
     refund_log: LogBudget,
     stopping: bool,
+    /// When the leased requests' stats next go to Envoy (unix ms).
+    next_lease_stats_ms: u64,
 }
 
 impl Root {
@@ -118,6 +123,7 @@ impl Root {
             jitter: Jitter::new(entropy_u64()),
             refund_log: LogBudget::new(COUNTER_LOG_INTERVAL_SECS),
             stopping: false,
+            next_lease_stats_ms: 0,
         }
     }
 
@@ -129,17 +135,28 @@ impl Root {
     }
 
     fn lease_tick(&mut self) {
-        let admitted = self.vm.leased_admits.replace(0);
-        if let (Some(m), true) = (&self.vm.metrics, admitted > 0) {
-            let n = usize::try_from(admitted).unwrap_or(usize::MAX);
-            Metrics::add(m.allowed, n);
-            Metrics::add(m.leased, n);
+        let now = super::lease::now_ms();
+        // Envoy's stats lag by up to HOLD_RETURN_MS: a hostcall per stat per tick
+        // would cost more than the stats are worth.
+        if now >= self.next_lease_stats_ms || self.stopping {
+            self.next_lease_stats_ms = now.saturating_add(super::lease::HOLD_RETURN_MS);
+            self.flush_lease_stats();
         }
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
         if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
-            book.tick(&plugin, self.vm.metrics.as_ref(), self.stopping);
+            book.tick(&plugin, self.vm.metrics.as_ref(), now, self.stopping);
+        }
+    }
+
+    /// `allowed` and `leased`, added up per request in the VM, into Envoy's stats.
+    fn flush_lease_stats(&self) {
+        let admitted = self.vm.leased_admits.replace(0);
+        if let (Some(m), true) = (&self.vm.metrics, admitted > 0) {
+            let n = usize::try_from(admitted).unwrap_or(usize::MAX);
+            Metrics::add(m.allowed, n);
+            Metrics::add(m.leased, n);
         }
     }
 
