@@ -4,6 +4,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use turnpike_counter::Cli;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.validate {
