@@ -196,6 +196,8 @@ pub struct LeaseAnswer<'a> {
     pub granted: u64,
     pub expires_ms: u64,
     pub time_ms: u64,
+    #[serde(default)]
+    pub held_ms: u64,
     #[serde(borrow)]
     pub plan: Cow<'a, str>,
     #[serde(borrow)]
@@ -452,14 +454,15 @@ mod tests {
             granted: 30,
             expires_ms: 2_000,
             time_ms: 1_000,
+            held_ms: 4,
             plan: "pro".into(),
             limits: wire_response(true).limits,
         };
         let json = serde_json::to_vec(&answer).unwrap();
         let a = parse_lease_answer(Some("200"), Some(&json)).unwrap();
         assert_eq!(
-            (a.lease, a.granted, a.expires_ms, a.time_ms),
-            (Some(9), 30, 2_000, 1_000)
+            (a.lease, a.granted, a.expires_ms, a.time_ms, a.held_ms),
+            (Some(9), 30, 2_000, 1_000, 4)
         );
         assert_eq!(a.limits.len(), 1);
         assert_eq!(

@@ -698,13 +698,16 @@ fn compile_lease(
             renew_timeout_ms: raw.report_interval_ms + 2 * counter_timeout_ms,
             // The lease's end here is already early: it is counted from when the
             // renewal was sent, so it falls before the counter's end by the round trip.
-            // What is left to cover is millisecond rounding on both clocks.
-            expiry_margin_ms: 5,
+            // What is left to cover is millisecond rounding on both clocks (1 ms each).
+            expiry_margin_ms: 2,
             // A worker takes about 5 ms of traffic per compare-and-swap, and spends it
             // within 20 ms (half the idle return at most, so a quiet lease that goes
             // back has no hold left): two hostcalls fewer per request.
             hold_span_ms: 5,
             hold_valid_ms: (raw.idle_return_ms / 2).min(20),
+            // Less than the counter's TURN_WAIT_MS (10) less a tick (2 ms): the ask
+            // reaches the counter when it holds asks for the window to turn.
+            turn_lead_ms: 8,
         },
         report_interval: Duration::from_millis(raw.report_interval_ms),
         idle_return_ms: raw.idle_return_ms,

@@ -52,6 +52,10 @@ pub struct LeaseTuning {
     /// A hold is spent for at most this long after it was taken. Shorter than the idle
     /// return, so a lease that goes back for being quiet has no live hold left.
     pub hold_valid_ms: u64,
+    /// A lease whose end no renewal can move asks for its successor this long before
+    /// it ends; the counter holds an ask that arrives in a window's last milliseconds
+    /// until the window turns, so the successor is granted as the second turns.
+    pub turn_lead_ms: u64,
 }
 
 /// Units one worker took from the shared lease, spent locally: no hostcall per request.
@@ -184,6 +188,12 @@ impl LeaseState {
         self.count = self.count.saturating_add(n);
     }
 
+    /// Whether a lease whose end cannot move is close enough to it to ask for its
+    /// successor.
+    fn ending(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
+        now_ms.saturating_add(tuning.turn_lead_ms) >= self.expires_ms
+    }
+
     /// Whether `now_ms` is early enough to spend from the lease.
     fn in_time(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
         now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms
@@ -230,12 +240,11 @@ impl LeaseState {
             };
         }
         // Ask before the lease runs dry: at half of the last grant, or when it ends
-        // within a renewal's round trip. When no renewal can move its end, only for
-        // more units while it can still be spent, and for a new lease once it ended
-        // (asked before, the counter would only extend the ending one).
+        // within a renewal's round trip. When no renewal can move its end, for more
+        // units while it can still be spent, and for its successor `turn_lead_ms`
+        // before it ends (the counter holds that ask until the window turns).
         let low = if self.end_fixed {
-            now_ms >= self.expires_ms
-                || (self.in_time(now_ms, tuning) && self.balance <= self.last_grant / 2)
+            self.ending(now_ms, tuning) || self.balance <= self.last_grant / 2
         } else {
             self.balance <= self.last_grant / 2
                 || now_ms.saturating_add(tuning.renew_timeout_ms) >= self.expires_ms
@@ -264,7 +273,7 @@ impl LeaseState {
     /// left of a lease whose end cannot move, whichever is shorter.
     pub fn want(&self, now_ms: u64, tuning: &LeaseTuning) -> u64 {
         let mut span_ms = tuning.target_ms;
-        if self.end_fixed && self.in_time(now_ms, tuning) {
+        if self.end_fixed && !self.ending(now_ms, tuning) {
             span_ms = span_ms.min(self.expires_ms.saturating_sub(now_ms));
         }
         let per_target = self.rate(now_ms).saturating_mul(span_ms) / 1000;
@@ -337,6 +346,7 @@ mod tests {
         expiry_margin_ms: 5,
         hold_span_ms: 0,
         hold_valid_ms: 20,
+        turn_lead_ms: 8,
     };
 
     #[test]
@@ -436,17 +446,22 @@ mod tests {
         // The counter extended the lease but its end stayed (a window's end).
         s.granted(Some(1), 10, 11_000, 11_000, 10_610);
         assert!(s.end_fixed);
-        for t in [10_700, 10_900, 10_960, 10_999] {
+        for t in [10_700, 10_900, 10_960, 10_991] {
             assert_eq!(
                 s.spend(t, &TUNING).renew,
                 None,
                 "no ask at {t}: it would only extend"
             );
         }
-        // It ended: ask for a new one.
-        let ended = s.spend(11_000, &TUNING);
+        // `turn_lead_ms` before its end: ask for its successor (the counter holds the
+        // ask until the window turns), as much as a fresh lease, while still spending.
+        let ending = s.spend(10_992, &TUNING);
+        assert!(ending.admitted);
+        assert_eq!(ending.renew, Some(100), "1000 a second, 100 ms of it");
+        // Once asked, not again while the ask is on its way.
+        let ended = s.spend(10_995, &TUNING);
         assert!(!ended.admitted);
-        assert!(ended.renew.is_some());
+        assert_eq!(ended.renew, None);
         s.granted(Some(2), 50, 12_000, 12_000, 11_010);
         assert!(
             !s.end_fixed,

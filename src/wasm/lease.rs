@@ -493,15 +493,17 @@ impl LeaseBook {
                     Ok(a) => {
                         self.offset_ms =
                             i64::try_from(a.time_ms).unwrap_or(0) - i64::try_from(now).unwrap_or(0);
-                        // Counted from when the renewal was sent, not from when its
-                        // answer came: the lease then ends here no later than it does on
-                        // the counter's clock, and what it admits is billed inside the
+                        // Counted from when the renewal was sent (plus what the counter
+                        // says it held it before deciding), not from when its answer
+                        // came: the lease then ends here no later than it does on the
+                        // counter's clock, and what it admits is billed inside the
                         // windows it was taken from (a per-second lease's requests in
                         // that second).
                         let expires = a
                             .expires_ms
                             .saturating_sub(a.time_ms)
-                            .saturating_add(sent_ms);
+                            .saturating_add(sent_ms)
+                            .saturating_add(a.held_ms);
                         let _ = update(&key, |state| {
                             state.granted(a.lease, a.granted, expires, a.expires_ms, now)
                         });

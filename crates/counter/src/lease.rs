@@ -31,6 +31,27 @@ impl LeaseRecord {
     }
 }
 
+/// A renewal this close to the end of a lease that cannot outlive its window could
+/// only add units spendable until then: the counter waits for the window to turn and
+/// leases anew instead (see [`wait_for_turn`]).
+pub const TURN_WAIT_MS: i64 = 10;
+
+/// How long to wait before answering a renewal of `record` at `now_ms` (the counter's
+/// clock), when the lease ends with the tightest window it took from
+/// (`window_end_secs`) within [`TURN_WAIT_MS`]: its successor can only come from the
+/// next window, and a proxy asking now would otherwise get a worthless extension and
+/// ask again a round trip later, deciding every request exactly in between.
+pub fn wait_for_turn(
+    record: &LeaseRecord,
+    window_end_secs: Option<i64>,
+    now_ms: i64,
+) -> Option<std::time::Duration> {
+    let end = window_end_secs.filter(|end| *end == record.expires)?;
+    let left_ms = end.saturating_mul(1000).saturating_sub(now_ms);
+    (left_ms > 0 && left_ms <= TURN_WAIT_MS)
+        .then(|| std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(0) + 1))
+}
+
 /// How the counter sizes grants (the proxy asks for what it expects to spend soon).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeasePolicy {
@@ -89,5 +110,26 @@ mod tests {
             Some(("acme.eu", 7))
         );
         assert_eq!(parse_index_member("nocolon"), None);
+    }
+
+    #[test]
+    fn a_renewal_in_the_last_ms_of_a_window_bound_lease_waits_for_the_turn() {
+        let record = LeaseRecord {
+            granted: 10,
+            spent: 0,
+            expires: 1_700,
+            slots: String::new(),
+        };
+        let ms = std::time::Duration::from_millis;
+        // 4 ms before the window (and so the lease) ends: wait 5 ms.
+        assert_eq!(wait_for_turn(&record, Some(1_700), 1_699_996), Some(ms(5)));
+        assert_eq!(wait_for_turn(&record, Some(1_700), 1_699_990), Some(ms(11)));
+        // Earlier, an extension is still worth having.
+        assert_eq!(wait_for_turn(&record, Some(1_700), 1_699_989), None);
+        // Already turned: nothing to wait for.
+        assert_eq!(wait_for_turn(&record, Some(1_700), 1_700_000), None);
+        // Not bound by the window (it ends before it, at the longest lease): extend.
+        assert_eq!(wait_for_turn(&record, Some(1_760), 1_699_996), None);
+        assert_eq!(wait_for_turn(&record, None, 1_699_996), None);
     }
 }

@@ -14,7 +14,7 @@ use turnpike_wire::{LeaseReport, LeaseReportResponse, LeaseRequest, LeaseRespons
 
 use crate::api::{ms_to_secs, seed_from_ledger, unauthorized, ApiError};
 use crate::keys::TenantKeys;
-use crate::lease::parse_index_member;
+use crate::lease::{parse_index_member, wait_for_turn};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -74,9 +74,21 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
     // The lease the proxy holds: extended while its windows are the current ones;
     // closed (unspent requests back to its windows) when asked or when they rolled on.
     let mut id = None;
+    let mut held_ms = 0;
     if let Some(held) = req.lease {
         if let Some(record) = state.store.lease_record(&req.tenant, held).await? {
-            let current = Ticket::for_request(plan, &req.meters, state.clock.now_secs());
+            let mut current = Ticket::for_request(plan, &req.meters, state.clock.now_secs());
+            if !req.close && record.slots == current.record_slots() {
+                let end = current.lease_end_secs();
+                if let Some(wait) = wait_for_turn(&record, end, state.clock.now_ms()) {
+                    let slept = Instant::now();
+                    tokio::time::sleep(wait).await;
+                    // What the proxy may count its lease from: never more than it was
+                    // held (a monotonic clock; the decision comes after).
+                    held_ms = u64::try_from(slept.elapsed().as_millis()).unwrap_or(0);
+                    current = Ticket::for_request(plan, &req.meters, state.clock.now_secs());
+                }
+            }
             if req.close || record.slots != current.record_slots() {
                 if let Some(closed) = state.store.close_lease(&req.tenant, held, &record).await? {
                     Metrics::inc(&state.metrics.leases_closed);
@@ -99,6 +111,7 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
             granted: 0,
             expires_ms: 0,
             time_ms: u64::try_from(state.clock.now_ms()).unwrap_or(0),
+            held_ms,
             limits: ticket.statuses(&used, now),
             plan: ticket.plan,
         });
@@ -123,6 +136,7 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
                     granted,
                     expires_ms: u64::try_from(expires.saturating_mul(1000)).unwrap_or(0),
                     time_ms: now_ms,
+                    held_ms,
                     limits: ticket.statuses(&used, now),
                     plan: ticket.plan,
                 });

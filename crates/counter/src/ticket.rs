@@ -85,6 +85,12 @@ impl Ticket {
         self.slots.iter().any(|s| s.window.is_long())
     }
 
+    /// When a lease taken on this ticket must end at the latest: its earliest window
+    /// end (unix seconds), as the lease script computes it.
+    pub fn lease_end_secs(&self) -> Option<i64> {
+        self.slots.iter().map(|s| s.end).min()
+    }
+
     /// The slots as an idempotency record stores them: `suffix=cost;...`, so a refund
     /// knows which counters to give back to, even after the plans changed.
     pub fn record_slots(&self) -> String {

@@ -18,8 +18,12 @@ limits = [
 ]
 [plans.tight]
 limits = [ { name = "per-day", meter = "requests", window = "day", max = 10 } ]
+[plans.persecond]
+limits = [ { name = "per-second", meter = "requests", window = "second", max = 1000000 } ]
 [tenants.tight]
 plan = "tight"
+[tenants.sec]
+plan = "persecond"
 "#;
 
 async fn lease(api: &Api, tenant: &str, want: u64, held: Option<u64>, close: bool) -> Value {
@@ -225,4 +229,63 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
         (200, json!(10_000)),
         "{reported}"
     );
+}
+
+/// A renewal that reaches the counter in a second's last milliseconds, for a lease that
+/// ends with that second, is held until the second turns and answered with a new
+/// lease of the next second, saying how long it was held (the proxy counts its lease
+/// from then). Redis and the test share this machine's clock.
+#[tokio::test]
+async fn a_renewal_in_the_last_milliseconds_of_a_second_is_held_until_it_turns() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        // Early in a second: a lease that ends with it.
+        tokio::time::sleep(Duration::from_millis(1000 - now_ms() % 1000 + 20)).await;
+        let first = lease(&api, "sec", 10, None, false).await;
+        let (id, end) = (
+            first["lease"].as_u64().unwrap(),
+            first["expires_ms"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            end % 1000,
+            0,
+            "a per-second lease ends with its second: {first}"
+        );
+        // Ask again 4 ms before it ends.
+        tokio::time::sleep(Duration::from_millis(end.saturating_sub(now_ms() + 4))).await;
+        let asked = now_ms();
+        let next = lease(&api, "sec", 10, Some(id), false).await;
+        let held = next["held_ms"].as_u64().unwrap_or(0);
+        seen.push((
+            asked % 1000,
+            held,
+            next["lease"].as_u64(),
+            next["expires_ms"].as_u64(),
+        ));
+        if held > 0 {
+            assert_ne!(next["lease"].as_u64(), Some(id), "a new lease: {next}");
+            assert_eq!(next["expires_ms"].as_u64(), Some(end + 1000), "{next}");
+            assert!(
+                next["time_ms"].as_u64().unwrap() >= end,
+                "decided after the turn: {next}"
+            );
+            // The wait is at most 11 ms; a loaded machine's timers run late.
+            assert!(held < 500, "held for the turn only: {next}");
+            assert_eq!(next["granted"], 10, "{next}");
+            return;
+        }
+    }
+    panic!("no renewal reached the counter in a second's last 10 ms (ms into the second, held, lease, expires): {seen:?}");
 }

@@ -227,9 +227,18 @@ pub struct LeaseResponse {
     pub expires_ms: u64,
     /// The counter's clock when it answered, unix ms.
     pub time_ms: u64,
+    /// How long the counter held the ask before deciding it (it waits for a window to
+    /// turn rather than extend a lease by its last milliseconds), ms, at most: the
+    /// proxy's lease starts no earlier than it sent the ask plus this.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_ms: u64,
     pub plan: String,
     /// The limits the route's meters count, after this grant.
     pub limits: Vec<LimitStatus>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Requests a proxy admitted from a lease, for the usage stream (and the ledger).
