@@ -758,16 +758,19 @@ impl HttpContext for HttpFilter {
         ) {
             return Action::Continue;
         }
-        let status = response_status();
+        let Some(plugin) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        // A hostcall: read only for the usage event or a refund.
+        let status = (self.usage.is_some() || plugin.config.refund_on_5xx)
+            .then(response_status)
+            .flatten();
         if let Some(u) = &mut self.usage {
             u.status = status;
         }
         if self.stage == Stage::Unverified {
             return Action::Continue;
         }
-        let Some(plugin) = self.plugin.clone() else {
-            return Action::Continue;
-        };
         if let (Some(settlement), Some(route)) = (&mut self.settlement, &self.route) {
             let content_type =
                 hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type")
