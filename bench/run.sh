@@ -35,6 +35,8 @@
 #       .run/bench/perf-VARIANT.data (perf report -i … --sort dso,sym)
 #   ENVOY_VERSION=1.36 bench/run.sh   # another supported Envoy (a minor or its pinned
 #                                     # patch), one per run; default .tools/bin/envoy
+#   ROUNDS=3 bench/run.sh      # every variant three times, round-robin: the table has
+#       medians, and each ratio comes from variants of the same round (median, range)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -42,6 +44,7 @@ cd "$root"
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-1}
 ALL_VARIANTS="bare jwt turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 run="$root/.run/bench"
@@ -53,6 +56,7 @@ for v in $VARIANTS; do
     *) die "VARIANTS: unknown variant '$v' (known: $ALL_VARIANTS)" ;;
   esac
 done
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "ROUNDS: a whole number of rounds from 1 to 99, not '$ROUNDS'"
 
 command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
 if [ -n "${ENVOY_VERSION:-}" ]; then
@@ -117,7 +121,7 @@ wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
 
 token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
-printf 'variant\trps\tp50_ms\tp99_ms\tenvoy_us\tcounter_us\tredis_us\tcollector_us\tcounter_rss_kb\tnon2xx\n' >"$results"
+printf 'round\tvariant\trps\tp50_ms\tp99_ms\tenvoy_us\tcounter_us\tredis_us\tcollector_us\tcounter_rss_kb\tnon2xx\n' >"$results"
 
 # RFC 7396 merge of the JSON patch $2 over $1 (the variant's own patch, then PATCH).
 merge_json() {
@@ -153,6 +157,9 @@ wrk.body = '$CHAT_BODY'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
+# Round-robin: on a noisy machine a slow minute then hits every variant of a round, and
+# the ratios compare variants of the same round.
+for round in $(seq 1 "$ROUNDS"); do
 for variant in $VARIANTS; do
   LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
   concurrency=1; path=/v1/items/1; wrk_script=(); curl_body=()
@@ -193,7 +200,7 @@ for variant in $VARIANTS; do
     -H "Authorization: Bearer $token" "$url" >/dev/null
   e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
   l0=$(cpu_ticks $collector_pid)
-  say "$variant: wrk -t1 -c$CONNECTIONS -d${DURATION}s${wrk_script[*]:+ ${wrk_script[*]#"$run"/}} (Envoy --concurrency $concurrency)"
+  say "$variant$([ "$ROUNDS" = 1 ] || echo " (round $round of $ROUNDS)"): wrk -t1 -c$CONNECTIONS -d${DURATION}s${wrk_script[*]:+ ${wrk_script[*]#"$run"/}} (Envoy --concurrency $concurrency)"
   perf_pid=
   if [ -n "${PERF:-}" ]; then
     # Where Envoy's CPU goes during the measured run (wasm JIT code shows as anonymous
@@ -208,7 +215,7 @@ for variant in $VARIANTS; do
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
   l1=$(cpu_ticks $collector_pid)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
-  python3 bench/summarize.py row "$variant" "$run/wrk-$variant.txt" \
+  python3 bench/summarize.py row "$round" "$variant" "$run/wrk-$variant.txt" \
     $((e1 - e0)) $((c1 - c0)) $((r1 - r0)) $((l1 - l0)) "$rss" "$(getconf CLK_TCK)" >>"$results"
   if [ "$variant" = turnpike+events ]; then
     sleep 3 # let the last batches flush
@@ -230,8 +237,9 @@ for variant in $VARIANTS; do
   fi
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
 done
+done
 
-echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1$(case " $VARIANTS " in *" turnpike-leased-c2 "*) echo ' (turnpike-leased-c2: 2)' ;; esac); wrk -t1 -c$CONNECTIONS -d${DURATION}s"
+echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1$(case " $VARIANTS " in *" turnpike-leased-c2 "*) echo ' (turnpike-leased-c2: 2)' ;; esac); wrk -t1 -c$CONNECTIONS -d${DURATION}s$([ "$ROUNDS" = 1 ] || echo "; $ROUNDS rounds, medians")"
 python3 bench/summarize.py table "$results"
 case " $VARIANTS " in
   *" turnpike-leased-c2 "*)
@@ -239,7 +247,7 @@ case " $VARIANTS " in
 esac
 for variant in $VARIANTS; do
   [ -s "$run/stats-$variant.txt" ] || continue
-  echo "filter stats in the $variant run (Envoy stats, warm-up included):"
+  echo "filter stats in the $variant run$([ "$ROUNDS" = 1 ] || echo " of the last round") (Envoy stats, warm-up included):"
   cat "$run/stats-$variant.txt"
   # Admitted but never counted nor billed: the filter gave up reporting them.
   awk -v v="$variant" -v file="${run#"$root"/}/envoy-$variant.log" '
