@@ -67,7 +67,6 @@ pub fn update<R>(
     None
 }
 
-/// One request of `route` for `tenant` arrives: spend from the shared lease if it can.
 /// What a request got from its tenant's lease.
 pub struct Spent {
     /// Admitted (else: decide it with an exact consume).

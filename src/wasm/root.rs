@@ -33,10 +33,9 @@ const MAX_REFUND_ATTEMPTS: u32 = 30;
 const DEFAULT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 /// The tick with leased routes: a renewal goes out on the next tick, and a lease must
 /// not run dry while it waits (its requests would fall back to exact consumes). A
-/// per-second lease ends with its second, and its successor can only be asked for
-/// then: each tick of delay is that many milliseconds of exact consumes every second.
-/// Holds go back every [`lease::HOLD_RETURN_MS`]; reports and returns keep the report
-/// interval.
+/// per-second lease's successor is asked for `turn_lead_ms` (8 ms) before it ends, and
+/// a tick of delay eats into that lead. Holds go back every
+/// [`lease::HOLD_RETURN_MS`]; reports and returns keep the report interval.
 const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A refund the root context owes the counter.
