@@ -194,24 +194,19 @@ impl LeaseState {
         now_ms.saturating_add(tuning.turn_lead_ms) >= self.expires_ms
     }
 
+    /// Spending stops here (unix ms): the lease's end less the margin.
+    fn spendable_until(&self, tuning: &LeaseTuning) -> u64 {
+        self.expires_ms.saturating_sub(tuning.expiry_margin_ms)
+    }
+
     /// Whether `now_ms` is early enough to spend from the lease.
     fn in_time(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
-        now_ms.saturating_add(tuning.expiry_margin_ms) < self.expires_ms
+        now_ms < self.spendable_until(tuning)
     }
 
     /// Whether the lease can admit a request at `now_ms`.
     pub fn usable(&self, now_ms: u64, tuning: &LeaseTuning) -> bool {
         self.id != 0 && self.balance > 0 && self.in_time(now_ms, tuning)
-    }
-
-    /// One request arrives at `now_ms`: spend one unit from the lease if it can, and
-    /// decide whether this worker asks for more.
-    pub fn spend(&mut self, now_ms: u64, tuning: &LeaseTuning) -> Spend {
-        let once = LeaseTuning {
-            hold_span_ms: 0,
-            ..*tuning
-        };
-        self.take(now_ms, &once, &Hold::default()).0
     }
 
     /// One request arrives at `now_ms` at a worker whose hold is empty or stale: take
@@ -233,7 +228,7 @@ impl LeaseState {
                 units: size - 1,
                 until_ms: now_ms
                     .saturating_add(tuning.hold_valid_ms)
-                    .min(self.expires_ms.saturating_sub(tuning.expiry_margin_ms)),
+                    .min(self.spendable_until(tuning)),
                 spent: 0,
                 last_spend_ms: now_ms,
                 shared_after: self.balance,
@@ -495,6 +490,14 @@ mod tests {
         s.closed();
         assert!(!s.should_close(60_000, 0));
         assert!(!s.usable(1_001, &TUNING));
+    }
+
+    impl LeaseState {
+        /// One request with no hold to give back, taking one unit (`TUNING` has no
+        /// hold span): the request-by-request view most tests want.
+        fn spend(&mut self, now_ms: u64, tuning: &LeaseTuning) -> Spend {
+            self.take(now_ms, tuning, &Hold::default()).0
+        }
     }
 
     const HOLDING: LeaseTuning = LeaseTuning {
