@@ -693,7 +693,7 @@ fn compile_lease(
         tuning: crate::lease_state::LeaseTuning {
             target_ms: raw.target_ms,
             max_request: raw.max_request,
-            // A renewal goes out within a tick (10 ms) and takes one callout; the
+            // A renewal goes out within a tick (2 ms) and takes one callout; the
             // report interval on top is slack for a loaded worker.
             renew_timeout_ms: raw.report_interval_ms + 2 * counter_timeout_ms,
             // The lease's end here is already early: it is counted from when the

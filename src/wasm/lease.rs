@@ -200,17 +200,20 @@ impl LeaseBook {
         config: &LeaseConfig,
         now_ms: u64,
     ) -> Option<Spent> {
-        if let Some(e) = self.entries.get_mut(key) {
-            if e.hold.spend(now_ms) {
-                return Some(Spent {
-                    admitted: true,
-                    renew: None,
-                    lease: e.hold.lease,
-                    remaining: e.hold.remaining(),
-                });
+        let returning = match self.entries.get_mut(key) {
+            Some(e) => {
+                if e.hold.spend(now_ms) {
+                    return Some(Spent {
+                        admitted: true,
+                        renew: None,
+                        lease: e.hold.lease,
+                        remaining: e.hold.remaining(),
+                    });
+                }
+                e.hold
             }
-        }
-        let returning = self.entries.get(key).map(|e| e.hold).unwrap_or_default();
+            None => Hold::default(),
+        };
         let ((spend, hold), _) =
             update(key, |state| state.take(now_ms, &config.tuning, &returning))?;
         match self.entries.get_mut(key) {
@@ -306,9 +309,17 @@ impl LeaseBook {
     /// renewals on every tick (a lease asked for on the next report tick instead ran
     /// dry while it waited, and its requests fell back to exact consumes), then every
     /// report interval (and when `stopping`) the reports and the leases to give back
-    /// (all of them when `stopping`).
-    pub fn tick(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, now: u64, stopping: bool) {
-        if stopping || now >= self.next_return_ms {
+    /// (all of them when `stopping`). Whether the holds went back this tick: the
+    /// leased requests' stats go to Envoy on the same beat.
+    pub fn tick(
+        &mut self,
+        plugin: &Plugin,
+        metrics: Option<&Metrics>,
+        now: u64,
+        stopping: bool,
+    ) -> bool {
+        let beat = stopping || now >= self.next_return_ms;
+        if beat {
             self.next_return_ms = now.saturating_add(HOLD_RETURN_MS);
             self.return_holds(now);
         }
@@ -316,7 +327,7 @@ impl LeaseBook {
             self.send_renewal(plugin, metrics, &key);
         }
         if !stopping && now < self.next_report_ms {
-            return;
+            return beat;
         }
         let config = &plugin.config.lease;
         let interval = u64::try_from(config.report_interval.as_millis()).unwrap_or(u64::MAX);
@@ -359,6 +370,7 @@ impl LeaseBook {
         self.entries.retain(|key, e| {
             e.renew.is_some() || !e.records.is_empty() || read(key).is_some_and(|s| s.id != 0)
         });
+        beat
     }
 
     fn send_renewal(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, key: &str) {
@@ -391,20 +403,13 @@ impl LeaseBook {
     }
 
     fn send_reports(&mut self, plugin: &Plugin) {
-        let keys: Vec<String> = self
+        let due: Vec<(String, Vec<Record>)> = self
             .entries
-            .iter()
+            .iter_mut()
             .filter(|(_, e)| !e.records.is_empty())
-            .map(|(k, _)| k.clone())
+            .map(|(k, e)| (k.clone(), std::mem::take(&mut e.records)))
             .collect();
-        for key in keys {
-            let Some(records) = self
-                .entries
-                .get_mut(&key)
-                .map(|e| std::mem::take(&mut e.records))
-            else {
-                continue;
-            };
+        for (key, records) in due {
             let mut by_lease: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
             for r in records {
                 by_lease.entry(r.lease).or_default().push((r.id, r.at_ms));

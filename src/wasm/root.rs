@@ -96,8 +96,6 @@ pub struct Root {
     jitter: Jitter,
     refund_log: LogBudget,
     stopping: bool,
-    /// When the leased requests' stats next go to Envoy (unix ms).
-    next_lease_stats_ms: u64,
 }
 
 impl Root {
@@ -122,7 +120,6 @@ impl Root {
             jitter: Jitter::new(entropy_u64()),
             refund_log: LogBudget::new(COUNTER_LOG_INTERVAL_SECS),
             stopping: false,
-            next_lease_stats_ms: 0,
         }
     }
 
@@ -134,18 +131,18 @@ impl Root {
     }
 
     fn lease_tick(&mut self) {
-        let now = super::lease::now_ms();
-        // Envoy's stats lag by up to HOLD_RETURN_MS: a hostcall per stat per tick
-        // would cost more than the stats are worth.
-        if now >= self.next_lease_stats_ms || self.stopping {
-            self.next_lease_stats_ms = now.saturating_add(super::lease::HOLD_RETURN_MS);
-            self.flush_lease_stats();
-        }
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
-            book.tick(&plugin, self.vm.metrics.as_ref(), now, self.stopping);
+        let now = super::lease::now_ms();
+        let beat =
+            self.vm.leases.try_borrow_mut().is_ok_and(|mut book| {
+                book.tick(&plugin, self.vm.metrics.as_ref(), now, self.stopping)
+            });
+        // Envoy's stats lag by up to HOLD_RETURN_MS: a hostcall per stat per 2 ms tick
+        // would cost more than the stats are worth.
+        if beat {
+            self.flush_lease_stats();
         }
     }
 
