@@ -353,8 +353,10 @@ async fn the_documented_retention_sql_prunes_old_rows_and_keeps_the_rest() {
     // Pruned with the collector running, as the doc says.
     let db = dir.path().join("collector.db");
     let cutoff_ms = (now - 400 * 86_400) * 1000;
+    // As the doc's command line: wait for the collector's write lock.
     let mut args = vec![
         db.display().to_string(),
+        ".timeout 5000".to_owned(),
         format!(".parameter set :cutoff_ms {cutoff_ms}"),
     ];
     args.extend(statements);
