@@ -307,6 +307,49 @@ pub fn parse_refund_answer(
         .map_err(|_| CounterError::BadBody)
 }
 
+/// Body of `POST /v1/consume/batch`: consume bodies (from [`consume_body`]) as one
+/// JSON array.
+pub fn batch_body<'a>(bodies: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + bodies.len() * 160);
+    out.push(b'[');
+    for (i, body) in bodies.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+    }
+    out.push(b']');
+    out
+}
+
+/// The outcome of each consume of a batch, in the order they were sent, from the
+/// compact batch answer (`turnpike_wire::compact_batch`). A failed call fails them all;
+/// an item the answer lacks is a bad body.
+pub fn parse_batch_answer<'a>(
+    status: Option<&str>,
+    body: Option<&'a [u8]>,
+    members: usize,
+) -> Vec<Result<ConsumeAnswer<'a>, CounterError>> {
+    let items = check_status(status).and_then(|()| {
+        body.and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or(CounterError::BadBody)
+    });
+    let text = match items {
+        Ok(text) => text,
+        Err(e) => return vec![Err(e); members],
+    };
+    let mut items = text.split(turnpike_wire::COMPACT_BATCH_SEPARATOR);
+    (0..members)
+        .map(|_| match items.next() {
+            None => Err(CounterError::BadBody),
+            Some(item) => match item.strip_prefix('!') {
+                Some(code) => Err(CounterError::Status(code.parse().unwrap_or(0))),
+                None => parse_compact_answer(Some("200"), Some(item.as_bytes())),
+            },
+        })
+        .collect()
+}
+
 fn check_status(status: Option<&str>) -> Result<(), CounterError> {
     match status.map(|s| s.parse::<u16>()) {
         None => Err(CounterError::NoResponse),
@@ -557,6 +600,88 @@ mod tests {
         assert_eq!(
             parse_refund_answer(None, None),
             Err(CounterError::NoResponse)
+        );
+    }
+
+    #[test]
+    fn a_batch_body_is_the_consume_bodies_as_one_array_the_counter_reads() {
+        let a = consume_body("a1", "acme", None, METERS);
+        let b = consume_body("b2", "beta", Some("pro"), METERS);
+        let body = batch_body([a.as_slice(), b.as_slice()].into_iter());
+        let parsed: Vec<ConsumeRequest> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            (parsed[0].id.as_str(), parsed[1].tenant.as_str()),
+            ("a1", "beta")
+        );
+        assert_eq!(parsed[1].plan.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn a_compact_batch_answer_gives_each_member_its_own_outcome() {
+        let limit = LimitStatus {
+            name: "daily".into(),
+            meter: "requests".into(),
+            window: "day".into(),
+            window_secs: 86_400,
+            max: 5,
+            used: 5,
+            remaining: 0,
+            reset: 60,
+            soft: None,
+            soft_crossed: false,
+        };
+        let answer = |allowed: bool| ConsumeResponse {
+            allowed,
+            plan: "free".into(),
+            limits: vec![limit.clone()],
+            denied_by: (!allowed).then(|| "daily".into()),
+            retry_after: (!allowed).then_some(60),
+            replayed: false,
+            time_ms: Some(1_700_000_000_123),
+            exceeds_limit: None,
+        };
+        let items = [
+            turnpike_wire::ConsumeBatchItem {
+                status: 200,
+                answer: Some(answer(true)),
+                problem: None,
+            },
+            turnpike_wire::ConsumeBatchItem {
+                status: 503,
+                answer: None,
+                problem: None,
+            },
+            turnpike_wire::ConsumeBatchItem {
+                status: 200,
+                answer: Some(answer(false)),
+                problem: None,
+            },
+        ];
+        let text = turnpike_wire::compact_batch(&items);
+        let out = parse_batch_answer(Some("200"), Some(text.as_bytes()), 4);
+        assert_eq!(out.len(), 4);
+        let first = out[0].as_ref().unwrap();
+        assert!(first.allowed);
+        assert_eq!(first.limits[0].used, 5);
+        assert_eq!(first.time_ms, Some(1_700_000_000_123));
+        assert_eq!(out[1], Err(CounterError::Status(503)));
+        let third = out[2].as_ref().unwrap();
+        assert!(!third.allowed);
+        assert_eq!(third.retry_after, Some(60));
+        assert_eq!(
+            out[3],
+            Err(CounterError::BadBody),
+            "the answer had three items"
+        );
+        // A failed call fails every member.
+        assert_eq!(
+            parse_batch_answer(Some("503"), None, 2),
+            vec![Err(CounterError::Status(503)); 2]
+        );
+        assert_eq!(
+            parse_batch_answer(None, None, 1),
+            vec![Err(CounterError::NoResponse)]
         );
     }
 }

@@ -150,6 +150,14 @@ struct RawCounter {
     timeout_ms: u64,
     #[serde(default = "default_failure_mode")]
     failure_mode: FailureMode,
+    /// Most consumes sent to the counter in one call while others are in flight
+    /// (1: every request calls alone).
+    #[serde(default = "default_consume_batch_max")]
+    batch_max: usize,
+    /// Consume calls in flight at once, per worker, before waiting requests queue for
+    /// the next batch.
+    #[serde(default = "default_calls_in_flight")]
+    calls_in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +310,12 @@ fn default_payload_key() -> String {
 fn default_timeout_ms() -> u64 {
     250
 }
+fn default_consume_batch_max() -> usize {
+    64
+}
+fn default_calls_in_flight() -> usize {
+    2
+}
 fn default_failure_mode() -> FailureMode {
     FailureMode::FailClosed
 }
@@ -339,6 +353,10 @@ pub struct CounterConfig {
     pub authorization: Option<String>,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// Most consumes in one batched call; 1: no batches.
+    pub batch_max: usize,
+    /// Consume calls in flight at once per worker (batched or not).
+    pub calls_in_flight: usize,
 }
 
 /// The validated, compiled configuration.
@@ -827,6 +845,13 @@ fn compile_counter(raw: RawCounter, env: EnvLookup<'_>) -> Result<CounterConfig,
         authority: raw.authority,
         timeout: Duration::from_millis(raw.timeout_ms),
         failure_mode: raw.failure_mode,
+        batch_max: check_range(
+            "counter.batch_max",
+            raw.batch_max,
+            1,
+            turnpike_wire::MAX_CONSUME_BATCH,
+        )?,
+        calls_in_flight: check_range("counter.calls_in_flight", raw.calls_in_flight, 1, 64)?,
     })
 }
 

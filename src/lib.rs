@@ -16,6 +16,7 @@
 
 pub mod callout;
 pub mod claims;
+pub mod coalesce;
 pub mod config;
 pub mod consume_id;
 pub mod decision;

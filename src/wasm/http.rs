@@ -2,7 +2,8 @@
 //! then resumes, rejects, or applies the failure mode; refunds on upstream 5xx; hands
 //! refunds it cannot wait for (the client went away) to the root context.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 
 use log::warn;
 use proxy_wasm::hostcalls;
@@ -10,12 +11,14 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use turnpike_wire::{counter_paths, Decision};
 
+use super::consumes::{self, Member};
 use super::lease;
 use super::metrics::Metrics;
 use super::now_ns;
 use super::root::{Plugin, Refund, Vm};
 use crate::callout::{self, CounterError};
 use crate::claims::{parse_plan, parse_tenant};
+use crate::coalesce::Arrival;
 use crate::config::Mode;
 use crate::decision::{decide, Verdict};
 use crate::events::{encode_event, report_method, Pushed, UsageRecord, NO_RESPONSE_STATUS};
@@ -35,8 +38,10 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 enum Stage {
     /// Before the request headers, or not metered.
     Idle,
-    /// Request paused, consume callout in flight.
+    /// Request paused, its own consume callout in flight.
     Consuming { token: u32, started_ns: u64 },
+    /// Request paused, its consume waiting for (or in) a batch the root context sends.
+    Queued { started_ns: u64 },
     /// Counter admitted it.
     Allowed,
     /// Let through by fail_open without the counter's answer.
@@ -71,6 +76,9 @@ struct LeasedRequest {
 
 pub struct HttpFilter {
     vm: Rc<Vm>,
+    context_id: u32,
+    /// This filter, for the batch it may wait in.
+    me: Weak<RefCell<HttpFilter>>,
     plugin: Option<Rc<Plugin>>,
     stage: Stage,
     id: String,
@@ -122,9 +130,23 @@ struct RequestHead {
 }
 
 impl HttpFilter {
-    pub fn new(vm: Rc<Vm>, plugin: Option<Rc<Plugin>>) -> Self {
+    /// A filter for the HTTP context `context_id`, shared with the batch it may wait in.
+    pub fn shared(vm: Rc<Vm>, plugin: Option<Rc<Plugin>>, context_id: u32) -> HttpShell {
+        HttpShell(Rc::new_cyclic(|me| {
+            RefCell::new(HttpFilter::new(vm, plugin, context_id, me.clone()))
+        }))
+    }
+
+    fn new(
+        vm: Rc<Vm>,
+        plugin: Option<Rc<Plugin>>,
+        context_id: u32,
+        me: Weak<RefCell<HttpFilter>>,
+    ) -> Self {
         Self {
             vm,
+            context_id,
+            me,
             plugin,
             stage: Stage::Idle,
             id: String::new(),
@@ -228,13 +250,22 @@ impl HttpFilter {
         };
         let body = callout::consume_body(&self.id, &self.tenant, plan, &meters_json);
         let counter = &plugin.config.counter;
-        let dispatched = hostcalls::dispatch_http_call(
-            &counter.cluster,
-            counter_headers(plugin, counter_paths::CONSUME),
-            Some(&body),
-            vec![],
-            counter.timeout,
-        );
+        let arrival = self
+            .vm
+            .consumes
+            .try_borrow()
+            .map_or(Arrival::Alone, |c| c.arrive());
+        let dispatched = match arrival {
+            Arrival::Alone => hostcalls::dispatch_http_call(
+                &counter.cluster,
+                counter_headers(plugin, counter_paths::CONSUME),
+                Some(&body),
+                vec![],
+                counter.timeout,
+            )
+            .map(Some),
+            Arrival::Queue => Ok(None),
+        };
         let started_ns = now_ns();
         if self.vm.events_on.get() {
             self.usage = Some(Usage {
@@ -250,8 +281,27 @@ impl HttpFilter {
             });
         }
         match dispatched {
-            Ok(token) => {
+            Ok(Some(token)) => {
+                if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
+                    c.alone_sent();
+                }
                 self.stage = Stage::Consuming { token, started_ns };
+                Action::Pause
+            }
+            Ok(None) => {
+                let member = Member::new(self.context_id, self.me.clone(), body);
+                let wake = self
+                    .vm
+                    .consumes
+                    .try_borrow_mut()
+                    .is_ok_and(|mut c| c.enqueue(member));
+                if wake && !consumes::wake(&self.vm) {
+                    // No wake-up: the root's next tick sends it.
+                    if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
+                        c.woken();
+                    }
+                }
+                self.stage = Stage::Queued { started_ns };
                 Action::Pause
             }
             Err(_) => self.apply(
@@ -474,12 +524,6 @@ impl HttpFilter {
     }
 
     fn consume_answered(&mut self, plugin: &Plugin, started_ns: u64, body_size: usize) {
-        if let Some(m) = &self.vm.metrics {
-            Metrics::record(
-                m.callout_latency_ms,
-                now_ns().saturating_sub(started_ns) / 1_000_000,
-            );
-        }
         let status = call_response_status();
         let body = call_response_body(body_size);
         let outcome = match &body {
@@ -490,6 +534,49 @@ impl HttpFilter {
             }
             Ok(body) => callout::parse_compact_answer(status.as_deref(), body.as_deref()),
         };
+        self.decided(plugin, started_ns, outcome);
+        self.alone_done();
+    }
+
+    /// Its own call is over (answered, or the client went away): requests that queued
+    /// meanwhile may go now.
+    fn alone_done(&self) {
+        let wake = self
+            .vm
+            .consumes
+            .try_borrow_mut()
+            .is_ok_and(|mut c| c.alone_done());
+        if wake && !consumes::wake(&self.vm) {
+            if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
+                c.woken();
+            }
+        }
+    }
+
+    /// The answer to this request's consume in a batch (the root context made this the
+    /// effective context).
+    pub fn batch_decided(
+        &mut self,
+        plugin: &Plugin,
+        outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
+    ) {
+        if let Stage::Queued { started_ns } = self.stage {
+            self.decided(plugin, started_ns, outcome);
+        }
+    }
+
+    fn decided(
+        &mut self,
+        plugin: &Plugin,
+        started_ns: u64,
+        outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
+    ) {
+        if let Some(m) = &self.vm.metrics {
+            Metrics::record(
+                m.callout_latency_ms,
+                now_ns().saturating_sub(started_ns) / 1_000_000,
+            );
+        }
         if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {
             u.decided_ms = answer.time_ms;
         }
@@ -693,9 +780,25 @@ impl HttpContext for HttpFilter {
         match self.stage {
             // The client went away while the consume was in flight: whatever the
             // counter decides, give it back; the request never ran.
-            Stage::Consuming { .. } => {
+            Stage::Consuming { .. } | Stage::Queued { .. } => {
                 self.count(|m| m.cancelled);
-                self.queue_refund();
+                let id = self.context_id;
+                let sent = match self.stage {
+                    Stage::Queued { .. } => !self
+                        .vm
+                        .consumes
+                        .try_borrow_mut()
+                        .is_ok_and(|mut c| c.withdraw(|m| m.context_id == id)),
+                    _ => {
+                        // Its answer will not reach this context any more.
+                        self.alone_done();
+                        true
+                    }
+                };
+                // Never sent: nothing to give back.
+                if sent {
+                    self.queue_refund();
+                }
                 if let Some(u) = &mut self.usage {
                     u.decision = Decision::Cancelled;
                 }
@@ -826,7 +929,7 @@ impl HttpContext for HttpFilter {
             // Where Envoy hands over the body of a request whose headers are paused
             // (allow_on_headers_stop_iteration), going on here would send the request
             // upstream before the counter has decided: hold it too.
-            Stage::Consuming { .. } => return Action::Pause,
+            Stage::Consuming { .. } | Stage::Queued { .. } => return Action::Pause,
             _ => return Action::Continue,
         }
         let Some(plugin) = self.plugin.clone() else {
@@ -943,7 +1046,7 @@ fn read_settle_values(specs: &[UsageSpec], map: MapType, values: &mut Vec<(Strin
 }
 
 /// The headers of a callout to the counter at `path`.
-fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(super) fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a str, &'a str)> {
     let counter = &plugin.config.counter;
     let mut headers = vec![
         (":method", "POST"),
@@ -1016,4 +1119,61 @@ pub fn call_response_body(size: usize) -> Result<Option<Vec<u8>>, CounterError> 
             .ok()
             .flatten(),
     )
+}
+
+/// The HTTP context Envoy holds: the filter behind a shared cell, so that the root
+/// context can hand it the answer of the batch its consume went in.
+pub struct HttpShell(Rc<RefCell<HttpFilter>>);
+
+impl HttpShell {
+    /// The filter, unless it is already in use: Envoy does not call a context while
+    /// a callback of it runs (its own calls are deferred until the VM returns).
+    fn with<T>(&self, default: T, f: impl FnOnce(&mut HttpFilter) -> T) -> T {
+        match self.0.try_borrow_mut() {
+            Ok(mut filter) => f(&mut filter),
+            Err(_) => default,
+        }
+    }
+}
+
+impl Context for HttpShell {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        self.with((), |f| {
+            f.on_http_call_response(token, headers, body, trailers);
+        });
+    }
+}
+
+impl HttpContext for HttpShell {
+    fn on_http_request_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| {
+            f.on_http_request_headers(headers, end_of_stream)
+        })
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| {
+            f.on_http_request_body(size, end_of_stream)
+        })
+    }
+
+    fn on_http_response_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| {
+            f.on_http_response_headers(headers, end_of_stream)
+        })
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| {
+            f.on_http_response_body(size, end_of_stream)
+        })
+    }
+
+    fn on_http_response_trailers(&mut self, trailers: usize) -> Action {
+        self.with(Action::Continue, |f| f.on_http_response_trailers(trailers))
+    }
+
+    fn on_log(&mut self) {
+        self.with((), HttpFilter::on_log);
+    }
 }

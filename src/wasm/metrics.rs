@@ -32,6 +32,8 @@ pub struct Metrics {
     pub settlements: u32,
     pub settle_missing: u32,
     pub settle_malformed: u32,
+    pub consume_batches: u32,
+    pub consumes_batched: u32,
 }
 
 impl Metrics {
@@ -62,6 +64,8 @@ impl Metrics {
             settlements: counter("turnpike.settlements")?,
             settle_missing: counter("turnpike.settle_missing")?,
             settle_malformed: counter("turnpike.settle_malformed")?,
+            consume_batches: counter("turnpike.consume_batches")?,
+            consumes_batched: counter("turnpike.consumes_batched")?,
             buffer_depth: hostcalls::define_metric(MetricType::Gauge, "turnpike.buffer_depth")
                 .ok()?,
             callout_latency_ms: hostcalls::define_metric(

@@ -2,6 +2,7 @@
 //! context (one per request). Hostcalls go through `proxy_wasm::hostcalls` directly so
 //! a host error becomes a value, not a trap (the trait helpers unwrap).
 
+mod consumes;
 mod flusher;
 mod http;
 mod lease;

@@ -9,11 +9,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
+use super::consumes::{self, Member};
 use super::flusher::Flusher;
 use super::http::{call_response_body, call_response_status, HttpFilter};
 use super::metrics::Metrics;
 use super::now_ns;
 use crate::callout;
+use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::consume_id::{entropy_u64, IdMinter};
 use crate::events::{push_json_str, EventBuffer, Jitter};
@@ -78,6 +80,12 @@ pub struct Vm {
     /// Requests admitted from leases not yet added to the `allowed` and `leased`
     /// stats (the root adds them on its tick).
     pub leased_admits: Cell<u64>,
+    /// Consume calls in flight and the requests waiting to go in the next batch.
+    pub consumes: RefCell<Coalescer<Member>>,
+    /// The shared queue that wakes this worker's root context to send a batch.
+    pub wake_queue: Cell<Option<u32>>,
+    /// The counter answered 404 to a batch (it predates them): consumes go alone.
+    pub batches_refused: Cell<bool>,
 }
 
 /// One configuration, compiled, with what is precomputed from it.
@@ -114,6 +122,9 @@ impl Root {
                 )),
                 leases: RefCell::new(super::lease::LeaseBook::new()),
                 leased_admits: Cell::new(0),
+                consumes: RefCell::new(Coalescer::new(1, 1)),
+                wake_queue: Cell::new(None),
+                batches_refused: Cell::new(false),
             }),
             plugin: None,
             flusher: None,
@@ -280,6 +291,26 @@ impl Root {
         self.flusher = Some(flusher);
     }
 
+    /// Batched consumes: the wake-up queue (once per VM) and the limits. Without a
+    /// queue every request calls alone, as it does with `batch_max` 1.
+    fn start_batches(&self, config: &Config) {
+        if config.counter.batch_max > 1 && self.vm.wake_queue.get().is_none() {
+            let queue = consumes::register_wake_queue();
+            if queue.is_none() {
+                warn!("cannot register a shared queue: consumes are not batched");
+            }
+            self.vm.wake_queue.set(queue);
+        }
+        let batch_max = if self.vm.wake_queue.get().is_none() || self.vm.batches_refused.get() {
+            1
+        } else {
+            config.counter.batch_max
+        };
+        if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
+            c.configure(batch_max, config.counter.calls_in_flight);
+        }
+    }
+
     /// The root context's tick: the shortest of what it runs on it (refund retries,
     /// event flushes, lease reports and renewals).
     fn set_tick(&self, config: &Config) {
@@ -332,7 +363,13 @@ impl Context for Root {
         _trailers: usize,
     ) {
         let lease_call = self.vm.leases.try_borrow().is_ok_and(|b| b.owns(token));
-        if lease_call {
+        let batch = self.vm.consumes.try_borrow().is_ok_and(|c| c.owns(token));
+        if batch {
+            if let Some(plugin) = self.plugin.clone() {
+                consumes::batch_answered(&self.vm, &plugin, token, body);
+                consumes::send_batches(&self.vm, &plugin);
+            }
+        } else if lease_call {
             if let (Some(plugin), Ok(mut book)) =
                 (self.plugin.clone(), self.vm.leases.try_borrow_mut())
             {
@@ -397,6 +434,7 @@ impl RootContext for Root {
         }
         self.start_events(&config);
         self.set_tick(&config);
+        self.start_batches(&config);
         self.plugin = Some(Rc::new(Plugin {
             missing_tenant_body: problem::missing_tenant(config.tenant.tenant.claim()),
             unavailable_body: problem::counter_unavailable(),
@@ -406,7 +444,18 @@ impl RootContext for Root {
         true
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        consumes::drain_wake_queue(&self.vm, queue_id);
+        if let Some(plugin) = self.plugin.clone() {
+            consumes::send_batches(&self.vm, &plugin);
+        }
+    }
+
     fn on_tick(&mut self) {
+        // What a lost wake-up left waiting.
+        if let Some(plugin) = self.plugin.clone() {
+            consumes::send_batches(&self.vm, &plugin);
+        }
         self.send_refunds();
         self.lease_tick();
         if let Some(flusher) = &mut self.flusher {
@@ -414,12 +463,13 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK traps on None, so an unconfigured plugin still gets a context, one
         // that refuses requests.
-        Some(Box::new(HttpFilter::new(
+        Some(Box::new(HttpFilter::shared(
             self.vm.clone(),
             self.plugin.clone(),
+            context_id,
         )))
     }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
+use turnpike_tests::counter::prometheus_sum;
 use turnpike_tests::redis::Redis;
 use turnpike_tests::{avoid_window_end, Stack};
 
@@ -77,5 +78,15 @@ turnpike_tests::on_each_topology! {
             stack.envoy.filter_stat("denied").await,
             (REQUESTS - LIMIT) as u64
         );
+        // Most of these consumes waited while others were out and went in batches:
+        // the count above is the batched path's.
+        let metrics = stack.counter.metrics().await;
+        let batches = prometheus_sum(&metrics, "turnpike_counter_consume_batches_total");
+        let batched = prometheus_sum(&metrics, "turnpike_counter_consume_batch_items_total");
+        assert!(
+            batches > 0 && batched >= 2 * batches && batched > REQUESTS as u64 / 4,
+            "{batches} batches carried {batched} of {REQUESTS} consumes"
+        );
+        eprintln!("{batches} batches carried {batched} of {REQUESTS} consumes");
     }
 }

@@ -229,6 +229,78 @@ async fn a_client_gone_during_the_consume_is_refunded_and_not_billed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_gone_while_their_consumes_wait_in_a_batch_are_refunded_and_not_billed() {
+    // One consume call out at a time per worker: the first request calls alone, the
+    // rest wait for it and then go together.
+    let mut stack = Stack::builder(SMALL)
+        .with_collector()
+        .filter_patch(json!({ "counter": { "calls_in_flight": 1, "timeout_ms": 3000 } }))
+        .start()
+        .await;
+    let token = stack.token("crowd");
+    assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
+    assert_eq!(used(&stack, "crowd", "daily").await, 1);
+
+    // The counter hangs. Each round: a first request calls alone, nine more wait
+    // behind it, and every client gives up.
+    stack.counter.process().pause();
+    let send = |stack: &Stack, give_up_ms: u64| {
+        let request = stack
+            .http
+            .get(stack.envoy.url("/v1/things"))
+            .bearer_auth(&token);
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(give_up_ms), request.send())
+                .await
+                .is_err()
+        })
+    };
+    // First round: the nine give up while still waiting (never sent); second round:
+    // the first gives up first, which sends the nine in a batch, then they give up.
+    for (first_gives_up_ms, crowd_gives_up_ms) in [(600, 200), (200, 600)] {
+        let first = send(&stack, first_gives_up_ms);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let crowd: Vec<_> = (0..9).map(|_| send(&stack, crowd_gives_up_ms)).collect();
+        assert!(
+            first.await.unwrap(),
+            "the first request should still be waiting"
+        );
+        for waiting in crowd {
+            assert!(waiting.await.unwrap(), "a request should still be waiting");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.counter.process().resume();
+
+    // Nothing that was given up is billed or kept: only the first request's unit stays.
+    eventually("the refunds to land", Duration::from_secs(30), || async {
+        (used(&stack, "crowd", "daily").await == 1).then_some(())
+    })
+    .await;
+    let rows = eventually(
+        "the abandoned requests in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let (billable, rows) = ledger_ids(&stack, "crowd").await?;
+            let cancelled = rows.iter().filter(|r| r["decision"] == "cancelled").count();
+            (cancelled == 20 && billable.len() == 1).then_some(rows)
+        },
+    )
+    .await;
+    assert!(
+        rows.iter()
+            .filter(|r| r["decision"] == "cancelled")
+            .all(|r| r["billable"] == false),
+        "{rows:#?}"
+    );
+    assert_eq!(stack.envoy.filter_stat("cancelled").await, 20);
+    assert!(
+        stack.envoy.filter_stat("consume_batches").await >= 1,
+        "the second crowd should have gone in a batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
     // The refund may take up to 2 s: the client gives up well inside that wait.
     let mut stack = Stack::builder(SMALL)

@@ -26,12 +26,19 @@ use crate::ticket::Ticket;
 const PROBLEM_BASE: &str = "https://turnpike.dev/problems/";
 /// Request bodies are a few hundred bytes; refuse anything far larger early.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A consume batch carries up to 256 consumes of a few hundred bytes.
+const MAX_BATCH_BODY_BYTES: usize = 256 * 1024;
 /// A lease report carries up to 10,000 (consume id, time) records of ~70 bytes.
 const MAX_REPORT_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(counter_paths::CONSUME, post(consume))
+        .route(
+            counter_paths::CONSUME_BATCH,
+            post(crate::batch_api::consume_batch)
+                .layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
+        )
         .route(counter_paths::REFUND, post(refund))
         .route(counter_paths::SETTLE, post(settle))
         .route(counter_paths::LEASE, post(crate::lease_api::lease))
@@ -60,9 +67,20 @@ pub enum ApiError {
     NotFound,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, kind, title) = match &self {
+impl ApiError {
+    /// The problem this error is answered with: status, type and title.
+    pub(crate) fn problem(&self) -> Problem {
+        let (status, kind, title) = self.kind();
+        Problem {
+            kind: format!("{PROBLEM_BASE}{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: Some(self.to_string()),
+        }
+    }
+
+    fn kind(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             ApiError::Invalid(RequestError::Syntax(_)) => (
                 StatusCode::BAD_REQUEST,
                 "invalid-request",
@@ -84,7 +102,13 @@ impl IntoResponse for ApiError {
                 "Cannot re-seed quota windows from the ledger",
             ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.kind();
         problem(status, kind, title, Some(self.to_string()))
     }
 }
@@ -119,19 +143,8 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     let task = tokio::spawn({
         let state = state.clone();
         async move {
-            let outcome = consume_inner(&state, &body).await;
-            if let Ok(answer) = &outcome {
-                let counter = if answer.allowed {
-                    &state.metrics.consumes_allowed
-                } else {
-                    &state.metrics.consumes_denied
-                };
-                Metrics::inc(counter);
-                if answer.replayed {
-                    Metrics::inc(&state.metrics.consumes_replayed);
-                }
-            }
-            outcome
+            let req = request::decode::<turnpike_wire::ConsumeRequest>(&body)?;
+            decide_counted(&state, &req).await
         }
     });
     let outcome = match tokio::time::timeout(state.budget, task).await {
@@ -154,10 +167,7 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             }
         }
         Err(err) => {
-            if matches!(err, ApiError::Unavailable(_) | ApiError::Ledger(_)) {
-                Metrics::inc(&state.metrics.consumes_error);
-            }
-            state.note_error(&err);
+            state.note_consume_error(&err);
             err.into_response()
         }
     };
@@ -165,13 +175,36 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     response
 }
 
+/// Check and decide one consume, and count its result: what `/v1/consume` and each
+/// item of `/v1/consume/batch` run, in a task of their own.
+pub(crate) async fn decide_counted(
+    state: &AppState,
+    req: &turnpike_wire::ConsumeRequest,
+) -> Result<ConsumeResponse, ApiError> {
+    let outcome = consume_inner(state, req).await;
+    if let Ok(answer) = &outcome {
+        let counter = if answer.allowed {
+            &state.metrics.consumes_allowed
+        } else {
+            &state.metrics.consumes_denied
+        };
+        Metrics::inc(counter);
+        if answer.replayed {
+            Metrics::inc(&state.metrics.consumes_replayed);
+        }
+    }
+    outcome
+}
+
 /// A consume goes round at most this often: a stale window (the counter's idea of
 /// Redis's time was off at a boundary) and a re-seed each cost one more.
 const MAX_CONSUME_ROUNDS: usize = 4;
 
-async fn consume_inner(state: &AppState, body: &[u8]) -> Result<ConsumeResponse, ApiError> {
-    let req: turnpike_wire::ConsumeRequest = request::decode(body)?;
-    request::check_consume(&req)?;
+async fn consume_inner(
+    state: &AppState,
+    req: &turnpike_wire::ConsumeRequest,
+) -> Result<ConsumeResponse, ApiError> {
+    request::check_consume(req)?;
     let plans = state.plans.load_full();
     let plan = plans.resolve(&req.tenant, req.plan.as_deref());
     let meters = request::meters_text(&req.meters);
@@ -578,6 +611,14 @@ impl LogThrottle {
 }
 
 impl AppState {
+    /// Count and log a consume that could not be decided.
+    pub(crate) fn note_consume_error(&self, err: &ApiError) {
+        if matches!(err, ApiError::Unavailable(_) | ApiError::Ledger(_)) {
+            Metrics::inc(&self.metrics.consumes_error);
+        }
+        self.note_error(err);
+    }
+
     pub(crate) fn note_error(&self, err: &ApiError) {
         match err {
             ApiError::Unavailable(e) => {

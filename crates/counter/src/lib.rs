@@ -2,6 +2,7 @@
 //! Redis round trip; refunds, usage reads, health and metrics over HTTP/1.1 and h2c.
 
 pub mod api;
+mod batch_api;
 pub use turnpike_auth as auth;
 pub mod cli;
 mod clock;

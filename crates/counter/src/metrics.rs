@@ -51,6 +51,7 @@ impl Histogram {
 #[derive(Debug, Clone, Copy)]
 pub enum Endpoint {
     Consume,
+    ConsumeBatch,
     Refund,
     Usage,
     Lease,
@@ -62,6 +63,8 @@ pub struct Metrics {
     pub consumes_denied: AtomicU64,
     pub consumes_error: AtomicU64,
     pub consumes_replayed: AtomicU64,
+    pub consume_batches: AtomicU64,
+    pub consume_batch_items: AtomicU64,
     pub refunds_refunded: AtomicU64,
     pub refunds_noop: AtomicU64,
     pub refunds_error: AtomicU64,
@@ -86,6 +89,7 @@ pub struct Metrics {
     pub redis_errors: AtomicU64,
     pub invalid_requests: AtomicU64,
     latency_consume: Histogram,
+    latency_consume_batch: Histogram,
     latency_refund: Histogram,
     latency_usage: Histogram,
     latency_lease: Histogram,
@@ -103,6 +107,7 @@ impl Metrics {
     pub fn observe(&self, endpoint: Endpoint, elapsed: Duration) {
         match endpoint {
             Endpoint::Consume => &self.latency_consume,
+            Endpoint::ConsumeBatch => &self.latency_consume_batch,
             Endpoint::Refund => &self.latency_refund,
             Endpoint::Usage => &self.latency_usage,
             Endpoint::Lease => &self.latency_lease,
@@ -138,6 +143,18 @@ impl Metrics {
             "turnpike_counter_consumes_replayed_total",
             "Consumes answered from an earlier consume with the same id.",
             &[("", &self.consumes_replayed)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_consume_batches_total",
+            "Consume batches received (their consumes count in turnpike_counter_consumes_total).",
+            &[("", &self.consume_batches)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_consume_batch_items_total",
+            "Consumes that came in batches.",
+            &[("", &self.consume_batch_items)],
         );
         counter(
             &mut out,
@@ -262,6 +279,8 @@ impl Metrics {
         );
         self.latency_consume
             .render(&mut out, name, "endpoint=\"consume\"");
+        self.latency_consume_batch
+            .render(&mut out, name, "endpoint=\"consume_batch\"");
         self.latency_refund
             .render(&mut out, name, "endpoint=\"refund\"");
         self.latency_usage

@@ -373,3 +373,116 @@ async fn bad_input_gets_problem_json_naming_the_field() {
         redis.keys("*")
     );
 }
+
+fn item(id: &str, tenant: &str) -> Value {
+    serde_json::json!({ "id": id, "tenant": tenant, "meters": [{ "meter": "requests", "cost": 1 }] })
+}
+
+#[tokio::test]
+async fn a_batch_decides_each_consume_exactly_once_answers_in_order_and_fails_a_bad_item_alone() {
+    let (_redis, _counter, api) = start();
+    avoid_window_edge(86_400, 5).await;
+    // Eight consumes of a 5-a-day tenant, two of them repeats, one of another tenant,
+    // one with an id the counter refuses.
+    let batch = serde_json::json!([
+        item("b1", "acme"),
+        item("b2", "acme"),
+        item("b1", "acme"),
+        item("b3", "acme"),
+        item("b4", "acme"),
+        item("bad id!", "acme"),
+        item("b5", "acme"),
+        item("b6", "acme"),
+        item("b6", "acme"),
+        item("o1", "other"),
+    ]);
+    let (status, answer) = api.post("/v1/consume/batch", batch.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let items = answer.as_array().expect("an array");
+    assert_eq!(items.len(), 10, "{answer}");
+    let allowed = |i: usize| items[i]["answer"]["allowed"].as_bool();
+    // Six distinct consumes for a 5-a-day tenant, decided concurrently: any five of
+    // them get in, and a repeated id is answered as its first.
+    let acme = [0, 1, 3, 4, 6, 7];
+    assert_eq!(
+        acme.iter().filter(|&&i| allowed(i) == Some(true)).count(),
+        5,
+        "{answer}"
+    );
+    assert_eq!(allowed(2), allowed(0), "{answer}");
+    assert_eq!(allowed(8), allowed(7), "{answer}");
+    assert!(
+        items[2]["answer"]["replayed"] == true || items[0]["answer"]["replayed"] == true,
+        "{answer}"
+    );
+    assert_eq!(allowed(5), None, "{answer}");
+    assert_eq!(items[5]["status"], 422, "{answer}");
+    assert_eq!(items[5]["problem"]["status"], 422, "{answer}");
+    assert_eq!(allowed(9), Some(true), "{answer}");
+    assert_eq!(limit(&items[9]["answer"], "daily")["used"], 1, "{answer}");
+    // The whole batch again: every answer is the same, nothing counts twice.
+    let (_, again) = api.post("/v1/consume/batch", batch).await;
+    for (i, item) in again.as_array().unwrap().iter().enumerate() {
+        assert_eq!(item["answer"]["allowed"].as_bool(), allowed(i), "{again}");
+    }
+    let (_, one) = api.consume("probe", "acme", &[("requests", 1)]).await;
+    assert_eq!(limit(&one, "daily")["used"], 5, "{one}");
+
+    // The compact form: items in order, a failed one as `!STATUS`.
+    let resp = api
+        .http
+        .post(api.url("/v1/consume/batch"))
+        .bearer_auth(common::SERVICE_TOKEN)
+        .header("accept", "application/vnd.turnpike.consume")
+        .body(serde_json::json!([item("c1", "fresh"), item("bad id!", "fresh")]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let parts: Vec<&str> = text.split("\n\n").collect();
+    assert_eq!(parts.len(), 2, "{text:?}");
+    assert!(parts[0].starts_with("1 "), "{text:?}");
+    assert_eq!(parts[1], "!422", "{text:?}");
+
+    // Not a batch: named errors.
+    let (status, problem) = api.post("/v1/consume/batch", serde_json::json!([])).await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("body"),
+        "{problem}"
+    );
+    let (status, problem) = api
+        .post("/v1/consume/batch", serde_json::json!(item("x", "acme")))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+}
+
+#[tokio::test]
+async fn a_batch_of_many_consumes_for_one_tenant_never_admits_over_the_limit() {
+    let (_redis, _counter, api) = start();
+    avoid_window_edge(3_600, 5).await;
+    // `bulk` may make 500 a hour: 4 concurrent batches of 200 race for them.
+    let mut calls = Vec::new();
+    for b in 0..4 {
+        let batch: Vec<Value> = (0..200)
+            .map(|i| item(&format!("k{b}-{i}"), "bulk"))
+            .collect();
+        let api = api.clone();
+        calls.push(tokio::spawn(async move {
+            api.post("/v1/consume/batch", Value::Array(batch)).await
+        }));
+    }
+    let mut admitted = 0;
+    for call in calls {
+        let (status, answer) = call.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        admitted += answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["answer"]["allowed"] == true)
+            .count();
+    }
+    assert_eq!(admitted, 500);
+}

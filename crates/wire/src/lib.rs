@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub mod counter_paths {
     /// `POST` a [`super::ConsumeRequest`], answered by a [`super::ConsumeResponse`].
     pub const CONSUME: &str = "/v1/consume";
+    /// `POST` a JSON array of [`super::ConsumeRequest`] (at most
+    /// [`super::MAX_CONSUME_BATCH`]), answered by an array of
+    /// [`super::ConsumeBatchItem`] in the same order, or by the compact batch form
+    /// ([`super::compact_batch`]). Each item is decided exactly as a single consume,
+    /// all of them concurrently: in no particular order among themselves.
+    pub const CONSUME_BATCH: &str = "/v1/consume/batch";
     /// `POST` a [`super::RefundRequest`], answered by a [`super::RefundResponse`].
     pub const REFUND: &str = "/v1/refund";
     /// `GET /v1/tenants/{tenant}/usage`, answered by a [`super::UsageResponse`].
@@ -128,6 +134,44 @@ impl ConsumeResponse {
         }
         out
     }
+}
+
+/// The most consumes one batch may carry.
+pub const MAX_CONSUME_BATCH: usize = 256;
+
+/// One answer in a batch: the consume's status, as a single consume would have
+/// answered it, with its answer (200) or its problem (anything else).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumeBatchItem {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<ConsumeResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// Separates the items of a compact batch answer: a compact answer never holds an
+/// empty line.
+pub const COMPACT_BATCH_SEPARATOR: &str = "\n\n";
+
+/// The compact form of a batch answer ([`COMPACT_ANSWER`] media type): each item's
+/// compact answer, or `!STATUS` for an item that failed, in request order, separated
+/// by [`COMPACT_BATCH_SEPARATOR`].
+pub fn compact_batch(items: &[ConsumeBatchItem]) -> String {
+    let mut out = String::with_capacity(items.len() * 96);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(COMPACT_BATCH_SEPARATOR);
+        }
+        match &item.answer {
+            Some(answer) if item.status == 200 => out.push_str(&answer.to_compact()),
+            _ => {
+                out.push('!');
+                out.push_str(&item.status.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// The state of one limit after a consume (or a usage read).

@@ -301,6 +301,10 @@ impl Api {
         Api::with_client(counter, http)
     }
 
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     fn with_client(counter: &Counter, http: reqwest::Client) -> Api {
         Api {
             http,

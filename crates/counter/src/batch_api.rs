@@ -1,0 +1,136 @@
+//! `POST /v1/consume/batch`: several consumes in one call, each decided exactly as
+//! `/v1/consume` decides it (its own id, its own all-or-nothing check), answered in
+//! order. A proxy that has many requests waiting on the counter at once sends them
+//! together: one callout for Envoy to pay for instead of one each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::{extract::State, Json};
+use turnpike_wire::{ConsumeBatchItem, ConsumeRequest, MAX_CONSUME_BATCH};
+
+use crate::api::{decide_counted, unauthorized, ApiError};
+use crate::metrics::{Endpoint, Metrics};
+use crate::request::{self, RequestError};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+pub(crate) async fn consume_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !state.service_tokens.allow(&headers) {
+        return unauthorized("the service token");
+    }
+    let started = Instant::now();
+    let compact = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
+    let requests = match decode(&body) {
+        Ok(requests) => requests,
+        Err(err) => {
+            let err = ApiError::Invalid(err);
+            state.note_error(&err);
+            return err.into_response();
+        }
+    };
+    Metrics::inc(&state.metrics.consume_batches);
+    Metrics::add(&state.metrics.consume_batch_items, requests.len() as u64);
+    // Every consume runs as its own task, as a single one does: they go to Redis
+    // together (pipelined on the shared connection), and a caller that hangs up
+    // cancels none of them halfway.
+    let deadline = tokio::time::Instant::now() + state.budget;
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            let state = state.clone();
+            tokio::spawn(async move { decide_counted(&state, &req).await })
+        })
+        .collect();
+    let mut items = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let outcome = match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Err(ApiError::Unavailable(StoreError::Reply(format!(
+                "the consume task failed: {e}"
+            )))),
+            Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
+        };
+        items.push(match outcome {
+            Ok(answer) => ConsumeBatchItem {
+                status: 200,
+                answer: Some(answer),
+                problem: None,
+            },
+            Err(err) => {
+                state.note_consume_error(&err);
+                let problem = err.problem();
+                ConsumeBatchItem {
+                    status: problem.status,
+                    answer: None,
+                    problem: Some(problem),
+                }
+            }
+        });
+    }
+    let response = if compact {
+        (
+            [(header::CONTENT_TYPE, turnpike_wire::COMPACT_ANSWER)],
+            turnpike_wire::compact_batch(&items),
+        )
+            .into_response()
+    } else {
+        Json(items).into_response()
+    };
+    state
+        .metrics
+        .observe(Endpoint::ConsumeBatch, started.elapsed());
+    response
+}
+
+/// The batch: a JSON array of 1 to `MAX_CONSUME_BATCH` consume requests. Each item's
+/// own fields are checked when it is decided, so one bad item fails alone.
+fn decode(body: &[u8]) -> Result<Vec<ConsumeRequest>, RequestError> {
+    let requests: Vec<ConsumeRequest> = request::decode(body)?;
+    if requests.is_empty() || requests.len() > MAX_CONSUME_BATCH {
+        return Err(RequestError::field(
+            "body",
+            format!(
+                "a batch holds 1 to {MAX_CONSUME_BATCH} consumes, not {}",
+                requests.len()
+            ),
+        ));
+    }
+    Ok(requests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_a_non_empty_bounded_array_and_a_bad_field_is_named_by_its_index() {
+        assert!(matches!(decode(b"[]"), Err(RequestError::Field { .. })));
+        let one = r#"{"id":"a","tenant":"t","meters":[{"meter":"requests","cost":1}]}"#;
+        let too_many = format!("[{}]", vec![one; MAX_CONSUME_BATCH + 1].join(","));
+        assert!(matches!(
+            decode(too_many.as_bytes()),
+            Err(RequestError::Field { .. })
+        ));
+        assert_eq!(
+            decode(format!("[{one},{one}]").as_bytes()).unwrap().len(),
+            2
+        );
+        let bad = format!(r#"[{one},{{"id":"b","tenant":"t"}}]"#);
+        match decode(bad.as_bytes()) {
+            Err(RequestError::Field { field, .. }) => assert_eq!(field, "[1]"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(b"[{"), Err(RequestError::Syntax(_))));
+    }
+}
