@@ -227,7 +227,8 @@ for variant in $VARIANTS; do
   # measured what it says.
   case "$variant" in
     turnpike-leased*) stats='allowed|denied|leased|lease_renewals|lease_empty_grants|lease_records_lost|counter_errors' ;;
-    turnpike-settle) stats='allowed|denied|settlements|settle_missing|settle_malformed|counter_errors' ;;
+    turnpike-settle) stats='allowed|denied|consume_batches|consumes_batched|settlements|settle_missing|settle_malformed|counter_errors' ;;
+    turnpike|turnpike+events) stats='allowed|denied|consume_batches|consumes_batched|counter_errors' ;;
     *) stats= ;;
   esac
   if [ -n "$stats" ]; then
@@ -256,6 +257,9 @@ for variant in $VARIANTS; do
     END { if (has_leased && allowed > 0) printf "  %s: %.1f%% of admitted requests decided from leases (the rest by exact consumes: no lease yet, a window rolling over, a renewal late)\n", v, 100 * leased / allowed }
     /lease_records_lost: / && $2 > 0 { printf "WARNING: %s: %d leased requests admitted but never reported to the counter (unbilled; see \"gave up reporting\" in %s)\n", v, $2, file }
     /settle_(missing|malformed): / && $2 > 0 { sub(/^wasmcustom\.turnpike\./, "", $1); printf "WARNING: %s: %s %d\n", v, $1, $2 }
+    /turnpike\.consume_batches: / { batches = $2 }
+    /turnpike\.consumes_batched: / { batched = $2 }
+    END { if (batches > 0 && allowed > 0) printf "  %s: %.1f%% of consumes went in batches, %.1f per batch\n", v, 100 * batched / allowed, batched / batches }
   ' "$run/stats-$variant.txt"
 done
 if [ -f "$run/events.txt" ]; then
@@ -268,6 +272,7 @@ fi
 # those refunded (a consume in flight when wrk stops is cancelled by the filter and
 # refunded: the ledger keeps it, not billable), plus the leased requests the proxies
 # reported.
+redis-cli -p "$REDIS_PORT" info commandstats >"$run/commandstats.txt" 2>&1 || true
 admitted=$(curl -s "http://127.0.0.1:$COUNTER_PORT/metrics" | awk '
   /^turnpike_counter_consumes_total\{result="allowed"\} / { n += $2 }
   /^turnpike_counter_refunds_total\{result="refunded"\} / { n -= $2 }
