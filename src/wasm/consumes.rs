@@ -48,11 +48,19 @@ pub fn register_wake_queue() -> Option<u32> {
     hostcalls::register_shared_queue(&name).ok()
 }
 
-/// Ask for the root context to be woken; `false` when it cannot be.
-pub fn wake(vm: &Vm) -> bool {
-    vm.wake_queue
-        .get()
-        .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(b"w")).is_ok())
+/// Wake the root context when the coalescer asked for it (`wake`). If the wake-up
+/// cannot be sent, the root's next tick sends what waits.
+pub fn wake_if(vm: &Vm, wake: bool) {
+    let sent = wake
+        && vm
+            .wake_queue
+            .get()
+            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(b"w")).is_ok());
+    if wake && !sent {
+        if let Ok(mut c) = vm.consumes.try_borrow_mut() {
+            c.woken();
+        }
+    }
 }
 
 /// The root context was woken: empty the queue.

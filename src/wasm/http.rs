@@ -295,12 +295,7 @@ impl HttpFilter {
                     .consumes
                     .try_borrow_mut()
                     .is_ok_and(|mut c| c.enqueue(member));
-                if wake && !consumes::wake(&self.vm) {
-                    // No wake-up: the root's next tick sends it.
-                    if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
-                        c.woken();
-                    }
-                }
+                consumes::wake_if(&self.vm, wake);
                 self.stage = Stage::Queued { started_ns };
                 Action::Pause
             }
@@ -546,11 +541,7 @@ impl HttpFilter {
             .consumes
             .try_borrow_mut()
             .is_ok_and(|mut c| c.alone_done());
-        if wake && !consumes::wake(&self.vm) {
-            if let Ok(mut c) = self.vm.consumes.try_borrow_mut() {
-                c.woken();
-            }
-        }
+        consumes::wake_if(&self.vm, wake);
     }
 
     /// The answer to this request's consume in a batch (the root context made this the
@@ -1126,54 +1117,74 @@ pub fn call_response_body(size: usize) -> Result<Option<Vec<u8>>, CounterError> 
 pub struct HttpShell(Rc<RefCell<HttpFilter>>);
 
 impl HttpShell {
-    /// The filter, unless it is already in use: Envoy does not call a context while
-    /// a callback of it runs (its own calls are deferred until the VM returns).
-    fn with<T>(&self, default: T, f: impl FnOnce(&mut HttpFilter) -> T) -> T {
+    /// The filter, unless it is already in use. Envoy does not call a context while a
+    /// callback of it runs (its own calls are deferred until the VM returns), so this
+    /// does not happen; if it did, the default answers instead of a trap.
+    fn with<T>(&self, default: impl FnOnce() -> T, f: impl FnOnce(&mut HttpFilter) -> T) -> T {
         match self.0.try_borrow_mut() {
             Ok(mut filter) => f(&mut filter),
-            Err(_) => default,
+            Err(_) => default(),
         }
     }
 }
 
+/// A request the filter cannot look at is refused, never let through unmetered.
+fn refuse() -> Action {
+    let body = problem::counter_unavailable();
+    if hostcalls::send_http_response(
+        503,
+        vec![("content-type", problem::CONTENT_TYPE)],
+        Some(body.as_bytes()),
+    )
+    .is_err()
+    {
+        let _ = hostcalls::reset_http_request();
+    }
+    Action::Pause
+}
+
 impl Context for HttpShell {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
-        self.with((), |f| {
-            f.on_http_call_response(token, headers, body, trailers);
-        });
+        self.with(
+            || (),
+            |f| f.on_http_call_response(token, headers, body, trailers),
+        );
     }
 }
 
 impl HttpContext for HttpShell {
     fn on_http_request_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| {
+        self.with(refuse, |f| {
             f.on_http_request_headers(headers, end_of_stream)
         })
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| {
-            f.on_http_request_body(size, end_of_stream)
-        })
+        self.with(refuse, |f| f.on_http_request_body(size, end_of_stream))
     }
 
     fn on_http_response_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| {
-            f.on_http_response_headers(headers, end_of_stream)
-        })
+        self.with(
+            || Action::Continue,
+            |f| f.on_http_response_headers(headers, end_of_stream),
+        )
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| {
-            f.on_http_response_body(size, end_of_stream)
-        })
+        self.with(
+            || Action::Continue,
+            |f| f.on_http_response_body(size, end_of_stream),
+        )
     }
 
     fn on_http_response_trailers(&mut self, trailers: usize) -> Action {
-        self.with(Action::Continue, |f| f.on_http_response_trailers(trailers))
+        self.with(
+            || Action::Continue,
+            |f| f.on_http_response_trailers(trailers),
+        )
     }
 
     fn on_log(&mut self) {
-        self.with((), HttpFilter::on_log);
+        self.with(|| (), HttpFilter::on_log);
     }
 }
