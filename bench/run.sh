@@ -2,7 +2,8 @@
 # Turnpike benchmark: the same Envoy, in the same run, with and without metering.
 #   bare      Envoy, direct_response, no filter
 #   jwt       + jwt_authn (what users run before Turnpike anyway)
-#   turnpike  + jwt_authn + the Turnpike filter, one counter callout per request
+#   turnpike  + jwt_authn + the Turnpike filter, exact mode: one consume per request,
+#             batched with the others waiting while the worker's calls are out
 #             (usage events off)
 #   turnpike+events  the same with usage events shipped to a collector (SQLite)
 #   turnpike-leased  turnpike with the route in leased mode: requests are admitted from
@@ -272,7 +273,6 @@ fi
 # those refunded (a consume in flight when wrk stops is cancelled by the filter and
 # refunded: the ledger keeps it, not billable), plus the leased requests the proxies
 # reported.
-redis-cli -p "$REDIS_PORT" info commandstats >"$run/commandstats.txt" 2>&1 || true
 admitted=$(curl -s "http://127.0.0.1:$COUNTER_PORT/metrics" | awk '
   /^turnpike_counter_consumes_total\{result="allowed"\} / { n += $2 }
   /^turnpike_counter_refunds_total\{result="refunded"\} / { n -= $2 }
