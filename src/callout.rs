@@ -350,6 +350,40 @@ pub fn parse_batch_answer<'a>(
         .collect()
 }
 
+/// The outcome of each settlement of a `/v1/settle/batch` call, in the order they
+/// were sent: `Ok(settled)`, or the item's (or the call's) error.
+pub fn parse_settle_batch_answer(
+    status: Option<&str>,
+    body: Option<&[u8]>,
+    members: usize,
+) -> Vec<Result<bool, CounterError>> {
+    #[derive(Deserialize)]
+    struct Item {
+        status: u16,
+        #[serde(default)]
+        settled: bool,
+    }
+    let items = check_status(status).and_then(|()| {
+        let body = body.ok_or(CounterError::BadBody)?;
+        serde_json::from_slice::<Vec<Item>>(body).map_err(|_| CounterError::BadBody)
+    });
+    let items = match items {
+        Ok(items) => items,
+        Err(e) => return vec![Err(e); members],
+    };
+    let mut items = items.into_iter();
+    (0..members)
+        .map(|_| match items.next() {
+            None => Err(CounterError::BadBody),
+            Some(Item {
+                status: 200,
+                settled,
+            }) => Ok(settled),
+            Some(Item { status, .. }) => Err(CounterError::Status(status)),
+        })
+        .collect()
+}
+
 fn check_status(status: Option<&str>) -> Result<(), CounterError> {
     match status.map(|s| s.parse::<u16>()) {
         None => Err(CounterError::NoResponse),
@@ -682,6 +716,41 @@ mod tests {
         assert_eq!(
             parse_batch_answer(None, None, 1),
             vec![Err(CounterError::NoResponse)]
+        );
+    }
+
+    #[test]
+    fn a_settle_batch_answer_gives_each_settlement_its_outcome() {
+        let items = [
+            turnpike_wire::SettleBatchItem {
+                status: 200,
+                settled: true,
+                problem: None,
+            },
+            turnpike_wire::SettleBatchItem {
+                status: 503,
+                settled: false,
+                problem: None,
+            },
+            turnpike_wire::SettleBatchItem {
+                status: 200,
+                settled: false,
+                problem: None,
+            },
+        ];
+        let body = serde_json::to_vec(&items).unwrap();
+        assert_eq!(
+            parse_settle_batch_answer(Some("200"), Some(&body), 4),
+            vec![
+                Ok(true),
+                Err(CounterError::Status(503)),
+                Ok(false),
+                Err(CounterError::BadBody)
+            ]
+        );
+        assert_eq!(
+            parse_settle_batch_answer(None, None, 2),
+            vec![Err(CounterError::NoResponse); 2]
         );
     }
 }

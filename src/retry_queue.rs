@@ -69,9 +69,17 @@ impl<T> RetryQueue<T> {
         true
     }
 
+    /// Calls out: a batch is one call, whatever it carries.
+    fn calls_in_flight(&self) -> usize {
+        let mut tokens: Vec<u32> = self.in_flight.iter().map(|(t, _)| *t).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens.len()
+    }
+
     /// The next job due at `now_ns`, if a slot for it is free.
     pub fn next_due(&mut self, now_ns: u64) -> Option<Job<T>> {
-        if self.in_flight.len() >= self.max_in_flight {
+        if self.calls_in_flight() >= self.max_in_flight {
             return None;
         }
         let i = self
@@ -79,6 +87,32 @@ impl<T> RetryQueue<T> {
             .iter()
             .position(|j| j.not_before_ns <= now_ns)?;
         self.waiting.remove(i)
+    }
+
+    /// The next job due, and when `batchable` holds for it, up to `max - 1` more due
+    /// jobs for which it holds too: what one call can carry.
+    pub fn next_due_batch(
+        &mut self,
+        now_ns: u64,
+        max: usize,
+        batchable: impl Fn(&T) -> bool,
+    ) -> Vec<Job<T>> {
+        let Some(first) = self.next_due(now_ns) else {
+            return Vec::new();
+        };
+        let more = batchable(&first.item);
+        let mut jobs = vec![first];
+        while more && jobs.len() < max {
+            let Some(i) = self
+                .waiting
+                .iter()
+                .position(|j| j.not_before_ns <= now_ns && batchable(&j.item))
+            else {
+                break;
+            };
+            jobs.extend(self.waiting.remove(i));
+        }
+        jobs
     }
 
     /// `job` was dispatched as call `token`.
@@ -95,24 +129,23 @@ impl<T> RetryQueue<T> {
 
     fn take(&mut self, token: u32) -> Option<Job<T>> {
         let i = self.in_flight.iter().position(|(t, _)| *t == token)?;
-        Some(self.in_flight.swap_remove(i).1)
+        Some(self.in_flight.remove(i).1)
     }
 
-    /// Whether `token` is one of this queue's calls.
-    pub fn owns(&self, token: u32) -> bool {
-        self.in_flight.iter().any(|(t, _)| *t == token)
+    /// The jobs call `token` carried, in the order they were started (none: not one of
+    /// this queue's calls). A failed one goes back with [`Self::retry`].
+    pub fn answered(&mut self, token: u32) -> Vec<Job<T>> {
+        let mut jobs = Vec::new();
+        while let Some(job) = self.take(token) {
+            jobs.push(job);
+        }
+        jobs
     }
 
-    /// Call `token` succeeded: the job is done.
-    pub fn succeeded(&mut self, token: u32) -> Option<T> {
-        self.take(token).map(|j| j.item)
-    }
-
-    /// Call `token` failed; `random` spreads the retries.
-    pub fn failed(&mut self, token: u32, now_ns: u64, random: u64) -> Option<Failed<T>> {
-        let job = self.take(token)?;
+    /// A job of an answered call failed: queued again after a backoff, or given up.
+    pub fn retry(&mut self, job: Job<T>, now_ns: u64, random: u64) -> Failed<T> {
         if job.attempts >= self.max_attempts {
-            return Some(Failed::GaveUp(job.item));
+            return Failed::GaveUp(job.item);
         }
         let mut backoff = Backoff::new(self.base_ms, self.max_ms);
         let mut delay_ms = 0;
@@ -120,13 +153,28 @@ impl<T> RetryQueue<T> {
             delay_ms = backoff.next_delay_ms(random);
         }
         self.not_started(job, now_ns, delay_ms);
-        Some(Failed::Retry { delay_ms })
+        Failed::Retry { delay_ms }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl<T> RetryQueue<T> {
+        fn owns(&self, token: u32) -> bool {
+            self.in_flight.iter().any(|(t, _)| *t == token)
+        }
+
+        fn succeeded(&mut self, token: u32) -> Option<T> {
+            self.take(token).map(|j| j.item)
+        }
+
+        fn failed(&mut self, token: u32, now_ns: u64, random: u64) -> Option<Failed<T>> {
+            let job = self.take(token)?;
+            Some(self.retry(job, now_ns, random))
+        }
+    }
 
     #[test]
     fn jobs_run_until_confirmed_with_growing_delays_then_are_given_up() {
@@ -162,5 +210,47 @@ mod tests {
         assert_eq!(q.succeeded(9), Some(1));
         assert_eq!(q.len(), 2);
         assert!(q.next_due(0).is_some());
+    }
+
+    #[test]
+    fn a_batch_is_one_call_and_each_of_its_jobs_succeeds_or_retries_alone() {
+        let mut q = RetryQueue::new(10, 1, 5);
+        for item in ["s1", "r1", "s2", "s3"] {
+            q.push(item);
+        }
+        let settle = |i: &&str| i.starts_with('s');
+        let batch = q.next_due_batch(0, 2, settle);
+        assert_eq!(
+            batch.iter().map(|j| j.item).collect::<Vec<_>>(),
+            ["s1", "s2"]
+        );
+        for job in batch {
+            q.started(7, job);
+        }
+        assert!(
+            q.next_due(0).is_none(),
+            "one call in flight, however many jobs"
+        );
+        let jobs = q.answered(7);
+        assert_eq!(
+            jobs.iter().map(|j| j.item).collect::<Vec<_>>(),
+            ["s1", "s2"]
+        );
+        assert!(!q.owns(7));
+        let mut jobs = jobs.into_iter();
+        drop(jobs.next());
+        let Failed::Retry { delay_ms } = q.retry(jobs.next().unwrap(), 0, 3) else {
+            panic!("should retry");
+        };
+        // A job that cannot go with others goes alone.
+        let next = q.next_due_batch(0, 8, settle);
+        assert_eq!(next.iter().map(|j| j.item).collect::<Vec<_>>(), ["r1"]);
+        q.started(8, next.into_iter().next().unwrap());
+        assert_eq!(q.succeeded(8), Some("r1"));
+        let later = q.next_due_batch(delay_ms * 1_000_000, 8, settle);
+        assert_eq!(
+            later.iter().map(|j| j.item).collect::<Vec<_>>(),
+            ["s3", "s2"]
+        );
     }
 }

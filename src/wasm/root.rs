@@ -14,7 +14,7 @@ use super::flusher::Flusher;
 use super::http::{call_response_body, call_response_status, HttpFilter};
 use super::metrics::Metrics;
 use super::now_ns;
-use crate::callout;
+use crate::callout::{self, CounterError};
 use crate::coalesce::Coalescer;
 use crate::config::Config;
 use crate::consume_id::{entropy_u64, IdMinter};
@@ -173,32 +173,49 @@ impl Root {
         }
     }
 
-    /// Send the refunds that are due.
+    /// Send the refunds and settlements that are due. Settlements due together go in
+    /// one `POST /v1/settle/batch` (a busy LLM route settles every request).
     fn send_refunds(&mut self) {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
         let counter = &plugin.config.counter;
         let now = now_ns();
+        let batch_max = if self.vm.batches_refused.get() {
+            1
+        } else {
+            counter.batch_max
+        };
         loop {
-            let Some(job) = self
-                .vm
-                .refunds
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut q| q.next_due(now))
-            else {
-                return;
-            };
-            let (path, body) = match &job.item.settle {
-                Some(meters) => (
-                    counter_paths::SETTLE,
-                    callout::settle_body(&job.item.id, &job.item.tenant, meters),
-                ),
-                None => (
-                    counter_paths::REFUND,
-                    callout::refund_body(&job.item.id, &job.item.tenant),
-                ),
+            let jobs = self.vm.refunds.try_borrow_mut().map_or_else(
+                |_| Vec::new(),
+                |mut q| q.next_due_batch(now, batch_max, |r| r.settle.is_some()),
+            );
+            let (path, body) = match jobs.as_slice() {
+                [] => return,
+                [job] => match &job.item.settle {
+                    Some(meters) => (
+                        counter_paths::SETTLE,
+                        callout::settle_body(&job.item.id, &job.item.tenant, meters),
+                    ),
+                    None => (
+                        counter_paths::REFUND,
+                        callout::refund_body(&job.item.id, &job.item.tenant),
+                    ),
+                },
+                settles => {
+                    let bodies: Vec<Vec<u8>> = settles
+                        .iter()
+                        .map(|j| {
+                            let meters = j.item.settle.as_deref().unwrap_or("[]");
+                            callout::settle_body(&j.item.id, &j.item.tenant, meters)
+                        })
+                        .collect();
+                    (
+                        counter_paths::SETTLE_BATCH,
+                        callout::batch_body(bodies.iter().map(Vec::as_slice)),
+                    )
+                }
             };
             let mut headers = vec![
                 (":method", "POST"),
@@ -220,49 +237,85 @@ impl Root {
                 return;
             };
             match dispatched {
-                Ok(token) => queue.started(token, job),
+                Ok(token) => {
+                    for job in jobs {
+                        queue.started(token, job);
+                    }
+                }
                 Err(_) => {
-                    queue.not_started(job, now, 1_000);
+                    for job in jobs {
+                        queue.not_started(job, now, 1_000);
+                    }
                     return;
                 }
             }
         }
     }
 
-    /// `Some(())` when `token` was one of the refund calls.
+    /// `Some(())` when `token` was one of the refund or settlement calls.
     fn refund_answered(&mut self, token: u32, body_size: usize) -> Option<()> {
-        if !self.vm.refunds.try_borrow().is_ok_and(|q| q.owns(token)) {
+        let jobs = self.vm.refunds.try_borrow_mut().ok()?.answered(token);
+        if jobs.is_empty() {
             return None;
         }
         let status = call_response_status();
-        // A settlement answers {"settled": ..}: any 200 is done with.
-        let outcome = call_response_body(body_size).and_then(|b| {
-            callout::parse_refund_answer(status.as_deref(), b.as_deref()).or_else(|e| {
-                callout::parse_ok(status.as_deref())
-                    .map(|()| false)
-                    .map_err(|_| e)
-            })
-        });
-        let random = self.jitter.next_u64();
-        let mut queue = self.vm.refunds.try_borrow_mut().ok()?;
-        match outcome {
-            Ok(refunded) => {
-                queue.succeeded(token);
-                drop(queue);
-                if refunded {
-                    self.count(|m| m.refunds);
+        let body = call_response_body(body_size);
+        let outcomes: Vec<Result<bool, CounterError>> = if jobs.len() == 1 {
+            // A settlement answers {"settled": ..}: any 200 is done with.
+            vec![body.and_then(|b| {
+                callout::parse_refund_answer(status.as_deref(), b.as_deref()).or_else(|e| {
+                    callout::parse_ok(status.as_deref())
+                        .map(|()| false)
+                        .map_err(|_| e)
+                })
+            })]
+        } else if status.as_deref() == Some("404") {
+            // A counter that predates batches: settle one by one from now on.
+            if !self.vm.batches_refused.replace(true) {
+                warn!(
+                    "the counter has no {} (an older version): settlements go one by one",
+                    counter_paths::SETTLE_BATCH
+                );
+            }
+            let now = now_ns();
+            if let Ok(mut queue) = self.vm.refunds.try_borrow_mut() {
+                for job in jobs {
+                    queue.not_started(job, now, 0);
                 }
             }
-            Err(e) => {
-                let failed = queue.failed(token, now_ns(), random);
-                drop(queue);
-                if let Some(Failed::GaveUp(refund)) = failed {
-                    self.count(|m| m.refunds_abandoned);
-                    if let Some(suppressed) = self.refund_log.admit(now_ns()) {
-                        error!(
-                            "{} of consume {} (tenant {}) given up after {MAX_REFUND_ATTEMPTS} attempts: {} ({suppressed} similar lines suppressed); reconciliation lists it",
-                            refund.what(), refund.id, refund.tenant, e.describe()
-                        );
+            return Some(());
+        } else {
+            match body {
+                Ok(b) => {
+                    callout::parse_settle_batch_answer(status.as_deref(), b.as_deref(), jobs.len())
+                }
+                Err(e) => vec![Err(e); jobs.len()],
+            }
+        };
+        let now = now_ns();
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let random = self.jitter.next_u64();
+            match outcome {
+                Ok(refunded) => {
+                    if refunded && job.item.settle.is_none() {
+                        self.count(|m| m.refunds);
+                    }
+                }
+                Err(e) => {
+                    let failed = self
+                        .vm
+                        .refunds
+                        .try_borrow_mut()
+                        .ok()
+                        .map(|mut q| q.retry(job, now, random));
+                    if let Some(Failed::GaveUp(refund)) = failed {
+                        self.count(|m| m.refunds_abandoned);
+                        if let Some(suppressed) = self.refund_log.admit(now_ns()) {
+                            error!(
+                                "{} of consume {} (tenant {}) given up after {MAX_REFUND_ATTEMPTS} attempts: {} ({suppressed} similar lines suppressed); reconciliation lists it",
+                                refund.what(), refund.id, refund.tenant, e.describe()
+                            );
+                        }
                     }
                 }
             }

@@ -342,3 +342,59 @@ async fn a_client_gone_mid_stream_is_billed_what_the_stream_reported() {
     .await;
     assert_eq!(tokens_used(&stack, "dropper").await, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_exchanges_each_settle_once_through_batched_calls() {
+    const BIG: &str = r#"
+default_plan = "llm"
+[plans.llm]
+limits = [ { name = "tokens-daily", meter = "tokens", window = "day", max = 100000000 } ]
+"#;
+    const REQUESTS: usize = 600;
+    let stack = Stack::builder(BIG)
+        .with_collector()
+        .filter_patch(chat_route(json!({ "json": "/usage/total_tokens" })))
+        .start()
+        .await;
+    let token = stack.token("busy");
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let request = stack
+            .http
+            .post(stack.envoy.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("x-demo-completion-tokens", "30")
+            .json(&chat(7, 400, false));
+        clients.spawn(async move {
+            let mut ok = 0;
+            for _ in 0..REQUESTS / 32 + 1 {
+                let request = request.try_clone().expect("a plain request");
+                if request.send().await.is_ok_and(|r| r.status() == 200) {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(n) = clients.join_next().await {
+        ok += n.expect("client");
+    }
+    let sent = (REQUESTS / 32 + 1) * 32;
+    assert_eq!(ok, sent);
+    // 37 tokens each (7 prompt words, 30 completion tokens), 400 reserved each: every
+    // settlement lands once.
+    eventually("every settlement", Duration::from_secs(30), || async {
+        (stack.counter.used("busy", "tokens-daily").await == 37 * sent as u64).then_some(())
+    })
+    .await;
+    assert_eq!(stack.envoy.filter_stat("settlements").await, sent as u64);
+    let metrics = stack.counter.metrics().await;
+    let batches =
+        turnpike_tests::counter::prometheus_sum(&metrics, "turnpike_counter_settle_batches_total");
+    assert!(batches > 0, "the settlements should have gone in batches");
+    assert_eq!(
+        turnpike_tests::counter::prometheus_sum(&metrics, "turnpike_counter_settles_total"),
+        sent as u64
+    );
+}

@@ -26,7 +26,7 @@ use crate::ticket::Ticket;
 const PROBLEM_BASE: &str = "https://turnpike.dev/problems/";
 /// Request bodies are a few hundred bytes; refuse anything far larger early.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-/// A consume batch carries up to 256 consumes of a few hundred bytes.
+/// A consume or settle batch carries up to 256 items of a few hundred bytes.
 const MAX_BATCH_BODY_BYTES: usize = 256 * 1024;
 /// A lease report carries up to 10,000 (consume id, time) records of ~70 bytes.
 const MAX_REPORT_BODY_BYTES: usize = 1024 * 1024;
@@ -41,6 +41,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(counter_paths::REFUND, post(refund))
         .route(counter_paths::SETTLE, post(settle))
+        .route(
+            counter_paths::SETTLE_BATCH,
+            post(crate::batch_api::settle_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
+        )
         .route(counter_paths::LEASE, post(crate::lease_api::lease))
         .route(
             counter_paths::LEASE_REPORT,
@@ -421,19 +425,16 @@ async fn settle(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         return unauthorized("the service token");
     }
     let started = Instant::now();
-    let outcome = match tokio::time::timeout(state.budget, settle_inner(&state, &body)).await {
+    let settle = async {
+        let req: turnpike_wire::SettleRequest = request::decode(&body)?;
+        settle_counted(&state, &req).await
+    };
+    let outcome = match tokio::time::timeout(state.budget, settle).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::Unavailable(StoreError::Timeout(state.budget))),
     };
     let response = match outcome {
-        Ok(settled) => {
-            Metrics::inc(if settled {
-                &state.metrics.settles_applied
-            } else {
-                &state.metrics.settles_noop
-            });
-            Json(turnpike_wire::SettleResponse { settled }).into_response()
-        }
+        Ok(settled) => Json(turnpike_wire::SettleResponse { settled }).into_response(),
         Err(err) => {
             state.note_error(&err);
             err.into_response()
@@ -443,8 +444,25 @@ async fn settle(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     response
 }
 
-async fn settle_inner(state: &AppState, body: &[u8]) -> Result<bool, ApiError> {
-    let req: turnpike_wire::SettleRequest = request::decode(body)?;
+/// Apply one settlement and count its result: what `/v1/settle` and each item of
+/// `/v1/settle/batch` run.
+pub(crate) async fn settle_counted(
+    state: &AppState,
+    req: &turnpike_wire::SettleRequest,
+) -> Result<bool, ApiError> {
+    let settled = settle_inner(state, req).await?;
+    Metrics::inc(if settled {
+        &state.metrics.settles_applied
+    } else {
+        &state.metrics.settles_noop
+    });
+    Ok(settled)
+}
+
+async fn settle_inner(
+    state: &AppState,
+    req: &turnpike_wire::SettleRequest,
+) -> Result<bool, ApiError> {
     request::check_id_at("id", &req.id)?;
     request::check_tenant(&req.tenant)?;
     request::check_meters(&req.meters)?;

@@ -1,6 +1,6 @@
-//! `POST /v1/consume/batch`: several consumes in one call, each decided exactly as
-//! `/v1/consume` decides it (its own id, its own all-or-nothing check), answered in
-//! order. A proxy that has many requests waiting on the counter at once sends them
+//! `POST /v1/consume/batch` and `/v1/settle/batch`: several consumes (settlements) in
+//! one call, each run exactly as `/v1/consume` (`/v1/settle`) runs one: its own id,
+//! its own all-or-nothing check. Answered in order. A busy proxy sends what waits
 //! together: one callout for Envoy to pay for instead of one each.
 
 use std::sync::Arc;
@@ -10,9 +10,14 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{extract::State, Json};
-use turnpike_wire::{ConsumeBatchItem, ConsumeRequest, MAX_CONSUME_BATCH};
+use std::future::Future;
 
-use crate::api::{decide_counted, unauthorized, ApiError};
+use serde::de::DeserializeOwned;
+use turnpike_wire::{
+    ConsumeBatchItem, ConsumeRequest, SettleBatchItem, SettleRequest, MAX_CONSUME_BATCH,
+};
+
+use crate::api::{decide_counted, settle_counted, unauthorized, ApiError};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -31,42 +36,19 @@ pub(crate) async fn consume_batch(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
-    let requests = match decode(&body) {
+    let requests: Vec<ConsumeRequest> = match decode(&body) {
         Ok(requests) => requests,
-        Err(err) => {
-            let err = ApiError::Invalid(err);
-            state.note_error(&err);
-            return err.into_response();
-        }
+        Err(err) => return refuse(&state, err),
     };
     Metrics::inc(&state.metrics.consume_batches);
-    let requests_len = requests.len();
-    Metrics::add(&state.metrics.consume_batch_items, requests_len as u64);
-    // The batch runs as one task, as a single consume does: a caller that hangs up
-    // cancels none of its consumes halfway. Inside it they run concurrently (their
-    // Redis calls go out together, pipelined on the shared connection), without a
-    // task each: a task per consume cost more scheduling than the consume itself.
-    let task = tokio::spawn({
-        let state = state.clone();
-        async move {
-            let decisions = requests.iter().map(|req| decide_counted(&state, req));
-            futures_util::future::join_all(decisions).await
-        }
-    });
-    let n = requests_len;
-    let all_failed = |err: &dyn Fn() -> StoreError| {
-        (0..n)
-            .map(|_| Err(ApiError::Unavailable(err())))
-            .collect::<Vec<_>>()
-    };
-    let outcomes = match tokio::time::timeout(state.budget, task).await {
-        Ok(Ok(outcomes)) => outcomes,
-        Ok(Err(e)) => all_failed(&|| StoreError::Reply(format!("the consume task failed: {e}"))),
-        Err(_) => all_failed(&|| StoreError::Timeout(state.budget)),
-    };
-    let mut items = Vec::with_capacity(n);
-    for outcome in outcomes {
-        items.push(match outcome {
+    Metrics::add(&state.metrics.consume_batch_items, requests.len() as u64);
+    let outcomes = run_all(&state, requests, |state, req| async move {
+        decide_counted(&state, &req).await
+    })
+    .await;
+    let items: Vec<ConsumeBatchItem> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
             Ok(answer) => ConsumeBatchItem {
                 status: 200,
                 answer: Some(answer),
@@ -81,8 +63,8 @@ pub(crate) async fn consume_batch(
                     problem: Some(problem),
                 }
             }
-        });
-    }
+        })
+        .collect();
     let response = if compact {
         (
             [(header::CONTENT_TYPE, turnpike_wire::COMPACT_ANSWER)],
@@ -98,15 +80,100 @@ pub(crate) async fn consume_batch(
     response
 }
 
-/// The batch: a JSON array of 1 to `MAX_CONSUME_BATCH` consume requests. Each item's
-/// own fields are checked when it is decided, so one bad item fails alone.
-fn decode(body: &[u8]) -> Result<Vec<ConsumeRequest>, RequestError> {
-    let requests: Vec<ConsumeRequest> = request::decode(body)?;
+/// `POST /v1/settle/batch`: the settlements of several finished exchanges in one call,
+/// each applied as `/v1/settle` applies one.
+pub(crate) async fn settle_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !state.service_tokens.allow(&headers) {
+        return unauthorized("the service token");
+    }
+    let started = Instant::now();
+    let requests: Vec<SettleRequest> = match decode(&body) {
+        Ok(requests) => requests,
+        Err(err) => return refuse(&state, err),
+    };
+    Metrics::inc(&state.metrics.settle_batches);
+    let outcomes = run_all(&state, requests, |state, req| async move {
+        settle_counted(&state, &req).await
+    })
+    .await;
+    let items: Vec<SettleBatchItem> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(settled) => SettleBatchItem {
+                status: 200,
+                settled,
+                problem: None,
+            },
+            Err(err) => {
+                state.note_error(&err);
+                let problem = err.problem();
+                SettleBatchItem {
+                    status: problem.status,
+                    settled: false,
+                    problem: Some(problem),
+                }
+            }
+        })
+        .collect();
+    state.metrics.observe(Endpoint::Refund, started.elapsed());
+    Json(items).into_response()
+}
+
+fn refuse(state: &AppState, err: RequestError) -> Response {
+    let err = ApiError::Invalid(err);
+    state.note_error(&err);
+    err.into_response()
+}
+
+/// Run `each` on every request of a batch, concurrently, in one task of its own: a
+/// caller that hangs up cancels none of them halfway (as with a single call), their
+/// Redis calls go out together (pipelined on the shared connection), and there is no
+/// task per item, which cost more scheduling than the item itself. Outcomes in request
+/// order; past the budget, every item fails as unavailable.
+async fn run_all<R, A, F, Fut>(
+    state: &Arc<AppState>,
+    requests: Vec<R>,
+    each: F,
+) -> Vec<Result<A, ApiError>>
+where
+    R: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Arc<AppState>, R) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<A, ApiError>> + Send + 'static,
+{
+    let n = requests.len();
+    let task = tokio::spawn({
+        let state = state.clone();
+        async move {
+            let all = requests.into_iter().map(|req| each(state.clone(), req));
+            futures_util::future::join_all(all).await
+        }
+    });
+    let all_failed = |err: &dyn Fn() -> StoreError| {
+        (0..n)
+            .map(|_| Err(ApiError::Unavailable(err())))
+            .collect::<Vec<_>>()
+    };
+    match tokio::time::timeout(state.budget, task).await {
+        Ok(Ok(outcomes)) => outcomes,
+        Ok(Err(e)) => all_failed(&|| StoreError::Reply(format!("the batch task failed: {e}"))),
+        Err(_) => all_failed(&|| StoreError::Timeout(state.budget)),
+    }
+}
+
+/// A batch: a JSON array of 1 to `MAX_CONSUME_BATCH` requests. Each item's own fields
+/// are checked when it is run, so one bad item fails alone.
+fn decode<R: DeserializeOwned>(body: &[u8]) -> Result<Vec<R>, RequestError> {
+    let requests: Vec<R> = request::decode(body)?;
     if requests.is_empty() || requests.len() > MAX_CONSUME_BATCH {
         return Err(RequestError::field(
             "body",
             format!(
-                "a batch holds 1 to {MAX_CONSUME_BATCH} consumes, not {}",
+                "a batch holds 1 to {MAX_CONSUME_BATCH} items, not {}",
                 requests.len()
             ),
         ));
@@ -120,22 +187,30 @@ mod tests {
 
     #[test]
     fn a_batch_is_a_non_empty_bounded_array_and_a_bad_field_is_named_by_its_index() {
-        assert!(matches!(decode(b"[]"), Err(RequestError::Field { .. })));
+        assert!(matches!(
+            decode::<ConsumeRequest>(b"[]"),
+            Err(RequestError::Field { .. })
+        ));
         let one = r#"{"id":"a","tenant":"t","meters":[{"meter":"requests","cost":1}]}"#;
         let too_many = format!("[{}]", vec![one; MAX_CONSUME_BATCH + 1].join(","));
         assert!(matches!(
-            decode(too_many.as_bytes()),
+            decode::<ConsumeRequest>(too_many.as_bytes()),
             Err(RequestError::Field { .. })
         ));
         assert_eq!(
-            decode(format!("[{one},{one}]").as_bytes()).unwrap().len(),
+            decode::<ConsumeRequest>(format!("[{one},{one}]").as_bytes())
+                .unwrap()
+                .len(),
             2
         );
         let bad = format!(r#"[{one},{{"id":"b","tenant":"t"}}]"#);
-        match decode(bad.as_bytes()) {
+        match decode::<ConsumeRequest>(bad.as_bytes()) {
             Err(RequestError::Field { field, .. }) => assert_eq!(field, "[1]"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(decode(b"[{"), Err(RequestError::Syntax(_))));
+        assert!(matches!(
+            decode::<ConsumeRequest>(b"[{"),
+            Err(RequestError::Syntax(_))
+        ));
     }
 }

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub consumes_replayed: AtomicU64,
     pub consume_batches: AtomicU64,
     pub consume_batch_items: AtomicU64,
+    pub settle_batches: AtomicU64,
     pub refunds_refunded: AtomicU64,
     pub refunds_noop: AtomicU64,
     pub refunds_error: AtomicU64,
@@ -155,6 +156,12 @@ impl Metrics {
             "turnpike_counter_consume_batch_items_total",
             "Consumes that came in batches.",
             &[("", &self.consume_batch_items)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_settle_batches_total",
+            "Settle batches received (their settlements count in turnpike_counter_settles_total).",
+            &[("", &self.settle_batches)],
         );
         counter(
             &mut out,

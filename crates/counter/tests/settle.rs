@@ -118,3 +118,58 @@ async fn settling_an_unknown_or_refunded_consume_changes_nothing() {
     assert_eq!(settle(&api, "gone", 10).await["settled"], false);
     assert_eq!(used(&api, "tokens-daily").await, 0);
 }
+
+#[tokio::test]
+async fn a_settle_batch_applies_each_settlement_once_and_answers_in_order() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    for id in ["b1", "b2", "b3"] {
+        let (_, answer) = api
+            .consume(id, "acme", &[("requests", 1), ("tokens", 500)])
+            .await;
+        assert_eq!(answer["allowed"], true, "{answer}");
+    }
+    assert_eq!(used(&api, "tokens-daily").await, 1500);
+    let item = |id: &str, tokens: u64| json!({"id": id, "tenant": "acme", "meters": [{"meter": "tokens", "cost": tokens}]});
+    let batch = json!([
+        item("b1", 100),
+        item("unknown", 5),
+        item("b2", 200),
+        item("bad id!", 1),
+        item("b3", 900),
+    ]);
+    let (status, answer) = api.post("/v1/settle/batch", batch.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let settled: Vec<(u64, bool)> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["status"].as_u64().unwrap(), i["settled"] == true))
+        .collect();
+    assert_eq!(
+        settled,
+        [
+            (200, true),
+            (200, false),
+            (200, true),
+            (422, false),
+            (200, true)
+        ],
+        "{answer}"
+    );
+    // 100 + 200 + 900 tokens, once: the same batch again changes nothing.
+    assert_eq!(used(&api, "tokens-daily").await, 1200);
+    let (_, again) = api.post("/v1/settle/batch", batch).await;
+    assert!(
+        again
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["settled"] == false),
+        "{again}"
+    );
+    assert_eq!(used(&api, "tokens-daily").await, 1200);
+    let (status, _) = api.post("/v1/settle/batch", json!([])).await;
+    assert_eq!(status, 422);
+}

@@ -22,6 +22,11 @@ pub mod counter_paths {
     pub const USAGE_PREFIX: &str = "/v1/tenants/";
     /// `POST` a [`super::SettleRequest`], answered by a [`super::SettleResponse`].
     pub const SETTLE: &str = "/v1/settle";
+    /// `POST` a JSON array of [`super::SettleRequest`] (at most
+    /// [`super::MAX_CONSUME_BATCH`]), answered by an array of
+    /// [`super::SettleBatchItem`] in the same order; each applied as `/v1/settle`
+    /// applies one.
+    pub const SETTLE_BATCH: &str = "/v1/settle/batch";
     /// `POST` a [`super::LeaseRequest`], answered by a [`super::LeaseResponse`].
     pub const LEASE: &str = "/v1/lease";
     /// `POST` a [`super::LeaseReport`], answered by a [`super::LeaseReportResponse`].
@@ -236,6 +241,17 @@ pub struct SettleResponse {
     /// False when there was nothing to settle: the consume is unknown (its record
     /// expired), refunded, cancelled or settled before.
     pub settled: bool,
+}
+
+/// One answer in a settle batch: the settlement's status, as `/v1/settle` would have
+/// answered it, with `settled` (200) or its problem (anything else).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleBatchItem {
+    pub status: u16,
+    #[serde(default)]
+    pub settled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
 }
 
 /// Ask for (more) requests of one route to admit locally, or give a lease back.
