@@ -238,7 +238,7 @@ mod tests {
         );
         assert!(!q.owns(7));
         let mut jobs = jobs.into_iter();
-        drop(jobs.next());
+        let _succeeded = jobs.next();
         let Failed::Retry { delay_ms } = q.retry(jobs.next().unwrap(), 0, 3) else {
             panic!("should retry");
         };
