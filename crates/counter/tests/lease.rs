@@ -213,7 +213,13 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
     // A proxy at 50k req/s reports ~5,000 requests every 100 ms: far more than the
     // 64 KiB the other endpoints accept.
     let redis = Redis::start();
-    let counter = Counter::start(&redis, PLANS);
+    // Ten thousand records in one script through a debug build on two shared cores:
+    // a generous Redis timeout (this checks the report is taken whole, not how fast).
+    let counter = Counter::start_with(
+        &redis,
+        PLANS,
+        &["--budget-ms", "5000", "--redis-timeout-ms", "4000"],
+    );
     let api = Api::new(&counter);
     let granted = lease(&api, "acme", 20, None, false).await;
     let id = granted["lease"].as_u64().unwrap();
