@@ -120,7 +120,7 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
                 c.batch_not_sent();
                 drop(c);
                 let outcomes = vec![Err(CounterError::Dispatch); members.len()];
-                decide_members(plugin, members, outcomes);
+                decide_members(vm, plugin, members, outcomes);
             }
         }
     }
@@ -154,7 +154,7 @@ pub fn batch_answered(vm: &Vm, plugin: &Plugin, token: u32, body_size: usize) ->
             }
         }
         let outcomes = vec![Err(CounterError::Status(404)); failed.len()];
-        decide_members(plugin, failed, outcomes);
+        decide_members(vm, plugin, failed, outcomes);
         send_batches(vm, plugin);
         return true;
     }
@@ -163,12 +163,14 @@ pub fn batch_answered(vm: &Vm, plugin: &Plugin, token: u32, body_size: usize) ->
         Ok(body) => callout::parse_batch_answer(status.as_deref(), body.as_deref(), members.len()),
         Err(e) => vec![Err(*e); members.len()],
     };
-    decide_members(plugin, members, outcomes);
+    decide_members(vm, plugin, members, outcomes);
     true
 }
 
-/// Hand each member its outcome, in its own context.
+/// Hand each member its outcome, in its own context; then the root's again, so that
+/// what the root does next (`done` when stopping) is its own.
 fn decide_members(
+    vm: &Vm,
     plugin: &Plugin,
     members: Vec<Member>,
     outcomes: Vec<Result<callout::ConsumeAnswer<'_>, CounterError>>,
@@ -185,4 +187,5 @@ fn decide_members(
             filter.batch_decided(plugin, outcome);
         };
     }
+    let _ = hostcalls::set_effective_context(vm.root_id);
 }

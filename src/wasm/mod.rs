@@ -14,7 +14,9 @@ use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::new()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(root::Root::new(context_id))
+    });
 }}
 
 /// Nanoseconds since the Unix epoch by the host's clock; 0 if the host cannot tell.

@@ -86,6 +86,8 @@ pub struct Vm {
     pub wake_queue: Cell<Option<u32>>,
     /// The counter answered 404 to a batch (it predates them): consumes go alone.
     pub batches_refused: Cell<bool>,
+    /// The root context's id.
+    pub root_id: u32,
 }
 
 /// One configuration, compiled, with what is precomputed from it.
@@ -107,9 +109,10 @@ pub struct Root {
 }
 
 impl Root {
-    pub fn new() -> Self {
+    pub fn new(root_id: u32) -> Self {
         Self {
             vm: Rc::new(Vm {
+                root_id,
                 minter: IdMinter::from_entropy(),
                 metrics: Metrics::define(),
                 counter_log: RefCell::new(LogBudget::new(COUNTER_LOG_INTERVAL_SECS)),
