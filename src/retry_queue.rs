@@ -27,7 +27,8 @@ pub enum Failed<T> {
 #[derive(Debug)]
 pub struct RetryQueue<T> {
     waiting: VecDeque<Job<T>>,
-    in_flight: Vec<(u32, Job<T>)>,
+    /// Calls out, each with the jobs it carries (a batch carries several).
+    in_flight: Vec<(u32, Vec<Job<T>>)>,
     capacity: usize,
     max_in_flight: usize,
     max_attempts: u32,
@@ -49,7 +50,12 @@ impl<T> RetryQueue<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.waiting.len() + self.in_flight.len()
+        self.waiting.len()
+            + self
+                .in_flight
+                .iter()
+                .map(|(_, jobs)| jobs.len())
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,17 +75,10 @@ impl<T> RetryQueue<T> {
         true
     }
 
-    /// Calls out: a batch is one call, whatever it carries.
-    fn calls_in_flight(&self) -> usize {
-        let mut tokens: Vec<u32> = self.in_flight.iter().map(|(t, _)| *t).collect();
-        tokens.sort_unstable();
-        tokens.dedup();
-        tokens.len()
-    }
-
     /// The next job due at `now_ns`, if a slot for it is free.
     pub fn next_due(&mut self, now_ns: u64) -> Option<Job<T>> {
-        if self.calls_in_flight() >= self.max_in_flight {
+        // A batch is one call, whatever it carries.
+        if self.in_flight.len() >= self.max_in_flight {
             return None;
         }
         let i = self
@@ -115,10 +114,12 @@ impl<T> RetryQueue<T> {
         jobs
     }
 
-    /// `job` was dispatched as call `token`.
-    pub fn started(&mut self, token: u32, mut job: Job<T>) {
-        job.attempts = job.attempts.saturating_add(1);
-        self.in_flight.push((token, job));
+    /// `jobs` were dispatched together as call `token`.
+    pub fn started(&mut self, token: u32, mut jobs: Vec<Job<T>>) {
+        for job in &mut jobs {
+            job.attempts = job.attempts.saturating_add(1);
+        }
+        self.in_flight.push((token, jobs));
     }
 
     /// `job` could not even be dispatched: back to the queue, not before `delay_ms`.
@@ -127,19 +128,13 @@ impl<T> RetryQueue<T> {
         self.waiting.push_back(job);
     }
 
-    fn take(&mut self, token: u32) -> Option<Job<T>> {
-        let i = self.in_flight.iter().position(|(t, _)| *t == token)?;
-        Some(self.in_flight.remove(i).1)
-    }
-
     /// The jobs call `token` carried, in the order they were started (none: not one of
     /// this queue's calls). A failed one goes back with [`Self::retry`].
     pub fn answered(&mut self, token: u32) -> Vec<Job<T>> {
-        let mut jobs = Vec::new();
-        while let Some(job) = self.take(token) {
-            jobs.push(job);
+        match self.in_flight.iter().position(|(t, _)| *t == token) {
+            Some(i) => self.in_flight.swap_remove(i).1,
+            None => Vec::new(),
         }
-        jobs
     }
 
     /// A job of an answered call failed: queued again after a backoff, or given up.
@@ -167,11 +162,11 @@ mod tests {
         }
 
         fn succeeded(&mut self, token: u32) -> Option<T> {
-            self.take(token).map(|j| j.item)
+            self.answered(token).pop().map(|j| j.item)
         }
 
         fn failed(&mut self, token: u32, now_ns: u64, random: u64) -> Option<Failed<T>> {
-            let job = self.take(token)?;
+            let job = self.answered(token).pop()?;
             Some(self.retry(job, now_ns, random))
         }
     }
@@ -181,20 +176,20 @@ mod tests {
         let mut q = RetryQueue::new(10, 2, 3);
         assert!(q.push("r1"));
         let job = q.next_due(0).unwrap();
-        q.started(1, job);
+        q.started(1, vec![job]);
         assert!(q.owns(1) && !q.owns(2));
         let Some(Failed::Retry { delay_ms: first }) = q.failed(1, 0, 7) else {
             panic!("should retry");
         };
         assert!(q.next_due(0).is_none(), "not before its delay");
         let job = q.next_due(first * 1_000_000).unwrap();
-        q.started(2, job);
+        q.started(2, vec![job]);
         let Some(Failed::Retry { delay_ms: second }) = q.failed(2, 0, 7) else {
             panic!("should retry");
         };
         assert!(second >= first);
         let job = q.next_due(u64::MAX).unwrap();
-        q.started(3, job);
+        q.started(3, vec![job]);
         assert_eq!(q.failed(3, 0, 7), Some(Failed::GaveUp("r1")));
         assert!(q.is_empty());
     }
@@ -205,7 +200,7 @@ mod tests {
         assert!(q.push(1) && q.push(2) && q.push(3));
         assert!(!q.push(4), "full");
         let job = q.next_due(0).unwrap();
-        q.started(9, job);
+        q.started(9, vec![job]);
         assert!(q.next_due(0).is_none(), "one in flight at most");
         assert_eq!(q.succeeded(9), Some(1));
         assert_eq!(q.len(), 2);
@@ -224,9 +219,7 @@ mod tests {
             batch.iter().map(|j| j.item).collect::<Vec<_>>(),
             ["s1", "s2"]
         );
-        for job in batch {
-            q.started(7, job);
-        }
+        q.started(7, batch);
         assert!(
             q.next_due(0).is_none(),
             "one call in flight, however many jobs"
@@ -245,7 +238,7 @@ mod tests {
         // A job that cannot go with others goes alone.
         let next = q.next_due_batch(0, 8, settle);
         assert_eq!(next.iter().map(|j| j.item).collect::<Vec<_>>(), ["r1"]);
-        q.started(8, next.into_iter().next().unwrap());
+        q.started(8, next);
         assert_eq!(q.succeeded(8), Some("r1"));
         let later = q.next_due_batch(delay_ms * 1_000_000, 8, settle);
         assert_eq!(

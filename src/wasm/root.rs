@@ -240,11 +240,7 @@ impl Root {
                 return;
             };
             match dispatched {
-                Ok(token) => {
-                    for job in jobs {
-                        queue.started(token, job);
-                    }
-                }
+                Ok(token) => queue.started(token, jobs),
                 Err(_) => {
                     for job in jobs {
                         queue.not_started(job, now, 1_000);
