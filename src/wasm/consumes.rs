@@ -89,8 +89,9 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
         // One alone goes to /v1/consume: every counter has it, and its compact answer
         // reads as a batch of one.
         let (path, body) = if let [member] = members.as_mut_slice() {
+            // Sent alone, it is never sent again: its body is not kept.
             member.alone = true;
-            (counter_paths::CONSUME, member.body.clone())
+            (counter_paths::CONSUME, std::mem::take(&mut member.body))
         } else {
             (
                 counter_paths::CONSUME_BATCH,

@@ -460,10 +460,7 @@ impl HttpFilter {
 
     fn reject(&mut self, status: u32, headers: Vec<(&str, &str)>, body: &str) -> Action {
         self.stage = Stage::Rejected;
-        if hostcalls::send_http_response(status, headers, Some(body.as_bytes())).is_err() {
-            let _ = hostcalls::reset_http_request();
-        }
-        Action::Pause
+        answer_locally(status, headers, body)
     }
 
     fn set_upstream_headers(&self) {
@@ -839,8 +836,8 @@ impl HttpContext for HttpFilter {
             // on_configure failed, yet Envoy asked for a context: refuse rather than
             // let traffic through unmetered.
             None => {
-                let body = problem::counter_unavailable();
-                self.reject(503, vec![("content-type", problem::CONTENT_TYPE)], &body)
+                self.stage = Stage::Rejected;
+                refuse()
             }
         }
     }
@@ -1131,13 +1128,12 @@ impl HttpShell {
 /// A request the filter cannot look at is refused, never let through unmetered.
 fn refuse() -> Action {
     let body = problem::counter_unavailable();
-    if hostcalls::send_http_response(
-        503,
-        vec![("content-type", problem::CONTENT_TYPE)],
-        Some(body.as_bytes()),
-    )
-    .is_err()
-    {
+    answer_locally(503, vec![("content-type", problem::CONTENT_TYPE)], &body)
+}
+
+/// Answer the request from the filter (the stream is reset if that fails).
+fn answer_locally(status: u32, headers: Vec<(&str, &str)>, body: &str) -> Action {
+    if hostcalls::send_http_response(status, headers, Some(body.as_bytes())).is_err() {
         let _ = hostcalls::reset_http_request();
     }
     Action::Pause

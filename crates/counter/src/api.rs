@@ -137,10 +137,7 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         return unauthorized("the service token");
     }
     let started = Instant::now();
-    let compact = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
+    let compact = wants_compact(&headers);
     // The decision runs as its own task and is counted there: a caller that hangs up
     // (or a budget that runs out) must not cancel it halfway, after Redis has decided
     // but before the decision is counted.
@@ -177,6 +174,14 @@ async fn consume(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     };
     state.metrics.observe(Endpoint::Consume, started.elapsed());
     response
+}
+
+/// Whether the caller asks for the compact consume answer (the proxy does).
+pub(crate) fn wants_compact(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER))
 }
 
 /// Check and decide one consume, and count its result: what `/v1/consume` and each

@@ -17,7 +17,7 @@ use turnpike_wire::{
     ConsumeBatchItem, ConsumeRequest, SettleBatchItem, SettleRequest, MAX_CONSUME_BATCH,
 };
 
-use crate::api::{decide_counted, settle_counted, unauthorized, ApiError};
+use crate::api::{decide_counted, settle_counted, unauthorized, wants_compact, ApiError};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -32,10 +32,7 @@ pub(crate) async fn consume_batch(
         return unauthorized("the service token");
     }
     let started = Instant::now();
-    let compact = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER));
+    let compact = wants_compact(&headers);
     let requests: Vec<ConsumeRequest> = match decode(&body) {
         Ok(requests) => requests,
         Err(err) => return refuse(&state, err),
