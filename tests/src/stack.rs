@@ -35,6 +35,7 @@ pub struct StackBuilder {
     collector_postgres: bool,
     collector_stream: bool,
     collector_args: Vec<String>,
+    generous_timeouts: bool,
 }
 
 impl StackBuilder {
@@ -64,6 +65,17 @@ impl StackBuilder {
 
     pub fn counter_arg(mut self, arg: &str) -> Self {
         self.counter_args.push(arg.to_owned());
+        self
+    }
+
+    /// Timeouts for a test that loads two cores with a debug counter and counts what
+    /// gets in: the filter's callout 5 s, the counter's budget 4 s, its Redis calls
+    /// 3 s, so that a slow moment does not become a `fail_closed` 503 that hides the
+    /// count. Merged into the filter patch, whichever is set first.
+    pub fn generous_timeouts(mut self) -> Self {
+        self.generous_timeouts = true;
+        self.counter_args
+            .extend(["--budget-ms", "4000", "--redis-timeout-ms", "3000"].map(str::to_owned));
         self
     }
 
@@ -194,9 +206,17 @@ impl StackBuilder {
                 .await,
             );
         }
+        let filter_patch = match (self.filter_patch, self.generous_timeouts) {
+            (patch, false) => patch,
+            (patch, true) => {
+                let mut patch = patch.unwrap_or_else(|| serde_json::json!({}));
+                patch["counter"]["timeout_ms"] = serde_json::json!(5000);
+                Some(patch)
+            }
+        };
         let options = EnvoyOptions {
             concurrency: self.concurrency,
-            filter_patch: self.filter_patch,
+            filter_patch,
             filter_config: self.filter_config,
             values: self.values,
             upstream_port: upstream.port,
@@ -289,6 +309,7 @@ impl Stack {
             collector_postgres: false,
             collector_stream: true,
             collector_args: Vec::new(),
+            generous_timeouts: false,
         }
     }
 

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use serde_json::json;
 use turnpike_tests::counter::prometheus_sum;
 use turnpike_tests::redis::Redis;
 use turnpike_tests::{avoid_window_end, Stack};
@@ -20,16 +19,10 @@ limits = [ { name = "hourly", meter = "requests", window = "hour", max = 500 } ]
 
 turnpike_tests::on_each_topology! {
     async fn sixty_four_concurrent_clients_get_exactly_the_limit_across_two_workers(topology) {
-        // A generous callout timeout: under this load on 2 cores a slow (debug) counter
-        // must not turn into fail_closed 503s, which would hide the count being checked.
         let stack = Stack::builder(PLANS)
             .topology(topology)
             .concurrency(2)
-            .filter_patch(json!({ "counter": { "timeout_ms": 5000 } }))
-            .counter_arg("--budget-ms")
-            .counter_arg("4000")
-            .counter_arg("--redis-timeout-ms")
-            .counter_arg("3000")
+            .generous_timeouts()
             .start()
             .await;
         let token = Arc::new(stack.token("bulk"));

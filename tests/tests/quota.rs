@@ -254,17 +254,9 @@ default_plan = "free"
 [plans.free]
 limits = [ { name = "daily", meter = "requests", window = "day", max = 1 } ]
 "#;
-    // Generous timeouts (the callout's and the counter's own budget, as the concurrency
-    // test gives them): this is about holding the body, not about speed, and a loaded
-    // machine must not turn the first upload into a fail_closed 503.
-    let stack = Stack::builder(ONE_A_DAY)
-        .filter_patch(serde_json::json!({ "counter": { "timeout_ms": 5000 } }))
-        .counter_arg("--budget-ms")
-        .counter_arg("4000")
-        .counter_arg("--redis-timeout-ms")
-        .counter_arg("3000")
-        .start()
-        .await;
+    // This is about holding the body, not about speed: a loaded machine must not turn
+    // the first upload into a fail_closed 503.
+    let stack = Stack::builder(ONE_A_DAY).generous_timeouts().start().await;
     let token = stack.token("poster");
     avoid_window_end(86_400, 30).await;
     let body = "x".repeat(256 * 1024);

@@ -351,17 +351,10 @@ default_plan = "llm"
 limits = [ { name = "tokens-daily", meter = "tokens", window = "day", max = 100000000 } ]
 "#;
     const REQUESTS: usize = 600;
-    // Generous timeouts: under this load on 2 cores a slow (debug) counter must not
-    // turn into fail_closed 503s, which would hide the count being checked.
-    let mut patch = chat_route(json!({ "json": "/usage/total_tokens" }));
-    patch["counter"] = json!({ "timeout_ms": 5000 });
     let stack = Stack::builder(BIG)
         .with_collector()
-        .filter_patch(patch)
-        .counter_arg("--budget-ms")
-        .counter_arg("4000")
-        .counter_arg("--redis-timeout-ms")
-        .counter_arg("3000")
+        .filter_patch(chat_route(json!({ "json": "/usage/total_tokens" })))
+        .generous_timeouts()
         .start()
         .await;
     let token = stack.token("busy");
