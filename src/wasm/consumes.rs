@@ -22,19 +22,6 @@ pub struct Member {
     pub filter: Weak<RefCell<HttpFilter>>,
     /// Its `POST /v1/consume` body.
     pub body: Vec<u8>,
-    /// Sent alone after the counter refused batches (an older counter).
-    alone: bool,
-}
-
-impl Member {
-    pub fn new(context_id: u32, filter: Weak<RefCell<HttpFilter>>, body: Vec<u8>) -> Self {
-        Self {
-            context_id,
-            filter,
-            body,
-            alone: false,
-        }
-    }
 }
 
 /// The wake-up: a shared queue only this worker's root context listens on. Envoy
@@ -90,7 +77,6 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
         // reads as a batch of one.
         let (path, body) = if let [member] = members.as_mut_slice() {
             // Sent alone, it is never sent again: its body is not kept.
-            member.alone = true;
             (counter_paths::CONSUME, std::mem::take(&mut member.body))
         } else {
             (
@@ -138,25 +124,22 @@ pub fn batch_answered(vm: &Vm, plugin: &Plugin, token: u32, body_size: usize) ->
         return false;
     };
     let status = call_response_status();
-    if status.as_deref() == Some("404") && members.iter().any(|m| !m.alone) {
-        // A counter that predates batches: send each alone from now on.
+    // More than one member: it went to /v1/consume/batch (one goes alone).
+    if status.as_deref() == Some("404") && members.len() > 1 {
+        // A counter that predates batches: send each alone from now on. The root
+        // sends them when this returns.
         if !vm.batches_refused.replace(true) {
             warn!(
                 "the counter has no {} (an older version): consumes go one by one",
                 counter_paths::CONSUME_BATCH
             );
         }
-        let (retry, failed): (Vec<Member>, Vec<Member>) =
-            members.into_iter().partition(|m| !m.alone);
         if let Ok(mut c) = vm.consumes.try_borrow_mut() {
             c.configure(1, plugin.config.counter.calls_in_flight);
-            for m in retry {
+            for m in members {
                 c.requeue(m);
             }
         }
-        let outcomes = vec![Err(CounterError::Status(404)); failed.len()];
-        decide_members(vm, plugin, failed, outcomes);
-        send_batches(vm, plugin);
         return true;
     }
     let body = call_response_body(body_size);

@@ -289,7 +289,11 @@ impl HttpFilter {
                 Action::Pause
             }
             Ok(None) => {
-                let member = Member::new(self.context_id, self.me.clone(), body);
+                let member = Member {
+                    context_id: self.context_id,
+                    filter: self.me.clone(),
+                    body,
+                };
                 let wake = self
                     .vm
                     .consumes
