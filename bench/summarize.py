@@ -38,7 +38,7 @@ def row(round_, variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, coll
         f"{us(envoy_ticks):.1f}",
         f"{us(counter_ticks):.1f}" if metered else "-",
         f"{us(redis_ticks):.1f}" if metered else "-",
-        f"{us(collector_ticks):.1f}" if variant == "turnpike+events" else "-",
+        f"{us(collector_ticks):.1f}" if metered else "-",
         rss_kb if metered else "-",
         non2xx.group(1) if non2xx else "0",
     ]

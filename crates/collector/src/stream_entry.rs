@@ -7,6 +7,8 @@
 //! k=c i=<consume id> t=<tenant>                                          cancelled
 //! k=s i=<consume id> t=<tenant> m=requests=1,tokens=850                  settled
 //! k=a ... l=<lease> ts=<unix ms>     admitted by a proxy from a lease, at ts
+//! k=A t=<tenant> p=<plan> m=... l=<lease> r=<id>:<ms>,<id>:<ms>,...
+//!                                      up to 100 of those in one entry (a report)
 //! k=g l=<lease> t=<tenant> n=<requests> m=...                            lease granted
 //! k=x l=<lease> t=<tenant> g=.. s=.. r=..                                lease closed
 //! ```
@@ -17,10 +19,59 @@ use turnpike_plans::ids;
 
 use crate::merge::Fact;
 
-/// Parse one entry: a fact for the ledger, or `None` for the lease lifecycle entries
-/// (grants and closes: the counter's own bookkeeping, listed in its metrics). The
-/// error says what is wrong with it (it is quarantined).
-pub fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, String> {
+/// Most records one `k=A` entry holds (the counter's lease report script writes at most
+/// this many per entry; the collector reads fewer entries of a stream that has them).
+pub const MAX_RECORDS_PER_ENTRY: usize = 100;
+
+/// Parse one entry into its facts for the ledger: one, or one per record of a lease
+/// report (`k=A`), or none for the lease lifecycle entries (grants and closes: the
+/// counter's own bookkeeping, listed in its metrics). The error says what is wrong
+/// with it (the whole entry is quarantined).
+pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact>, String> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if field("k") != Some("A") {
+        return Ok(parse(entry_id, fields)?.into_iter().collect());
+    }
+    let tenant = field("t").ok_or("no tenant (field t)")?;
+    if !ids::is_valid_tenant(tenant) {
+        return Err(format!("tenant {tenant:?} is not a tenant id"));
+    }
+    let plan = field("p").ok_or("no plan (field p)")?;
+    let meters = parse_meters(field("m").ok_or("no meters (field m)")?)?;
+    let lease = field("l").ok_or("no lease (field l)")?;
+    let records = field("r").ok_or("no records (field r)")?;
+    records
+        .split(',')
+        .map(|record| {
+            let (id, ts) = record
+                .split_once(':')
+                .ok_or_else(|| format!("record {record:?} is not <consume id>:<unix ms>"))?;
+            if !ids::is_valid_consume_id(id) {
+                return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
+            }
+            let time_ms = ts
+                .parse::<i64>()
+                .map_err(|_| format!("decision time {ts:?} of {id} is not unix ms"))?;
+            Ok(Fact::Counted {
+                id: id.to_owned(),
+                tenant: tenant.to_owned(),
+                time_ms,
+                plan: plan.to_owned(),
+                meters: meters.clone(),
+                lease: Some(lease.to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// Parse one entry of a single fact: a fact for the ledger, or `None` for the lease
+/// lifecycle entries. The error says what is wrong with it (it is quarantined).
+fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, String> {
     let field = |name: &str| {
         fields
             .iter()
@@ -178,6 +229,83 @@ mod tests {
             ("s", "3"),
         ]);
         assert_eq!(parse("1-0", &x), Ok(None));
+    }
+
+    #[test]
+    fn a_lease_report_entry_is_one_fact_per_record() {
+        let f = fields(&[
+            ("k", "A"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1,search_units=5"),
+            ("l", "77"),
+            ("r", "c1:1000,c2:1001,c-3_x:1002"),
+        ]);
+        let facts = parse_all("9999-0", &f).unwrap();
+        let got: Vec<(String, i64)> = facts
+            .iter()
+            .map(|fact| match fact {
+                Fact::Counted {
+                    id,
+                    time_ms,
+                    lease,
+                    tenant,
+                    plan,
+                    meters,
+                } => {
+                    assert_eq!((tenant.as_str(), plan.as_str()), ("acme", "pro"));
+                    assert_eq!(lease.as_deref(), Some("77"));
+                    assert_eq!(meters.len(), 2);
+                    (id.clone(), *time_ms)
+                }
+                other => panic!("not counted: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c1".to_owned(), 1000),
+                ("c2".to_owned(), 1001),
+                ("c-3_x".to_owned(), 1002)
+            ]
+        );
+        // The single-fact kinds parse as before.
+        let a = fields(&[
+            ("k", "a"),
+            ("i", "c1"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", ""),
+        ]);
+        assert_eq!(parse_all("5-0", &a).unwrap().len(), 1);
+        let g = fields(&[("k", "g"), ("l", "77"), ("t", "acme"), ("n", "5")]);
+        assert_eq!(parse_all("5-0", &g), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_broken_record_fails_its_lease_report_entry_and_names_the_record() {
+        let base = [
+            ("k", "A"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+            ("l", "77"),
+        ];
+        for (records, says) in [
+            ("c1:1000,c2", "\"c2\""),
+            ("c1:1000,c 2:5", "\"c 2\""),
+            ("c1:soon", "\"soon\""),
+            ("", "\"\""),
+        ] {
+            let mut f = base.to_vec();
+            f.push(("r", records));
+            let err = parse_all("1-0", &fields(&f)).unwrap_err();
+            assert!(err.contains(says), "{records:?}: {err}");
+        }
+        let no_lease: Vec<_> = base.iter().filter(|(k, _)| *k != "l").copied().collect();
+        let mut f = no_lease;
+        f.push(("r", "c1:1"));
+        assert!(parse_all("1-0", &fields(&f)).unwrap_err().contains("lease"));
     }
 
     #[test]

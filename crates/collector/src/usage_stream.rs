@@ -26,7 +26,9 @@ use crate::stream_entry;
 
 /// The consumer group every collector joins.
 pub const GROUP: &str = "turnpike-collector";
-/// Entries read per stream per round.
+/// Facts read per stream per round, about: a stream whose entries carry lease reports
+/// (many facts each) is read that many fewer entries at a time, so a round's size stays
+/// bounded by facts, not entries.
 const READ_COUNT: usize = 500;
 /// Wait after a round that found nothing; doubled while idle, up to [`MAX_IDLE_WAIT`]
 /// (each round reads every stream: an idle collector must not keep Redis busy).
@@ -53,6 +55,8 @@ pub struct UsageStream {
     ledger: Ledger,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Entries to read per round from each stream (same order as `keys`).
+    counts: Vec<usize>,
 }
 
 /// A round's entries: the facts to apply, what to quarantine, what to acknowledge.
@@ -68,7 +72,8 @@ impl Round {
         self.acks.is_empty()
     }
 
-    fn add(&mut self, key: &str, entry: &StreamId) {
+    /// Add one entry; how many facts it held.
+    fn add(&mut self, key: &str, entry: &StreamId) -> usize {
         let fields: Vec<(String, String)> = entry
             .map
             .iter()
@@ -78,9 +83,12 @@ impl Round {
                 _ => None,
             })
             .collect();
-        match stream_entry::parse(&entry.id, &fields) {
-            Ok(Some(fact)) => self.facts.push(fact),
-            Ok(None) => {}
+        let mut facts = 1;
+        match stream_entry::parse_all(&entry.id, &fields) {
+            Ok(parsed) => {
+                facts = parsed.len();
+                self.facts.extend(parsed);
+            }
             Err(reason) => self.bad.push(Quarantined {
                 field: format!("{key}/{}", entry.id),
                 reason,
@@ -92,7 +100,25 @@ impl Round {
             .entry(key.to_owned())
             .or_default()
             .push(entry.id.clone());
+        facts
     }
+}
+
+/// Entries to read next from a stream whose last read gave `entries` entries holding
+/// `facts` facts: [`READ_COUNT`] facts' worth at that density (at least one entry).
+/// A read that found nothing says nothing new: the count stays.
+fn next_count(current: usize, entries: usize, facts: usize) -> usize {
+    if entries == 0 {
+        return current;
+    }
+    let per_entry = facts.div_ceil(entries).max(1);
+    (READ_COUNT / per_entry).max(1)
+}
+
+/// What a stream not read yet is read at: as if its entries were full lease reports,
+/// until a read shows what they hold.
+fn first_count() -> usize {
+    (READ_COUNT / stream_entry::MAX_RECORDS_PER_ENTRY).max(1)
 }
 
 impl UsageStream {
@@ -102,10 +128,12 @@ impl UsageStream {
         metrics: Arc<Metrics>,
     ) -> Result<UsageStream, ConnectError> {
         let conn = connect(config)?;
+        let keys = all_stream_keys();
         Ok(UsageStream {
             conn,
             consumer: config.consumer.clone(),
-            keys: all_stream_keys(),
+            counts: vec![first_count(); keys.len()],
+            keys,
             ledger,
             metrics,
             timeout: config.redis.timeout,
@@ -230,13 +258,14 @@ impl UsageStream {
         let cmds: Vec<Cmd> = self
             .keys
             .iter()
-            .map(|key| {
+            .zip(&self.counts)
+            .map(|(key, count)| {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP")
                     .arg(GROUP)
                     .arg(&self.consumer)
                     .arg("COUNT")
-                    .arg(READ_COUNT)
+                    .arg(*count)
                     .arg("STREAMS")
                     .arg(key)
                     .arg(from);
@@ -247,12 +276,15 @@ impl UsageStream {
         let replies: Vec<Option<StreamReadReply>> =
             parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
         let mut round = Round::default();
-        for reply in replies.into_iter().flatten() {
-            for stream in reply.keys {
+        for (count, reply) in self.counts.iter_mut().zip(replies) {
+            let (mut entries, mut facts) = (0, 0);
+            for stream in reply.into_iter().flat_map(|r| r.keys) {
                 for entry in &stream.ids {
-                    round.add(&stream.key, entry);
+                    entries += 1;
+                    facts += round.add(&stream.key, entry);
                 }
             }
+            *count = next_count(*count, entries, facts);
         }
         Ok(round)
     }
@@ -262,7 +294,8 @@ impl UsageStream {
         let cmds: Vec<Cmd> = self
             .keys
             .iter()
-            .map(|key| {
+            .zip(&self.counts)
+            .map(|(key, count)| {
                 let mut cmd = redis::cmd("XAUTOCLAIM");
                 cmd.arg(key)
                     .arg(GROUP)
@@ -270,7 +303,7 @@ impl UsageStream {
                     .arg(CLAIM_IDLE_MS)
                     .arg("0-0")
                     .arg("COUNT")
-                    .arg(READ_COUNT);
+                    .arg(*count);
                 cmd
             })
             .collect();
@@ -278,10 +311,12 @@ impl UsageStream {
         let replies: Vec<StreamAutoClaimReply> =
             parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
         let mut round = Round::default();
-        for (key, reply) in self.keys.iter().zip(replies) {
+        for ((key, count), reply) in self.keys.iter().zip(self.counts.iter_mut()).zip(replies) {
+            let mut facts = 0;
             for entry in &reply.claimed {
-                round.add(key, entry);
+                facts += round.add(key, entry);
             }
+            *count = next_count(*count, reply.claimed.len(), facts);
         }
         if !round.is_empty() {
             tracing::info!(
@@ -459,6 +494,24 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_stream_of_lease_reports_is_read_fewer_entries_at_a_time() {
+        // Not read yet: as if full of lease reports.
+        assert_eq!(first_count(), 5);
+        // One fact per entry (exact consumes): the full count.
+        assert_eq!(next_count(first_count(), 5, 5), READ_COUNT);
+        // Lease reports of 100 records: 5 entries, 500 facts.
+        assert_eq!(next_count(READ_COUNT, 40, 4_000), 5);
+        // Mixed: the average decides, rounded up.
+        assert_eq!(next_count(READ_COUNT, 100, 250), READ_COUNT / 3);
+        // Lease bookkeeping only (no facts): still at least one entry per fact's worth.
+        assert_eq!(next_count(5, 3, 0), READ_COUNT);
+        // Nothing read: nothing learnt.
+        assert_eq!(next_count(7, 0, 0), 7);
+        // Never below one entry.
+        assert_eq!(next_count(READ_COUNT, 1, 10_000), 1);
     }
 
     #[test]

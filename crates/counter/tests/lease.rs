@@ -142,14 +142,38 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
         .arg("+")
         .query(&mut redis.conn())
         .unwrap();
-    let admitted: Vec<String> = entries
+    // A report is one entry (k=A) listing its requests as id:ms; none is a k=a.
+    let field = |f: &[(String, String)], name: &str| {
+        f.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let reports: Vec<Vec<String>> = entries
         .iter()
-        .filter(|(_, f)| f.iter().any(|(k, v)| k == "k" && v == "a"))
-        .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "i").map(|(_, v)| v.clone()))
+        .filter(|(_, f)| field(f, "k") == "A")
+        .map(|(_, f)| {
+            assert_eq!(
+                (field(f, "t"), field(f, "l")),
+                ("acme".to_owned(), id.to_string())
+            );
+            field(f, "r")
+                .split(',')
+                .map(|r| r.split(':').next().unwrap_or_default().to_owned())
+                .collect()
+        })
         .collect();
     assert_eq!(
-        admitted,
-        ["leased-0", "leased-1", "leased-2", "leased-late"]
+        reports,
+        [
+            vec!["leased-0", "leased-1", "leased-2"],
+            vec!["leased-late"]
+        ],
+        "{entries:?}"
+    );
+    assert!(
+        !entries.iter().any(|(_, f)| field(f, "k") == "a"),
+        "{entries:?}"
     );
 }
 
@@ -235,6 +259,27 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
         (200, json!(10_000)),
         "{reported}"
     );
+    // In the usage stream: entries of 100 requests each, every one of them once, in order.
+    let stream = turnpike_counter::keys::TenantKeys::new("acme").stream();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .unwrap();
+    let reports: Vec<Vec<String>> = entries
+        .iter()
+        .filter(|(_, f)| f.iter().any(|(k, v)| k == "k" && v == "A"))
+        .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "r"))
+        .map(|(_, r)| r.split(',').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(reports.len(), 100);
+    assert!(reports.iter().all(|r| r.len() == 100));
+    let ids: Vec<String> = reports.concat();
+    let expected: Vec<String> = (0..10_000)
+        .map(|i| format!("leased-0123456789abcdef-{i:08}:{now_ms}"))
+        .collect();
+    assert_eq!(ids, expected);
 }
 
 /// A renewal that reaches the counter in a second's last milliseconds, for a lease that
