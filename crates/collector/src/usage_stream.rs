@@ -83,19 +83,22 @@ impl Round {
                 _ => None,
             })
             .collect();
-        let mut facts = 1;
-        match stream_entry::parse_all(&entry.id, &fields) {
+        let facts = match stream_entry::parse_all(&entry.id, &fields) {
             Ok(parsed) => {
-                facts = parsed.len();
+                let n = parsed.len();
                 self.facts.extend(parsed);
+                n
             }
-            Err(reason) => self.bad.push(Quarantined {
-                field: format!("{key}/{}", entry.id),
-                reason,
-                raw: serde_json::to_string(&fields).unwrap_or_default(),
-                id: None,
-            }),
-        }
+            Err(reason) => {
+                self.bad.push(Quarantined {
+                    field: format!("{key}/{}", entry.id),
+                    reason,
+                    raw: serde_json::to_string(&fields).unwrap_or_default(),
+                    id: None,
+                });
+                1
+            }
+        };
         self.acks
             .entry(key.to_owned())
             .or_default()
@@ -117,9 +120,7 @@ fn next_count(current: usize, entries: usize, facts: usize) -> usize {
 
 /// What a stream not read yet is read at: as if its entries were full lease reports,
 /// until a read shows what they hold.
-fn first_count() -> usize {
-    (READ_COUNT / stream_entry::MAX_RECORDS_PER_ENTRY).max(1)
-}
+const FIRST_COUNT: usize = READ_COUNT / stream_entry::MAX_RECORDS_PER_ENTRY;
 
 impl UsageStream {
     pub async fn connect(
@@ -132,7 +133,7 @@ impl UsageStream {
         Ok(UsageStream {
             conn,
             consumer: config.consumer.clone(),
-            counts: vec![first_count(); keys.len()],
+            counts: vec![FIRST_COUNT; keys.len()],
             keys,
             ledger,
             metrics,
@@ -499,9 +500,9 @@ mod tests {
     #[test]
     fn a_stream_of_lease_reports_is_read_fewer_entries_at_a_time() {
         // Not read yet: as if full of lease reports.
-        assert_eq!(first_count(), 5);
+        assert_eq!(FIRST_COUNT, 5);
         // One fact per entry (exact consumes): the full count.
-        assert_eq!(next_count(first_count(), 5, 5), READ_COUNT);
+        assert_eq!(next_count(FIRST_COUNT, 5, 5), READ_COUNT);
         // Lease reports of 100 records: 5 entries, 500 facts.
         assert_eq!(next_count(READ_COUNT, 40, 4_000), 5);
         // Mixed: the average decides, rounded up.

@@ -135,31 +135,16 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     .await;
     assert_eq!(daily_used(&api, "acme").await, 4);
 
-    let stream = turnpike_counter::keys::TenantKeys::new("acme").stream();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .unwrap();
     // A report is one entry (k=A) listing its requests as id:ms; none is a k=a.
-    let field = |f: &[(String, String)], name: &str| {
-        f.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let reports: Vec<Vec<String>> = entries
+    let entries = redis.stream_entries("acme");
+    let reports: Vec<Vec<&str>> = entries
         .iter()
-        .filter(|(_, f)| field(f, "k") == "A")
-        .map(|(_, f)| {
-            assert_eq!(
-                (field(f, "t"), field(f, "l")),
-                ("acme".to_owned(), id.to_string())
-            );
-            field(f, "r")
+        .filter(|e| e["k"] == "A")
+        .map(|e| {
+            assert_eq!(e["l"], id.to_string(), "{e:?}");
+            e["r"]
                 .split(',')
-                .map(|r| r.split(':').next().unwrap_or_default().to_owned())
+                .map(|r| r.split(':').next().unwrap_or_default())
                 .collect()
         })
         .collect();
@@ -171,10 +156,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
         ],
         "{entries:?}"
     );
-    assert!(
-        !entries.iter().any(|(_, f)| field(f, "k") == "a"),
-        "{entries:?}"
-    );
+    assert!(!entries.iter().any(|e| e["k"] == "a"), "{entries:?}");
 }
 
 #[tokio::test]
@@ -260,18 +242,11 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
         "{reported}"
     );
     // In the usage stream: entries of 100 requests each, every one of them once, in order.
-    let stream = turnpike_counter::keys::TenantKeys::new("acme").stream();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .unwrap();
-    let reports: Vec<Vec<String>> = entries
+    let reports: Vec<Vec<String>> = redis
+        .stream_entries("acme")
         .iter()
-        .filter(|(_, f)| f.iter().any(|(k, v)| k == "k" && v == "A"))
-        .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "r"))
-        .map(|(_, r)| r.split(',').map(str::to_owned).collect())
+        .filter(|e| e["k"] == "A")
+        .map(|e| e["r"].split(',').map(str::to_owned).collect())
         .collect();
     assert_eq!(reports.len(), 100);
     assert!(reports.iter().all(|r| r.len() == 100));

@@ -91,17 +91,11 @@ async fn a_settlement_moves_every_window_of_the_meter_by_the_difference_once() {
     assert_eq!(refund["refunded"], true);
     assert_eq!(used(&api, "tokens-daily").await, 1900);
 
-    let stream = turnpike_counter::keys::TenantKeys::new("acme").stream();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .unwrap();
-    let settles: Vec<String> = entries
-        .iter()
-        .filter(|(_, f)| f.iter().any(|(k, v)| k == "k" && v == "s"))
-        .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "m").map(|(_, v)| v.clone()))
+    let settles: Vec<String> = redis
+        .stream_entries("acme")
+        .into_iter()
+        .filter(|e| e["k"] == "s")
+        .filter_map(|mut e| e.remove("m"))
         .collect();
     assert_eq!(settles, ["requests=1,tokens=850", "requests=1,tokens=1900"]);
 }

@@ -24,25 +24,6 @@ limits = [ { name = "per-second", meter = "requests", window = "second", max = 5
 plan = "burst"
 "#;
 
-fn stream_entries(redis: &Redis, tenant: &str) -> Vec<BTreeMap<String, String>> {
-    let key = turnpike_counter::keys::TenantKeys::new(tenant).stream();
-    let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&key)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .expect("XRANGE");
-    reply
-        .into_iter()
-        .map(|(id, fields)| {
-            let mut entry: BTreeMap<String, String> = fields.into_iter().collect();
-            entry.insert("stream_id".into(), id);
-            entry
-        })
-        .filter(|e| e.get("t").map(String::as_str) == Some(tenant))
-        .collect()
-}
-
 #[tokio::test]
 async fn unauthenticated_consume_refund_and_reads_are_refused_with_401_problem() {
     let redis = Redis::start();
@@ -259,7 +240,7 @@ async fn admitted_consumes_and_refunds_are_appended_to_the_usage_stream() {
     // Denied consumes leave no trace.
     api.consume("d1", "acme", &[("requests", 50)]).await;
 
-    let entries = stream_entries(&redis, "acme");
+    let entries = redis.stream_entries("acme");
     let kinds: Vec<(&str, &str)> = entries
         .iter()
         .map(|e| (e["k"].as_str(), e["i"].as_str()))
@@ -302,7 +283,8 @@ async fn a_refund_that_overtakes_its_consume_cancels_it() {
         redis.keys(&tenant_keys("acme", "q:*")).is_empty(),
         "nothing was counted"
     );
-    let kinds: Vec<String> = stream_entries(&redis, "acme")
+    let kinds: Vec<String> = redis
+        .stream_entries("acme")
         .iter()
         .map(|e| e["k"].clone())
         .collect();

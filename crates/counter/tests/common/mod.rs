@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -116,6 +117,27 @@ impl Redis {
         let pid = i32::try_from(child.id()).expect("pid fits");
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill redis");
+    }
+
+    /// The entries of `tenant`'s usage stream (its bucket's, filtered on `t`), oldest
+    /// first, each with its stream id under `stream_id`.
+    pub fn stream_entries(&self, tenant: &str) -> Vec<BTreeMap<String, String>> {
+        let key = turnpike_counter::keys::TenantKeys::new(tenant).stream();
+        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut self.conn())
+            .expect("XRANGE");
+        reply
+            .into_iter()
+            .map(|(id, fields)| {
+                let mut entry: BTreeMap<String, String> = fields.into_iter().collect();
+                entry.insert("stream_id".into(), id);
+                entry
+            })
+            .filter(|e| e.get("t").map(String::as_str) == Some(tenant))
+            .collect()
     }
 
     pub fn conn(&self) -> redis::Connection {
