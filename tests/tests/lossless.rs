@@ -143,6 +143,44 @@ async fn a_collector_killed_under_load_bills_every_admitted_request_once_restart
     assert_ledger_equals_admitted(&stack, "loaded", &report).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_tenants_reach_the_ledger_while_another_keeps_the_collector_busy() {
+    // The collector reads a stream found empty ever less often, and a busy one every
+    // round: a quiet tenant's usage must still come in while the load goes on.
+    let (stack, token) = loaded_stack().await;
+    let busy = turnpike_plans::keys::bucket("loaded");
+    let quiet: Vec<String> = (0..)
+        .map(|i| format!("quiet-{i}"))
+        .filter(|t| turnpike_plans::keys::bucket(t) != busy)
+        .take(4)
+        .collect();
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, CLIENTS);
+    for (k, tenant) in quiet.iter().enumerate() {
+        // Spread over the load, so each finds its stream at a different wait.
+        tokio::time::sleep(Duration::from_millis(300 * k as u64 + 200)).await;
+        let reply = stack.get("/v1/things", Some(&stack.token(tenant))).await;
+        assert_eq!(reply.status, 200, "{tenant}: {}", reply.body);
+    }
+    for tenant in &quiet {
+        eventually(
+            "the quiet tenant's request counted in the ledger from its stream",
+            Duration::from_secs(60),
+            || async {
+                let (_, rows) = ledger_ids(&stack, tenant).await?;
+                rows.iter().any(|r| r["counted"] == true).then_some(())
+            },
+        )
+        .await;
+    }
+    let report = load.stop().await;
+    assert!(
+        report.admitted.len() > 1000,
+        "too little load: {:?}",
+        report.statuses
+    );
+    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+}
+
 turnpike_tests::on_each_topology! {
     worker_threads = 4;
     async fn envoy_drained_and_stopped_under_load_loses_no_admitted_request(topology) {

@@ -22,5 +22,6 @@ pub mod reconcile;
 pub mod server;
 mod sqlite_path;
 pub mod stream_entry;
+pub mod stream_poll;
 pub mod usage_stream;
 pub mod window;

@@ -7,7 +7,9 @@
 //!
 //! The 256 streams are read with one command per stream: pipelined to a single Redis,
 //! or, on a Redis Cluster, each sent to its slot's master, all in flight at once
-//! (`RedisConn::query_each`): a cluster pipeline cannot span slots.
+//! (`RedisConn::query_each`): a cluster pipeline cannot span slots. A round reads the
+//! streams that are due ([`PollSchedule`]): those that gave entries last time at once,
+//! quiet ones ever less often.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::ledger::Ledger;
 use crate::merge::Fact;
 use crate::metrics::Metrics;
 use crate::stream_entry;
+use crate::stream_poll::PollSchedule;
 
 /// The consumer group every collector joins.
 pub const GROUP: &str = "turnpike-collector";
@@ -30,10 +33,8 @@ pub const GROUP: &str = "turnpike-collector";
 /// (many facts each) is read that many fewer entries at a time, so a round's size stays
 /// bounded by facts, not entries.
 const READ_COUNT: usize = 500;
-/// Wait after a round that found nothing; doubled while idle, up to [`MAX_IDLE_WAIT`]
-/// (each round reads every stream: an idle collector must not keep Redis busy).
-const IDLE_WAIT: Duration = Duration::from_millis(50);
-const MAX_IDLE_WAIT: Duration = Duration::from_millis(800);
+/// First wait after a failed round; doubled while rounds fail, up to 5 s.
+const ERROR_WAIT: Duration = Duration::from_millis(50);
 /// Entries another collector read but did not acknowledge for this long are claimed.
 const CLAIM_IDLE_MS: usize = 30_000;
 const CLAIM_EVERY: Duration = Duration::from_secs(10);
@@ -57,6 +58,8 @@ pub struct UsageStream {
     timeout: Duration,
     /// Entries to read per round from each stream (same order as `keys`).
     counts: Vec<usize>,
+    /// When each stream is read next (same order).
+    schedule: PollSchedule,
 }
 
 /// A round's entries: the facts to apply, what to quarantine, what to acknowledge.
@@ -134,6 +137,7 @@ impl UsageStream {
             conn,
             consumer: config.consumer.clone(),
             counts: vec![FIRST_COUNT; keys.len()],
+            schedule: PollSchedule::new(keys.len(), Instant::now()),
             keys,
             ledger,
             metrics,
@@ -149,8 +153,7 @@ impl UsageStream {
         let mut last_claim = Instant::now();
         let mut last_trim = Instant::now();
         let mut last_log = Instant::now() - Duration::from_secs(60);
-        let mut backoff = IDLE_WAIT;
-        let mut idle = IDLE_WAIT;
+        let mut backoff = ERROR_WAIT;
         loop {
             let result = async {
                 if !groups_ready {
@@ -188,13 +191,11 @@ impl UsageStream {
             }
             .await;
             match result {
-                Ok(true) => {
-                    backoff = IDLE_WAIT;
-                    idle = IDLE_WAIT;
-                }
+                Ok(true) => backoff = ERROR_WAIT,
                 Ok(false) => {
-                    tokio::time::sleep(idle).await;
-                    idle = (idle * 2).min(MAX_IDLE_WAIT);
+                    backoff = ERROR_WAIT;
+                    let next = self.schedule.next_due(Instant::now());
+                    tokio::time::sleep_until(next.into()).await;
                 }
                 Err(err) => {
                     self.metrics.stream_error();
@@ -253,31 +254,38 @@ impl UsageStream {
         Ok(())
     }
 
-    /// One XREADGROUP per stream, pipelined: `>` for new entries, `0` for this
-    /// consumer's pending ones.
+    /// One XREADGROUP per stream, pipelined: `>` for new entries from the streams that
+    /// are due, `0` for this consumer's pending ones in every stream.
     async fn read(&mut self, from: &str) -> Result<Round, StreamError> {
-        let cmds: Vec<Cmd> = self
-            .keys
+        let now = Instant::now();
+        let streams = if from == ">" {
+            self.schedule.due(now)
+        } else {
+            (0..self.keys.len()).collect()
+        };
+        let cmds: Vec<Cmd> = streams
             .iter()
-            .zip(&self.counts)
-            .map(|(key, count)| {
+            .map(|&i| {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP")
                     .arg(GROUP)
                     .arg(&self.consumer)
                     .arg("COUNT")
-                    .arg(*count)
+                    .arg(self.counts[i])
                     .arg("STREAMS")
-                    .arg(key)
+                    .arg(&self.keys[i])
                     .arg(from);
                 cmd
             })
             .collect();
+        let mut round = Round::default();
+        if cmds.is_empty() {
+            return Ok(round);
+        }
         let mut conn = self.conn.clone();
         let replies: Vec<Option<StreamReadReply>> =
             parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
-        let mut round = Round::default();
-        for (count, reply) in self.counts.iter_mut().zip(replies) {
+        for (&i, reply) in streams.iter().zip(replies) {
             let (mut entries, mut facts) = (0, 0);
             for stream in reply.into_iter().flat_map(|r| r.keys) {
                 for entry in &stream.ids {
@@ -285,7 +293,10 @@ impl UsageStream {
                     facts += round.add(&stream.key, entry);
                 }
             }
-            *count = next_count(*count, entries, facts);
+            self.counts[i] = next_count(self.counts[i], entries, facts);
+            if from == ">" {
+                self.schedule.read(i, entries, now);
+            }
         }
         Ok(round)
     }
