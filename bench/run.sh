@@ -16,7 +16,8 @@
 #             reserved from /max_tokens and settled from the answer's
 #             /usage/total_tokens (docs/usage-metering.md); a consume and a settle
 #             callout per request, the headers held until the body is read
-# Then the collector's own ingest rate into SQLite and PostgreSQL (INGEST=0 skips it),
+# Then the collector's own ingest rate into SQLite and PostgreSQL and its ledger's CPU per
+# usage-stream fact (INGEST=0 skips them),
 # and the capacity figures of the counter and Redis alone, on one Redis and on a Redis
 # Cluster (bench/capacity.sh, docs/capacity.md; CAPACITY=0 skips them).
 # Envoy --concurrency 1 (turnpike-leased-c2: 2), wrk 1 thread / 32 connections on
@@ -293,6 +294,9 @@ if [ "${INGEST:-1}" = 1 ]; then
   say "collector ingest rate (batches of 500 over h2c; SQLite synchronous=FULL, PostgreSQL defaults)"
   cargo test -q --release -p turnpike-collector --test ingest_bench -- --ignored --nocapture 2>&1 \
     | grep -E 'events/s' || die "ingest measurement failed (see cargo test -p turnpike-collector --test ingest_bench)"
+  say "ledger write cost: the counter's usage-stream facts applied to SQLite in rounds of 200-799"
+  cargo test -q --release -p turnpike-collector --test ledger_bench -- --ignored --nocapture 2>&1 \
+    | grep -E 'CPU per fact' || die "ledger measurement failed (see cargo test -p turnpike-collector --test ledger_bench)"
 fi
 
 if [ "${CAPACITY:-1}" = 1 ]; then
