@@ -28,19 +28,11 @@ pub const MAX_RECORDS_PER_ENTRY: usize = 100;
 /// counter's own bookkeeping, listed in its metrics). The error says what is wrong
 /// with it (the whole entry is quarantined).
 pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact>, String> {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let field = |name: &str| field_of(fields, name);
     if field("k") != Some("A") {
         return Ok(parse(entry_id, fields)?.into_iter().collect());
     }
-    let tenant = field("t").ok_or("no tenant (field t)")?;
-    if !ids::is_valid_tenant(tenant) {
-        return Err(format!("tenant {tenant:?} is not a tenant id"));
-    }
+    let tenant = checked_tenant(field("t"))?;
     let plan = field("p").ok_or("no plan (field p)")?;
     let meters = parse_meters(field("m").ok_or("no meters (field m)")?)?;
     let lease = field("l").ok_or("no lease (field l)")?;
@@ -51,9 +43,7 @@ pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact
             let (id, ts) = record
                 .split_once(':')
                 .ok_or_else(|| format!("record {record:?} is not <consume id>:<unix ms>"))?;
-            if !ids::is_valid_consume_id(id) {
-                return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
-            }
+            let id = checked_consume_id(id)?;
             let time_ms = ts
                 .parse::<i64>()
                 .map_err(|_| format!("decision time {ts:?} of {id} is not unix ms"))?;
@@ -72,12 +62,7 @@ pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact
 /// Parse one entry of a single fact: a fact for the ledger, or `None` for the lease
 /// lifecycle entries. The error says what is wrong with it (it is quarantined).
 fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, String> {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let field = |name: &str| field_of(fields, name);
     let time_ms = entry_id
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<i64>().ok())
@@ -85,14 +70,8 @@ fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, St
     if matches!(field("k"), Some("g" | "x")) {
         return Ok(None);
     }
-    let id = field("i").ok_or("no consume id (field i)")?;
-    if !ids::is_valid_consume_id(id) {
-        return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
-    }
-    let tenant = field("t").ok_or("no tenant (field t)")?;
-    if !ids::is_valid_tenant(tenant) {
-        return Err(format!("tenant {tenant:?} is not a tenant id"));
-    }
+    let id = checked_consume_id(field("i").ok_or("no consume id (field i)")?)?;
+    let tenant = checked_tenant(field("t"))?;
     let (id, tenant) = (id.to_owned(), tenant.to_owned());
     match field("k") {
         Some("a") => {
@@ -132,6 +111,31 @@ fn parse(entry_id: &str, fields: &[(String, String)]) -> Result<Option<Fact>, St
         })),
         other => Err(format!("unknown entry kind {other:?}")),
     }
+}
+
+/// The value of an entry's field `name`.
+fn field_of<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The tenant (field `t`), if it is a tenant id.
+fn checked_tenant(tenant: Option<&str>) -> Result<&str, String> {
+    let tenant = tenant.ok_or("no tenant (field t)")?;
+    if !ids::is_valid_tenant(tenant) {
+        return Err(format!("tenant {tenant:?} is not a tenant id"));
+    }
+    Ok(tenant)
+}
+
+/// `id`, if it is a consume id.
+fn checked_consume_id(id: &str) -> Result<&str, String> {
+    if !ids::is_valid_consume_id(id) {
+        return Err(format!("consume id {id:?} is not 1..=64 of [A-Za-z0-9_-]"));
+    }
+    Ok(id)
 }
 
 /// `meter=q,meter=q` into pairs.
