@@ -85,6 +85,17 @@ async fn assert_ledger_equals_admitted(stack: &Stack, tenant: &str, report: &Loa
     );
 }
 
+/// Stops the load; it must have had more than `at_least` requests admitted.
+async fn stop_load(load: Load, at_least: usize) -> LoadReport {
+    let report = load.stop().await;
+    assert!(
+        report.admitted.len() > at_least,
+        "too little load: {:?}",
+        report.statuses
+    );
+    report
+}
+
 async fn loaded_stack() -> (Stack, String) {
     loaded_stack_on(Topology::Single).await
 }
@@ -111,12 +122,7 @@ async fn a_collector_frozen_under_load_bills_every_admitted_request_once_resumed
     tokio::time::sleep(Duration::from_secs(fault_secs())).await;
     stack.collector_mut().process().resume();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = load.stop().await;
-    assert!(
-        report.admitted.len() > 1000,
-        "too little load: {:?}",
-        report.statuses
-    );
+    let report = stop_load(load, 1000).await;
     assert_eq!(
         report.errors, 0,
         "the collector's outage must not fail requests"
@@ -134,12 +140,7 @@ async fn a_collector_killed_under_load_bills_every_admitted_request_once_restart
     tokio::time::sleep(Duration::from_secs(fault_secs())).await;
     stack.collector_mut().restart().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = load.stop().await;
-    assert!(
-        report.admitted.len() > 1000,
-        "too little load: {:?}",
-        report.statuses
-    );
+    let report = stop_load(load, 1000).await;
     assert_ledger_equals_admitted(&stack, "loaded", &report).await;
 }
 
@@ -172,12 +173,7 @@ async fn quiet_tenants_reach_the_ledger_while_another_keeps_the_collector_busy()
         )
         .await;
     }
-    let report = load.stop().await;
-    assert!(
-        report.admitted.len() > 1000,
-        "too little load: {:?}",
-        report.statuses
-    );
+    let report = stop_load(load, 1000).await;
     assert_ledger_equals_admitted(&stack, "loaded", &report).await;
 }
 
@@ -196,12 +192,7 @@ turnpike_tests::on_each_topology! {
         assert_eq!(drained.status(), 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
         stack.envoy.process().terminate(Duration::from_secs(10));
-        let report = load.stop().await;
-        assert!(
-            report.admitted.len() > 100,
-            "too little load: {:?}",
-            report.statuses
-        );
+        let report = stop_load(load, 100).await;
         // Envoy is gone with whatever usage events it still held: the counter's usage
         // stream has every admitted request anyway.
         assert_ledger_equals_admitted(&stack, "loaded", &report).await;

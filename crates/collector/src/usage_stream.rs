@@ -191,11 +191,12 @@ impl UsageStream {
             }
             .await;
             match result {
-                Ok(true) => backoff = ERROR_WAIT,
-                Ok(false) => {
+                Ok(busy) => {
                     backoff = ERROR_WAIT;
-                    let next = self.schedule.next_due(Instant::now());
-                    tokio::time::sleep_until(next.into()).await;
+                    if !busy {
+                        let next = self.schedule.next_due(Instant::now());
+                        tokio::time::sleep_until(next.into()).await;
+                    }
                 }
                 Err(err) => {
                     self.metrics.stream_error();
