@@ -6,7 +6,7 @@
 //! Pure: encoding and the decisions; the glue is `wasm::lease`.
 
 /// Encoded size of a [`LeaseState`].
-pub const ENCODED_LEN: usize = 80;
+pub const ENCODED_LEN: usize = 88;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseState {
@@ -28,6 +28,11 @@ pub struct LeaseState {
     pub last_grant: u64,
     /// The lease's end as the counter last answered it (unix ms, the counter's clock).
     pub counter_end_ms: u64,
+    /// When the counter last granted units of it (unix ms, the counter's clock). All
+    /// of a lease's grants are taken from the same windows (the counter starts a new
+    /// lease when they roll on), so any time from here to `counter_end_ms` lies in
+    /// every window its units came from: what a request spent from it is billed there.
+    pub counter_granted_ms: u64,
     /// A renewal of this lease left its end where it was: the end is a window's end
     /// (a per-second limit's second), which no renewal can move. Asking again before
     /// it would only add units that go back unspent: ask when the lease ends instead.
@@ -74,6 +79,10 @@ pub struct Hold {
     pub last_spend_ms: u64,
     /// What the shared lease held right after the take (for `RateLimit`'s `r`).
     pub shared_after: u64,
+    /// The lease's last grant and its end on the counter's clock, as at the take:
+    /// the span a request spent from the hold is billed in.
+    pub counter_granted_ms: u64,
+    pub counter_end_ms: u64,
 }
 
 impl Hold {
@@ -91,6 +100,21 @@ impl Hold {
     /// Requests the proxy can still admit from the lease, as this worker last saw it.
     pub fn remaining(&self) -> u64 {
         self.units.saturating_add(self.shared_after)
+    }
+
+    /// When to bill a request spent from the hold, given this worker's estimate of the
+    /// counter's time: never before the lease's last grant nor at or after its end.
+    /// A worker's estimate comes from its own last renewal answer and can lag by tens
+    /// of ms on a loaded proxy, while the lease may have been renewed by another
+    /// worker: unclamped, a request spent just after a second turned would be billed
+    /// in the second before, whose own lease was already spent in full there.
+    pub fn billed_at(&self, estimate_ms: u64) -> u64 {
+        let at = estimate_ms.max(self.counter_granted_ms);
+        if self.counter_end_ms > self.counter_granted_ms {
+            at.min(self.counter_end_ms - 1)
+        } else {
+            at
+        }
     }
 
     /// A refunded request's unit back into the hold, if it came from this lease.
@@ -127,6 +151,7 @@ impl LeaseState {
             self.last_grant,
             self.counter_end_ms,
             u64::from(self.end_fixed),
+            self.counter_granted_ms,
         ];
         for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&value.to_le_bytes());
@@ -158,6 +183,7 @@ impl LeaseState {
             last_grant: next()?,
             counter_end_ms: next()?,
             end_fixed: next()? != 0,
+            counter_granted_ms: next()?,
         })
     }
 
@@ -232,6 +258,8 @@ impl LeaseState {
                 spent: 0,
                 last_spend_ms: now_ms,
                 shared_after: self.balance,
+                counter_granted_ms: self.counter_granted_ms,
+                counter_end_ms: self.counter_end_ms,
             };
         }
         // Ask before the lease runs dry: at half of the last grant, or when it ends
@@ -276,14 +304,16 @@ impl LeaseState {
     }
 
     /// The counter answered a renewal: `lease` with `granted` more requests until
-    /// `expires_ms` (local clock; `counter_end_ms` on the counter's). A new lease
-    /// replaces the old one (whose units went back to the counter with its windows).
+    /// `expires_ms` (local clock; `counter_end_ms` on the counter's), granted at
+    /// `counter_now_ms` (the counter's clock). A new lease replaces the old one (whose
+    /// units went back to the counter with its windows).
     pub fn granted(
         &mut self,
         lease: Option<u64>,
         granted: u64,
         expires_ms: u64,
         counter_end_ms: u64,
+        counter_now_ms: u64,
         now_ms: u64,
     ) {
         match lease {
@@ -304,6 +334,7 @@ impl LeaseState {
         }
         if lease.is_some() && granted > 0 {
             self.counter_end_ms = counter_end_ms;
+            self.counter_granted_ms = counter_now_ms;
         }
         if lease.is_some() {
             self.expires_ms = expires_ms;
@@ -358,6 +389,7 @@ mod tests {
             last_grant: 9,
             counter_end_ms: 10,
             end_fixed: true,
+            counter_granted_ms: 11,
         };
         assert_eq!(LeaseState::decode(&s.encode()), Some(s));
         assert_eq!(LeaseState::decode(&[0; ENCODED_LEN - 1]), None);
@@ -379,7 +411,7 @@ mod tests {
     #[test]
     fn a_grant_is_spent_then_renewed_at_half_before_it_runs_dry() {
         let mut s = LeaseState::default();
-        s.granted(Some(7), 10, 60_000, 60_000, 10_000);
+        s.granted(Some(7), 10, 60_000, 60_000, 10_000, 10_000);
         let mut renewals = Vec::new();
         for i in 0..10 {
             let spend = s.spend(10_000 + i, &TUNING);
@@ -390,7 +422,7 @@ mod tests {
         }
         assert_eq!(renewals, [4], "one renewal, when half the grant was left");
         assert!(!s.spend(10_020, &TUNING).admitted, "dry");
-        s.granted(Some(7), 5, 60_000, 60_000, 10_030);
+        s.granted(Some(7), 5, 60_000, 60_000, 10_030, 10_030);
         assert_eq!(s.balance, 5);
         assert!(s.spend(10_031, &TUNING).admitted);
     }
@@ -398,7 +430,7 @@ mod tests {
     #[test]
     fn a_lease_is_not_spent_at_or_near_its_end() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100, 20_000, 20_000, 10_000);
+        s.granted(Some(1), 100, 20_000, 20_000, 10_000, 10_000);
         assert!(!s.spend(19_996, &TUNING).admitted);
         assert!(!s.spend(20_000, &TUNING).admitted);
     }
@@ -406,7 +438,7 @@ mod tests {
     #[test]
     fn the_ask_follows_the_recent_rate() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100_000, 99_000_000, 99_000_000, 0);
+        s.granted(Some(1), 100_000, 99_000_000, 99_000_000, 0, 0);
         for i in 0..400 {
             s.spend(5_000 + i, &TUNING);
         }
@@ -419,11 +451,11 @@ mod tests {
     #[test]
     fn nothing_granted_backs_off_and_a_new_lease_replaces_the_old() {
         let mut s = LeaseState::default();
-        s.granted(None, 0, 0, 0, 1_000);
+        s.granted(None, 0, 0, 0, 1_000, 1_000);
         assert_eq!(s.spend(1_100, &TUNING).renew, None, "backing off");
         assert!(s.spend(1_300, &TUNING).renew.is_some());
-        s.granted(Some(1), 10, 9_000, 9_000, 1_400);
-        s.granted(Some(2), 4, 9_500, 9_500, 1_500);
+        s.granted(Some(1), 10, 9_000, 9_000, 1_400, 1_400);
+        s.granted(Some(2), 4, 9_500, 9_500, 1_500, 1_500);
         assert_eq!((s.id, s.balance, s.expires_ms), (2, 4, 9_500));
     }
 
@@ -431,7 +463,7 @@ mod tests {
     fn a_lease_that_cannot_outlive_its_window_is_renewed_when_it_ends_not_before() {
         let mut s = LeaseState::default();
         // Busy: 1000 requests in second 10.
-        s.granted(Some(1), 100_000, 11_000, 11_000, 10_000);
+        s.granted(Some(1), 100_000, 11_000, 11_000, 10_000, 10_000);
         for i in 0..1000 {
             s.spend(10_000 + i / 10, &TUNING);
         }
@@ -439,7 +471,7 @@ mod tests {
         let early = s.spend(10_600, &TUNING);
         assert!(early.renew.is_some());
         // The counter extended the lease but its end stayed (a window's end).
-        s.granted(Some(1), 10, 11_000, 11_000, 10_610);
+        s.granted(Some(1), 10, 11_000, 11_000, 10_610, 10_610);
         assert!(s.end_fixed);
         for t in [10_700, 10_900, 10_960, 10_991] {
             assert_eq!(
@@ -457,7 +489,7 @@ mod tests {
         let ended = s.spend(10_995, &TUNING);
         assert!(!ended.admitted);
         assert_eq!(ended.renew, None);
-        s.granted(Some(2), 50, 12_000, 12_000, 11_010);
+        s.granted(Some(2), 50, 12_000, 12_000, 11_010, 11_010);
         assert!(
             !s.end_fixed,
             "a new lease: its end is not known to be fixed"
@@ -467,11 +499,11 @@ mod tests {
     #[test]
     fn a_fixed_end_lease_asks_only_for_what_its_remaining_time_can_spend() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100_000, 20_000, 20_000, 10_000);
+        s.granted(Some(1), 100_000, 20_000, 20_000, 10_000, 10_000);
         for i in 0..1000 {
             s.spend(19_000 + i, &TUNING);
         }
-        s.granted(Some(1), 5, 20_000, 20_000, 19_950);
+        s.granted(Some(1), 5, 20_000, 20_000, 19_950, 19_950);
         // 1000 requests a second, 30 ms left of a 100 ms target: 30.
         assert_eq!(s.want(19_970, &TUNING), 30);
         // Spent down to half of the last grant, still in time: more units.
@@ -482,7 +514,7 @@ mod tests {
     #[test]
     fn quiet_or_ended_leases_go_back() {
         let mut s = LeaseState::default();
-        s.granted(Some(3), 10, 50_000, 50_000, 1_000);
+        s.granted(Some(3), 10, 50_000, 50_000, 1_000, 1_000);
         s.spend(1_000, &TUNING);
         assert!(!s.should_close(2_000, 2_000));
         assert!(s.should_close(3_000, 2_000), "quiet for 2 s");
@@ -508,7 +540,7 @@ mod tests {
     #[test]
     fn a_worker_takes_a_few_milliseconds_of_traffic_and_spends_them_without_the_shared_state() {
         let mut s = LeaseState::default();
-        s.granted(Some(9), 10_000, 60_000, 60_000, 10_000);
+        s.granted(Some(9), 10_000, 60_000, 60_000, 10_000, 10_000);
         // 4000 requests a second so far: 5 ms of that is 20.
         s.give_back(
             &Hold {
@@ -539,7 +571,7 @@ mod tests {
     #[test]
     fn a_hold_is_never_more_than_a_quarter_of_the_lease_and_never_outlives_it() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 8, 20_000, 20_000, 10_000);
+        s.granted(Some(1), 8, 20_000, 20_000, 10_000, 10_000);
         s.give_back(
             &Hold {
                 spent: 100_000,
@@ -557,7 +589,7 @@ mod tests {
         assert!(!late.spend(19_995), "at the lease's end less the margin");
         // One unit left: it goes to the request, and the hold is empty.
         let mut s = LeaseState::default();
-        s.granted(Some(2), 1, 20_000, 20_000, 10_000);
+        s.granted(Some(2), 1, 20_000, 20_000, 10_000, 10_000);
         let (spend, hold) = s.take(10_000, &HOLDING, &Hold::default());
         assert!(spend.admitted);
         assert_eq!((hold.units, s.balance), (0, 0));
@@ -566,7 +598,7 @@ mod tests {
     #[test]
     fn unspent_units_go_back_only_to_the_lease_they_came_from() {
         let mut s = LeaseState::default();
-        s.granted(Some(1), 100, 20_000, 20_000, 10_000);
+        s.granted(Some(1), 100, 20_000, 20_000, 10_000, 10_000);
         let hold = Hold {
             lease: 1,
             units: 7,
@@ -574,13 +606,14 @@ mod tests {
             spent: 3,
             last_spend_ms: 10_010,
             shared_after: 0,
+            ..Hold::default()
         };
         let mut stale = hold;
         s.give_back(&hold, 10_015);
         assert_eq!(s.balance, 107);
         assert_eq!(s.last_spend_ms, 10_010);
         // A new lease replaced it: the old one's units went back with it at the counter.
-        s.granted(Some(2), 50, 21_000, 21_000, 10_020);
+        s.granted(Some(2), 50, 21_000, 21_000, 10_020, 10_020);
         s.give_back(&stale, 10_030);
         assert_eq!(s.balance, 50);
         // A refund goes into the hold only from its own lease.
@@ -588,5 +621,34 @@ mod tests {
         assert!(!stale.refund(2));
         assert!(!stale.refund(0));
         assert_eq!(stale.units, 8);
+    }
+
+    #[test]
+    fn a_request_is_billed_inside_the_span_its_lease_was_granted_for() {
+        // The worker's clock runs 40 ms behind the counter's; the lease was renewed
+        // (by another worker) at 12_003 on the counter's clock, for the second that
+        // ends at 13_000.
+        let mut s = LeaseState::default();
+        s.granted(Some(4), 100, 12_960, 13_000, 12_003, 11_970);
+        let (spend, hold) = s.take(11_975, &HOLDING, &Hold::default());
+        assert!(spend.admitted);
+        assert_eq!(
+            (hold.counter_granted_ms, hold.counter_end_ms),
+            (12_003, 13_000)
+        );
+        // A lagging estimate (in the second before) is billed at the grant.
+        assert_eq!(hold.billed_at(11_990), 12_003);
+        // An estimate inside the span is kept.
+        assert_eq!(hold.billed_at(12_500), 12_500);
+        // One at or past the lease's end is billed in its last millisecond.
+        assert_eq!(hold.billed_at(13_000), 12_999);
+        assert_eq!(hold.billed_at(13_250), 12_999);
+        // A renewal of the same lease moves the grant time on; the hold taken after it
+        // carries the new one.
+        s.granted(Some(4), 50, 12_960, 13_000, 12_400, 12_370);
+        let (_, later) = s.take(12_380, &HOLDING, &hold);
+        assert_eq!(later.billed_at(12_390), 12_400);
+        // No lease span known (never granted): the estimate as it is.
+        assert_eq!(Hold::default().billed_at(12_345), 12_345);
     }
 }

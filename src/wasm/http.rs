@@ -342,7 +342,7 @@ impl HttpFilter {
         if !spend.admitted {
             return false;
         }
-        let decided_ms = book.counter_time_ms(now);
+        let decided_ms = spend.decided_ms;
         let (policy, remaining, warning) = book.headers(&key, spend.remaining, now);
         drop(book);
         // `allowed` and `leased` are added up here and sent to Envoy on the root's

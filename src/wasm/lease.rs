@@ -77,6 +77,9 @@ pub struct Spent {
     pub lease: u64,
     /// What the proxy can still admit from the lease, as this worker last saw it.
     pub remaining: u64,
+    /// When an admitted request is billed: unix ms on the counter's clock, inside the
+    /// lease's windows.
+    pub decided_ms: u64,
 }
 
 /// What a worker knows about a lease it spent from.
@@ -148,8 +151,9 @@ impl LeaseBook {
         }
     }
 
-    /// Our time on the counter's clock (what admitted requests are billed at).
-    pub fn counter_time_ms(&self, local_ms: u64) -> u64 {
+    /// Our time on the counter's clock (an estimate: a request is billed at it clamped
+    /// into its lease's span, `Hold::billed_at`).
+    fn counter_time_ms(&self, local_ms: u64) -> u64 {
         u64::try_from(
             i64::try_from(local_ms)
                 .unwrap_or(i64::MAX)
@@ -200,6 +204,7 @@ impl LeaseBook {
         config: &LeaseConfig,
         now_ms: u64,
     ) -> Option<Spent> {
+        let estimate_ms = self.counter_time_ms(now_ms);
         let returning = match self.entries.get_mut(key) {
             Some(e) => {
                 if e.hold.spend(now_ms) {
@@ -208,6 +213,7 @@ impl LeaseBook {
                         renew: None,
                         lease: e.hold.lease,
                         remaining: e.hold.remaining(),
+                        decided_ms: e.hold.billed_at(estimate_ms),
                     });
                 }
                 e.hold
@@ -225,6 +231,7 @@ impl LeaseBook {
             renew: spend.renew,
             lease: hold.lease,
             remaining: hold.remaining(),
+            decided_ms: hold.billed_at(estimate_ms),
         })
     }
 
@@ -509,7 +516,7 @@ impl LeaseBook {
                             .saturating_add(sent_ms)
                             .saturating_add(a.held_ms);
                         let _ = update(&key, |state| {
-                            state.granted(a.lease, a.granted, expires, a.expires_ms, now)
+                            state.granted(a.lease, a.granted, expires, a.expires_ms, a.time_ms, now)
                         });
                         if let Some(entry) = self.entries.get_mut(&key) {
                             entry.limits = LeaseLimits::from_grant(&a.limits, now);

@@ -213,25 +213,44 @@ async fn used(stack: &Stack, tenant: &str, limit: &str) -> u64 {
     stack.counter.used(tenant, limit).await
 }
 
+/// Wait until Envoy holds `n` requests (with the counter hung: all of them paused in
+/// the filter, waiting for their consumes).
+async fn waiting_at_envoy(stack: &Stack, n: u64) {
+    eventually(
+        &format!("{n} requests waiting at Envoy"),
+        Duration::from_secs(10),
+        || async {
+            let active = stack.envoy.stat("http.ingress.downstream_rq_active").await;
+            (active == n).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_during_the_consume_is_refunded_and_not_billed() {
-    let mut stack = Stack::builder(SMALL).with_collector().start().await;
+    // A callout timeout well past the pause below: the request is still waiting for
+    // its consume when the client goes, however slowly this machine runs the test.
+    let mut stack = Stack::builder(SMALL)
+        .with_collector()
+        .filter_patch(json!({ "counter": { "timeout_ms": 5000 } }))
+        .start()
+        .await;
     let token = stack.token("quitter");
     assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
     assert_eq!(used(&stack, "quitter", "daily").await, 1);
 
     // The counter hangs: the consume waits; the client gives up and goes away.
     stack.counter.process().pause();
-    let gone = tokio::time::timeout(
-        Duration::from_millis(100),
-        stack
-            .request(reqwest::Method::GET, "/v1/things")
-            .bearer_auth(&token)
-            .send(),
-    )
-    .await;
-    assert!(gone.is_err(), "the request should still be waiting");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let request = stack
+        .request(reqwest::Method::GET, "/v1/things")
+        .bearer_auth(&token);
+    let client = tokio::spawn(async move { request.send().await.map(|r| r.status()) });
+    waiting_at_envoy(&stack, 1).await;
+    assert!(!client.is_finished(), "the request should still be waiting");
+    client.abort();
+    waiting_at_envoy(&stack, 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stack.counter.process().resume();
 
     eventually("the refund to land", Duration::from_secs(30), || async {
@@ -282,30 +301,15 @@ async fn clients_gone_while_their_consumes_wait_in_a_batch_are_refunded_and_not_
             let _ = request.send().await;
         })
     };
-    // Requests Envoy holds (all of them paused in the filter, the counter being hung).
-    let waiting_at_envoy = |n: u64| {
-        let stack = &stack;
-        async move {
-            eventually(
-                &format!("{n} requests waiting at Envoy"),
-                Duration::from_secs(10),
-                || async {
-                    let active = stack.envoy.stat("http.ingress.downstream_rq_active").await;
-                    (active == n).then_some(())
-                },
-            )
-            .await;
-        }
-    };
     // Each round, a first request calls alone and nine more wait behind it; then every
     // client goes away (an aborted request drops its connection). First round: the
     // nine go while still waiting (never sent). Second round: the first goes first,
     // which sends the nine in a batch, then they go.
     for first_goes_first in [false, true] {
         let first = send(&stack);
-        waiting_at_envoy(1).await;
+        waiting_at_envoy(&stack, 1).await;
         let crowd: Vec<_> = (0..9).map(|_| send(&stack)).collect();
-        waiting_at_envoy(10).await;
+        waiting_at_envoy(&stack, 10).await;
         if first_goes_first {
             let batches = stack.envoy.filter_stat("consume_batches").await;
             first.abort();
@@ -320,10 +324,10 @@ async fn clients_gone_while_their_consumes_wait_in_a_batch_are_refunded_and_not_
             crowd.iter().for_each(tokio::task::JoinHandle::abort);
         } else {
             crowd.iter().for_each(tokio::task::JoinHandle::abort);
-            waiting_at_envoy(1).await;
+            waiting_at_envoy(&stack, 1).await;
             first.abort();
         }
-        waiting_at_envoy(0).await;
+        waiting_at_envoy(&stack, 0).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.counter.process().resume();
