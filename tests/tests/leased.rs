@@ -3,7 +3,7 @@
 //! leased and not spent comes back (measured); an Envoy killed with leases out gives
 //! them back when they expire; the ledger bills what was admitted, per request.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -149,6 +149,20 @@ async fn a_large_per_second_limit_is_never_exceeded_in_any_second() {
     for (second, n) in &per_second {
         assert!(*n <= 400, "{n} admitted in {second}: {per_second:?}");
     }
+    // Sharper: a lease of a per-second limit is taken from one second, so every
+    // request spent from it is billed in that second, whichever worker spent it.
+    let mut lease_seconds: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for row in rows.values() {
+        if let (Some(lease), Some(second)) = (
+            row["lease"].as_str(),
+            row["time"].as_str().and_then(|t| t.get(..19)),
+        ) {
+            lease_seconds.entry(lease).or_default().insert(second);
+        }
+    }
+    assert!(!lease_seconds.is_empty(), "no leased request billed");
+    let split: Vec<_> = lease_seconds.iter().filter(|(_, s)| s.len() > 1).collect();
+    assert!(split.is_empty(), "leases billed across seconds: {split:?}");
     assert!(stack.envoy.filter_stat("leased").await > 0);
 }
 
