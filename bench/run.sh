@@ -16,8 +16,9 @@
 #             reserved from /max_tokens and settled from the answer's
 #             /usage/total_tokens (docs/usage-metering.md); a consume and a settle
 #             callout per request, the headers held until the body is read
-# Then the collector's own ingest rate into SQLite and PostgreSQL and its ledger's CPU per
-# usage-stream fact (INGEST=0 skips them),
+# Then the collector's own ingest rate into SQLite and PostgreSQL, its ledger's CPU per
+# usage-stream fact, and its CPU per entry draining a backlog of the counter's usage
+# streams (bench/drain.sh; INGEST=0 skips them),
 # and the capacity figures of the counter and Redis alone, on one Redis and on a Redis
 # Cluster (bench/capacity.sh, docs/capacity.md; CAPACITY=0 skips them).
 # Envoy --concurrency 1 (turnpike-leased-c2: 2), wrk 1 thread / 32 connections on
@@ -297,6 +298,8 @@ if [ "${INGEST:-1}" = 1 ]; then
   say "ledger write cost: the counter's usage-stream facts applied to SQLite in rounds of 200-799"
   cargo test -q --release -p turnpike-collector --test ledger_bench -- --ignored --nocapture 2>&1 \
     | grep -E 'CPU per fact' || die "ledger measurement failed (see cargo test -p turnpike-collector --test ledger_bench)"
+  say "the collector draining a backlog the counter wrote (bench/drain.sh)"
+  bench/drain.sh 2>"$run/drain.log" || die "drain measurement failed (see $run/drain.log)"
 fi
 
 if [ "${CAPACITY:-1}" = 1 ]; then

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The collector alone: how fast it drains the counter's usage streams into its ledger,
+# and the CPU it spends per stream entry (reading, parsing, merging, writing the ledger,
+# acknowledging). This is what every admitted request costs the collector in exact
+# mode, and how fast a collector catches up after an outage.
+#
+# The backlog is real: the counter (release build) over one Redis, driven by
+# `turnpike-dev load-counter` for DRAIN_LOAD_SECS with no collector running, so its
+# consume script writes the entries as it does in production (tenants in turn, spread
+# over the 256 streams). The streams are copied aside; then, each round, put back and
+# drained by a collector (release build) starting on a fresh SQLite ledger
+# (synchronous=FULL, the default). Measured per round until its ledger holds every
+# entry (its `stream_entries` metric): the collector's CPU (/proc/PID/stat, user +
+# system) and the wall clock. It measures; it asserts nothing.
+#
+#   bench/drain.sh
+#   DRAIN_ROUNDS=5 DRAIN_LOAD_SECS=10 bench/drain.sh
+#   DRAIN_COLLECTORS="/tmp/old-collector target/release/turnpike-collector" bench/drain.sh
+#       # A/B: the binaries take turns, round by round, on the same backlog
+#   DRAIN_PERF=1 bench/drain.sh   # also perf-record each drain: .run/drain/perf-ROUND-N.data
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+ROUNDS=${DRAIN_ROUNDS:-3}
+LOAD_SECS=${DRAIN_LOAD_SECS:-5}
+TENANTS=${DRAIN_TENANTS:-1000}
+run="$root/.run/drain"
+say() { printf '[drain] %s\n' "$*" >&2; }
+die() { printf '[drain] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v redis-server >/dev/null || die "redis-server missing: run scripts/ensure-tools.sh"
+say "building release builds of the counter, the collector and turnpike-dev"
+cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-devtools
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+collectors=(${DRAIN_COLLECTORS:-$target/release/turnpike-collector})
+for bin in "${collectors[@]}"; do [ -x "$bin" ] || die "DRAIN_COLLECTORS: $bin is not an executable"; done
+
+rm -rf "$run"; mkdir -p "$run"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+  die "not ready: $1 (logs in $run)"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# One command per usage stream, NNN standing for the stream's bucket.
+streams() { local i; for i in $(seq 0 255); do printf -v b %03d "$i"; echo "${1//NNN/$b}"; done; }
+
+export TURNPIKE_SERVICE_TOKEN=drain-service-token-0123456789
+export TURNPIKE_READ_TOKEN=drain-read-token-0123456789
+export TURNPIKE_INGEST_SECRET=drain-ingest-secret-0123456789
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$run/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_url="redis://127.0.0.1:$redis_port"
+
+counter_port=$(free_port)
+"$target/release/turnpike-counter" --listen "127.0.0.1:$counter_port" --redis "$redis_url" \
+  --plans bench/plans.toml >"$run/counter.log" 2>&1 &
+counter_pid=$!; pids+=($counter_pid)
+wait_http "http://127.0.0.1:$counter_port/healthz"
+say "the backlog: load-counter for ${LOAD_SECS}s over $TENANTS tenants, no collector"
+"$target/release/turnpike-dev" load-counter --url "http://127.0.0.1:$counter_port" \
+  --tenants "$TENANTS" --concurrency 64 --connections 4 --duration "$LOAD_SECS" --json \
+  >"$run/load.json"
+kill "$counter_pid"
+entries=$(streams 'XLEN tp:{NNN}:log' | redis-cli -p "$redis_port" | awk '{s += $1} END {print s}')
+[ "$entries" -gt 0 ] || die "the load left no stream entries (see $run/counter.log)"
+streams 'COPY tp:{NNN}:log tp:{NNN}:backlog' | redis-cli -p "$redis_port" >/dev/null
+say "$entries stream entries; $ROUNDS round(s) per collector binary"
+
+printf 'round\tcollector\tentries\tcpu_ms\twall_s\n' >"$run/results.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!collectors[@]}"; do
+    bin=${collectors[$i]}
+    streams 'DEL tp:{NNN}:log' | redis-cli -p "$redis_port" >/dev/null
+    streams 'COPY tp:{NNN}:backlog tp:{NNN}:log' | redis-cli -p "$redis_port" >/dev/null
+    rm -f "$run"/ledger.db*
+    port=$(free_port)
+    start=$(date +%s.%N)
+    "$bin" --listen "127.0.0.1:$port" --database "sqlite://$run/ledger.db" --redis "$redis_url" \
+      >"$run/collector-$round-$i.log" 2>&1 &
+    pid=$!; pids+=($pid)
+    perf_pid=
+    done_=
+    for _ in $(seq 1 3000); do
+      n=$(curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null \
+        | awk '/^turnpike_collector_stream_entries_total / {print $2}' || true)
+      if [ "${n:-0}" -ge "$entries" ]; then done_=1; break; fi
+      # perf follows the threads there are when it attaches: attach once the ledger's
+      # connection threads are up (the first entries committed).
+      if [ -n "${DRAIN_PERF:-}" ] && [ -z "$perf_pid" ] && [ "${n:-0}" -gt 0 ]; then
+        perf record -q -F 499 --call-graph dwarf,16384 -p "$pid" -o "$run/perf-$round-$i.data" \
+          >"$run/perf-$round-$i.log" 2>&1 &
+        perf_pid=$!
+      fi
+      sleep 0.1
+    done
+    end=$(date +%s.%N)
+    [ -n "$done_" ] || die "collector $bin did not drain $entries entries in 300 s (see $run/collector-$round-$i.log)"
+    ticks=$(cpu_ticks "$pid")
+    [ -z "$perf_pid" ] || { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; }
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$i" "$entries" \
+      "$((ticks * 1000 / $(getconf CLK_TCK)))" "$(python3 -c "print(f'{$end - $start:.2f}')")" \
+      >>"$run/results.tsv"
+  done
+done
+
+python3 - "$run/results.tsv" "${collectors[@]}" <<'EOF'
+import csv, os, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+bins = sys.argv[2:]
+print(f"collector draining {rows[0]['entries']} usage-stream entries into SQLite "
+      f"(synchronous=FULL), {len(rows) // len(bins)} round(s), medians:")
+for i, b in enumerate(bins):
+    mine = [r for r in rows if r["collector"] == str(i)]
+    cpu = [int(r["cpu_ms"]) * 1000 / int(r["entries"]) for r in mine]
+    wall = [float(r["wall_s"]) for r in mine]
+    rate = [int(r["entries"]) / float(r["wall_s"]) for r in mine]
+    print(f"  {os.path.relpath(b)}: {statistics.median(cpu):.1f} µs CPU per entry "
+          f"({', '.join(f'{c:.1f}' for c in cpu)}), "
+          f"{statistics.median(rate):,.0f} entries/s drained")
+EOF
