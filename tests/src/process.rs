@@ -155,8 +155,36 @@ impl Process {
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing (a hung service).
+    /// Returns once every thread of it is stopped: a thread stops when it next runs,
+    /// which on a loaded machine can be milliseconds after kill(2), and a request sent
+    /// in between would still be served (seen: a consume decided 1 ms after the kill).
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let started = Instant::now();
+        let stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                            // The state follows the command name's closing
+                            // parenthesis: stopped, or gone.
+                            stat.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with(['T', 'Z', 'X']))
+                        })
+                    })
+                })
+                .unwrap_or(true)
+        };
+        while !stopped() {
+            if started.elapsed() > Duration::from_secs(5) {
+                panic!(
+                    "{} (pid {pid}) did not stop within 5 s of SIGSTOP",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Process::pause`].

@@ -246,8 +246,18 @@ async fn a_client_gone_during_the_consume_is_refunded_and_not_billed() {
         .request(reqwest::Method::GET, "/v1/things")
         .bearer_auth(&token);
     let client = tokio::spawn(async move { request.send().await.map(|r| r.status()) });
-    waiting_at_envoy(&stack, 1).await;
-    assert!(!client.is_finished(), "the request should still be waiting");
+    eventually(
+        "the request waiting at Envoy (or answered)",
+        Duration::from_secs(10),
+        || async {
+            let active = stack.envoy.stat("http.ingress.downstream_rq_active").await;
+            (active == 1 || client.is_finished()).then_some(())
+        },
+    )
+    .await;
+    if client.is_finished() {
+        panic!("the request should still be waiting: {:?}", client.await);
+    }
     client.abort();
     waiting_at_envoy(&stack, 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -371,19 +381,19 @@ async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
     let token = stack.token("impatient");
     assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
 
-    // The upstream answers 500 after 600 ms; meanwhile the counter hangs, so the
-    // refund of the 5xx waits, and the client gives up during that wait.
+    // The upstream answers 500 after 1.5 s; meanwhile the counter hangs, so the
+    // refund of the 5xx waits (up to 2 s), and the client gives up 1 s into that
+    // wait. Seconds apart, so a slow machine does not reorder them.
     let request = stack
-        .request(reqwest::Method::GET, "/status/500?delay_ms=600")
+        .request(reqwest::Method::GET, "/status/500?delay_ms=1500")
         .bearer_auth(&token)
         .send();
-    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(1200), request));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        used(&stack, "impatient", "daily").await,
-        2,
-        "the 5xx was admitted"
-    );
+    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(2500), request));
+    waiting_at_envoy(&stack, 1).await;
+    eventually("the 5xx to be admitted", Duration::from_secs(1), || async {
+        (used(&stack, "impatient", "daily").await == 2).then_some(())
+    })
+    .await;
     stack.counter.process().pause();
     let outcome = waiting.await.expect("task");
     assert!(outcome.is_err(), "the client should have given up first");
