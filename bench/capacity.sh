@@ -28,8 +28,8 @@ CONNECTIONS=${CAPACITY_CONNECTIONS:-4}
 TENANTS=${CAPACITY_TENANTS:-10000}
 WORKERS=${CAPACITY_COUNTER_WORKERS:-2}
 run="$root/.run/capacity"
-say() { printf '[capacity] %s\n' "$*" >&2; }
-die() { printf '[capacity] ERROR: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=capacity
+. bench/lib.sh
 
 command -v redis-server >/dev/null || die "redis-server missing: run scripts/ensure-tools.sh"
 say "building release builds of the counter and turnpike-dev"
@@ -39,15 +39,6 @@ counter_bin="$target/release/turnpike-counter"
 dev="$target/release/turnpike-dev"
 
 rm -rf "$run"; mkdir -p "$run"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-  die "not ready: $1 (logs in $run)"
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sum_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 clk=$(getconf CLK_TCK)
 info_field() { redis-cli -p "$1" info "$2" | tr -d '\r' | awk -F: -v k="$3" '$1 == k {print $2}'; }
@@ -129,17 +120,16 @@ mem() { info_field "$port" memory used_memory; }
 m_empty=$(mem)
 load 3 >"$run/load-memory.json"
 m_full=$(mem)
-streams() { for i in $(seq 0 255); do printf "$1\n" "$i"; done; }
-entries=$(streams 'XLEN tp:{%03d}:log' | redis-cli -p "$port" | awk '{s += $1} END {print s}')
+entries=$(streams 'XLEN tp:{NNN}:log' | redis-cli -p "$port" | awk '{s += $1} END {print s}')
 records=$(redis-cli -p "$port" --scan --pattern '*:id:*' | wc -l)
 # Pending: a consumer group reads every entry and acknowledges none.
-streams 'XGROUP CREATE tp:{%03d}:log g 0' | redis-cli -p "$port" >/dev/null
+streams 'XGROUP CREATE tp:{NNN}:log g 0' | redis-cli -p "$port" >/dev/null
 m_grouped=$(mem)
-streams 'XREADGROUP GROUP g c COUNT 100000000 STREAMS tp:{%03d}:log >' | redis-cli -p "$port" >/dev/null
+streams 'XREADGROUP GROUP g c COUNT 100000000 STREAMS tp:{NNN}:log >' | redis-cli -p "$port" >/dev/null
 m_pending=$(mem)
-streams 'XGROUP DESTROY tp:{%03d}:log g' | redis-cli -p "$port" >/dev/null
+streams 'XGROUP DESTROY tp:{NNN}:log g' | redis-cli -p "$port" >/dev/null
 m_ungrouped=$(mem)
-streams 'XTRIM tp:{%03d}:log MAXLEN 0' | redis-cli -p "$port" >/dev/null
+streams 'XTRIM tp:{NNN}:log MAXLEN 0' | redis-cli -p "$port" >/dev/null
 m_trimmed=$(mem)
 redis-cli -p "$port" --scan --pattern '*:id:*' | xargs -r -n 500 redis-cli -p "$port" del >/dev/null
 m_norecords=$(mem)

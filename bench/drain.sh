@@ -26,8 +26,8 @@ ROUNDS=${DRAIN_ROUNDS:-3}
 LOAD_SECS=${DRAIN_LOAD_SECS:-5}
 TENANTS=${DRAIN_TENANTS:-1000}
 run="$root/.run/drain"
-say() { printf '[drain] %s\n' "$*" >&2; }
-die() { printf '[drain] ERROR: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=drain
+. bench/lib.sh
 
 command -v redis-server >/dev/null || die "redis-server missing: run scripts/ensure-tools.sh"
 say "building release builds of the counter, the collector and turnpike-dev"
@@ -37,17 +37,6 @@ collectors=(${DRAIN_COLLECTORS:-$target/release/turnpike-collector})
 for bin in "${collectors[@]}"; do [ -x "$bin" ] || die "DRAIN_COLLECTORS: $bin is not an executable"; done
 
 rm -rf "$run"; mkdir -p "$run"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-  die "not ready: $1 (logs in $run)"
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# One command per usage stream, NNN standing for the stream's bucket.
-streams() { local i; for i in $(seq 0 255); do printf -v b %03d "$i"; echo "${1//NNN/$b}"; done; }
 
 export TURNPIKE_SERVICE_TOKEN=drain-service-token-0123456789
 export TURNPIKE_READ_TOKEN=drain-read-token-0123456789

@@ -51,8 +51,9 @@ ROUNDS=${ROUNDS:-1}
 ALL_VARIANTS="bare jwt turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 run="$root/.run/bench"
-say() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=bench
+BENCH_KILL_SIGNAL=TERM # Envoy, the counter and the collector shut down as in production
+. bench/lib.sh
 for v in $VARIANTS; do
   case " $ALL_VARIANTS " in
     *" $v "*) ;;
@@ -89,16 +90,7 @@ target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 wasm=${WASM:-"$target/wasm32-wasip1/wasm/turnpike.wasm"}
 dev="$target/release/turnpike-dev"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rm -rf "$run"; mkdir -p "$run"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-wait_http() {
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-  die "not ready: $1 (logs in $run)"
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 REDIS_PORT=$(free_port); COUNTER_PORT=$(free_port); COLLECTOR_PORT=$(free_port)
 # The benchmark's own credentials (what a deployment keeps in files or secrets).
