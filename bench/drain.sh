@@ -18,6 +18,14 @@
 #   DRAIN_COLLECTORS="/tmp/old-collector target/release/turnpike-collector" bench/drain.sh
 #       # A/B: the binaries take turns, round by round, on the same backlog
 #   DRAIN_PERF=1 bench/drain.sh   # also perf-record each drain: .run/drain/perf-ROUND-N.data
+#   DRAIN_LIVE=1 bench/drain.sh   # live: the collector runs while the load does
+#
+# Live mode (DRAIN_LIVE=1) measures the collector keeping up instead of catching up:
+# each round starts it on a fresh ledger and empty streams, then runs the load
+# (DRAIN_LIVE_CONCURRENCY consumes in flight, 16 by default: a rate the collector keeps
+# up with) and waits until the ledger holds every admitted consume. Its rounds then
+# carry what arrived since the last one, as in production, so the figure includes the
+# cost of each round (Redis reads and acknowledgements, a transaction and its fsync).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -53,22 +61,33 @@ counter_port=$(free_port)
   --plans bench/plans.toml >"$run/counter.log" 2>&1 &
 counter_pid=$!; pids+=($counter_pid)
 wait_http "http://127.0.0.1:$counter_port/healthz"
-say "the backlog: load-counter for ${LOAD_SECS}s over $TENANTS tenants, no collector"
-"$target/release/turnpike-dev" load-counter --url "http://127.0.0.1:$counter_port" \
-  --tenants "$TENANTS" --concurrency 64 --connections 4 --duration "$LOAD_SECS" --json \
-  >"$run/load.json"
-kill "$counter_pid"
-entries=$(streams 'XLEN tp:{NNN}:log' | redis-cli -p "$redis_port" | awk '{s += $1} END {print s}')
-[ "$entries" -gt 0 ] || die "the load left no stream entries (see $run/counter.log)"
-streams 'COPY tp:{NNN}:log tp:{NNN}:backlog' | redis-cli -p "$redis_port" >/dev/null
-say "$entries stream entries; $ROUNDS round(s) per collector binary"
+# load CONCURRENCY OUT: consumes at the counter for LOAD_SECS; prints what it admitted.
+load() {
+  "$target/release/turnpike-dev" load-counter --url "http://127.0.0.1:$counter_port" \
+    --tenants "$TENANTS" --concurrency "$1" --connections 4 --duration "$LOAD_SECS" --json \
+    >"$2"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["allowed"])' "$2"
+}
+if [ -n "${DRAIN_LIVE:-}" ]; then
+  LIVE_CONCURRENCY=${DRAIN_LIVE_CONCURRENCY:-16}
+  say "live: each round, load-counter for ${LOAD_SECS}s over $TENANTS tenants ($LIVE_CONCURRENCY in flight) with the collector running; $ROUNDS round(s) per collector binary"
+else
+  say "the backlog: load-counter for ${LOAD_SECS}s over $TENANTS tenants, no collector"
+  admitted=$(load 64 "$run/load.json")
+  kill "$counter_pid"
+  entries=$(streams 'XLEN tp:{NNN}:log' | redis-cli -p "$redis_port" | awk '{s += $1} END {print s}')
+  [ "$entries" -gt 0 ] || die "the load left no stream entries (see $run/counter.log)"
+  streams 'COPY tp:{NNN}:log tp:{NNN}:backlog' | redis-cli -p "$redis_port" >/dev/null
+  say "$entries stream entries ($admitted consumes); $ROUNDS round(s) per collector binary"
+fi
 
 printf 'round\tcollector\tentries\tcpu_ms\twall_s\n' >"$run/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
   for i in "${!collectors[@]}"; do
     bin=${collectors[$i]}
     streams 'DEL tp:{NNN}:log' | redis-cli -p "$redis_port" >/dev/null
-    streams 'COPY tp:{NNN}:backlog tp:{NNN}:log' | redis-cli -p "$redis_port" >/dev/null
+    [ -n "${DRAIN_LIVE:-}" ] \
+      || streams 'COPY tp:{NNN}:backlog tp:{NNN}:log' | redis-cli -p "$redis_port" >/dev/null
     rm -f "$run"/ledger.db*
     port=$(free_port)
     start=$(date +%s.%N)
@@ -77,6 +96,20 @@ for round in $(seq 1 "$ROUNDS"); do
     pid=$!; pids+=($pid)
     perf_pid=
     done_=
+    if [ -n "${DRAIN_LIVE:-}" ]; then
+      wait_http "http://127.0.0.1:$port/healthz"
+      load "$LIVE_CONCURRENCY" "$run/load-$round-$i.json" >"$run/admitted" &
+      load_pid=$!
+      if [ -n "${DRAIN_PERF:-}" ]; then
+        sleep 1
+        perf record -q -F 499 --call-graph dwarf,16384 -p "$pid" -o "$run/perf-$round-$i.data" \
+          >"$run/perf-$round-$i.log" 2>&1 &
+        perf_pid=$!
+      fi
+      wait "$load_pid" || die "load-counter failed (see $run/load-$round-$i.json)"
+      # Exact consumes write one entry each.
+      entries=$(cat "$run/admitted")
+    fi
     for _ in $(seq 1 3000); do
       n=$(curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null \
         | awk '/^turnpike_collector_stream_entries_total / {print $2}' || true)
@@ -101,18 +134,22 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$run/results.tsv" "${collectors[@]}" <<'EOF'
+python3 - "$run/results.tsv" "${DRAIN_LIVE:+$LOAD_SECS}" "${collectors[@]}" <<'EOF'
 import csv, os, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-bins = sys.argv[2:]
-print(f"collector draining {rows[0]['entries']} usage-stream entries into SQLite "
-      f"(synchronous=FULL), {len(rows) // len(bins)} round(s), medians:")
+live, bins = sys.argv[2], sys.argv[3:]
+if live:
+    print(f"collector keeping up with {live} s of consumes (live), ledger in SQLite "
+          f"(synchronous=FULL), {len(rows) // len(bins)} round(s), medians:")
+else:
+    print(f"collector draining {rows[0]['entries']} usage-stream entries into SQLite "
+          f"(synchronous=FULL), {len(rows) // len(bins)} round(s), medians:")
 for i, b in enumerate(bins):
     mine = [r for r in rows if r["collector"] == str(i)]
     cpu = [int(r["cpu_ms"]) * 1000 / int(r["entries"]) for r in mine]
     wall = [float(r["wall_s"]) for r in mine]
-    rate = [int(r["entries"]) / float(r["wall_s"]) for r in mine]
+    rate = [int(r["entries"]) / (float(live) if live else float(r["wall_s"])) for r in mine]
     print(f"  {os.path.relpath(b)}: {statistics.median(cpu):.1f} µs CPU per entry "
           f"({', '.join(f'{c:.1f}' for c in cpu)}), "
-          f"{statistics.median(rate):,.0f} entries/s drained")
+          f"{statistics.median(rate):,.0f} entries/s {'consumed' if live else 'drained'}")
 EOF

@@ -18,7 +18,7 @@
 #             callout per request, the headers held until the body is read
 # Then the collector's own ingest rate into SQLite and PostgreSQL, its ledger's CPU per
 # usage-stream fact, and its CPU per entry draining a backlog of the counter's usage
-# streams (bench/drain.sh; INGEST=0 skips them),
+# streams and keeping up with them live (bench/drain.sh; INGEST=0 skips them),
 # and the capacity figures of the counter and Redis alone, on one Redis and on a Redis
 # Cluster (bench/capacity.sh, docs/capacity.md; CAPACITY=0 skips them).
 # Envoy --concurrency 1 (turnpike-leased-c2: 2), wrk 1 thread / 32 connections on
@@ -40,6 +40,8 @@
 #                                     # patch), one per run; default .tools/bin/envoy
 #   ROUNDS=3 bench/run.sh      # every variant three times, round-robin: the table has
 #       medians, and each ratio comes from variants of the same round (median, range)
+#   WASM=/tmp/old.wasm COLLECTOR=/tmp/old-collector bench/run.sh   # another build of
+#       the filter or the collector than this tree's
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -89,6 +91,8 @@ cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-d
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 wasm=${WASM:-"$target/wasm32-wasip1/wasm/turnpike.wasm"}
 dev="$target/release/turnpike-dev"
+collector=${COLLECTOR:-"$target/release/turnpike-collector"}
+[ -x "$collector" ] || die "COLLECTOR: $collector is not an executable"
 
 rm -rf "$run"; mkdir -p "$run"
 
@@ -103,7 +107,7 @@ redis_pid=$!; pids+=($redis_pid)
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 # The collector consumes the counter's usage streams (every admitted request reaches
 # the ledger through them) and the counter re-seeds lost windows from it.
-"$target/release/turnpike-collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
+"$collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
   --database "sqlite://$run/ledger.db" --redis "redis://127.0.0.1:$REDIS_PORT" \
   >"$run/collector.log" 2>&1 &
 collector_pid=$!; pids+=($collector_pid)
@@ -292,6 +296,9 @@ if [ "${INGEST:-1}" = 1 ]; then
     | grep -E 'CPU per fact' || die "ledger measurement failed (see cargo test -p turnpike-collector --test ledger_bench)"
   say "the collector draining a backlog the counter wrote (bench/drain.sh)"
   bench/drain.sh 2>"$run/drain.log" || die "drain measurement failed (see $run/drain.log)"
+  say "the collector keeping up with the counter's consumes (bench/drain.sh, live)"
+  DRAIN_LIVE=1 bench/drain.sh 2>"$run/drain-live.log" \
+    || die "live drain measurement failed (see $run/drain-live.log)"
 fi
 
 if [ "${CAPACITY:-1}" = 1 ]; then
