@@ -44,7 +44,8 @@ pub struct StoreArgs {
     )]
     pub database: String,
 
-    /// Database connection pool size.
+    /// Database connection pool size. With SQLite, ledger writes go through one more
+    /// connection of their own (one writer at a time; its page cache stays warm).
     #[arg(long, env = "TURNPIKE_COLLECTOR_DB_CONNECTIONS", default_value_t = 8)]
     pub db_connections: u32,
 

@@ -73,17 +73,29 @@ impl Backend {
 
 #[derive(Debug, Clone)]
 pub enum Ledger {
-    Sqlite(SqlitePool),
+    Sqlite {
+        pool: SqlitePool,
+        /// One connection that every merge of facts ([`Ledger::apply`]) goes through.
+        /// SQLite has one writer at a time anyway, and a connection drops its page
+        /// cache whenever another connection has written: merges spread over the pool
+        /// read their B-tree pages back from the OS every time, and one connection
+        /// of their own keeps them cached.
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
+
+/// The page cache of the SQLite writer connection: the pages of the ledger's indexes
+/// that merges touch (one per tenant in each tenant-keyed index).
+const SQLITE_WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// Run `$body` with `$pool` bound to whichever native pool the ledger holds. The body
 /// is compiled once per backend, so it must be valid SQL and Rust for both.
 macro_rules! with_pool {
     ($ledger:expr, $pool:ident => $body:expr) => {
         match $ledger {
-            Ledger::Sqlite($pool) => $body,
-            Ledger::Postgres($pool) => $body,
+            $crate::ledger::Ledger::Sqlite { pool: $pool, .. } => $body,
+            $crate::ledger::Ledger::Postgres($pool) => $body,
         }
     };
 }
@@ -154,7 +166,17 @@ impl Ledger {
                     .await
                     .map_err(|e| crate::sqlite_path::explain(options.get_filename(), e))?;
                 sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-                Ledger::Sqlite(pool)
+                // Kept open for good: closing it would drop its cache.
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(
+                        options.pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}")),
+                    )
+                    .await?;
+                Ledger::Sqlite { pool, writer }
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)?;
@@ -174,7 +196,7 @@ impl Ledger {
 
     pub fn backend(&self) -> Backend {
         match self {
-            Ledger::Sqlite(_) => Backend::Sqlite,
+            Ledger::Sqlite { .. } => Backend::Sqlite,
             Ledger::Postgres(_) => Backend::Postgres,
         }
     }
@@ -188,7 +210,21 @@ impl Ledger {
     }
 
     pub async fn close(&self) {
+        if let Ledger::Sqlite { writer, .. } = self {
+            writer.close().await;
+        }
         with_pool!(self, pool => pool.close().await)
+    }
+
+    /// The ledger to merge facts through: on SQLite its one writer connection.
+    fn for_merges(&self) -> Ledger {
+        match self {
+            Ledger::Sqlite { writer, .. } => Ledger::Sqlite {
+                pool: writer.clone(),
+                writer: writer.clone(),
+            },
+            Ledger::Postgres(pool) => Ledger::Postgres(pool.clone()),
+        }
     }
 
     /// Merge `facts` into the ledger in one transaction; returns after the commit, i.e.
@@ -203,7 +239,7 @@ impl Ledger {
         ids.sort_unstable();
         ids.dedup();
         let reserve = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-        with_pool!(self, pool => {
+        with_pool!(&self.for_merges(), pool => {
             let mut tx = pool.begin().await?;
             let next: i64 = sqlx::query_scalar(
                 "UPDATE ledger_seq SET next = next + $1 WHERE one = 1 RETURNING next",

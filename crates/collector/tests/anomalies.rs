@@ -291,7 +291,7 @@ async fn judged_until(db: &TestDb) -> i64 {
         .await
         .expect("summary");
     let newest: i64 = match &ledger {
-        turnpike_collector::ledger::Ledger::Sqlite(pool) => {
+        turnpike_collector::ledger::Ledger::Sqlite { pool, .. } => {
             sqlx::query_scalar("SELECT MAX(last_bucket) FROM anomaly_series")
                 .fetch_one(pool)
                 .await

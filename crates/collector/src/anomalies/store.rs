@@ -7,16 +7,7 @@ use sqlx::{AssertSqlSafe, Row as _};
 use turnpike_anomaly::Kind;
 
 use super::series::{Detected, LedgerBucket, SeriesKey, SeriesState, REQUESTS};
-use crate::ledger::{Ledger, LedgerError};
-
-macro_rules! with_pool {
-    ($ledger:expr, $pool:ident => $body:expr) => {
-        match $ledger {
-            Ledger::Sqlite($pool) => $body,
-            Ledger::Postgres($pool) => $body,
-        }
-    };
-}
+use crate::ledger::{with_pool, Ledger, LedgerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

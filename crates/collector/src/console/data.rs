@@ -19,17 +19,8 @@ use crate::anomalies::store::{buckets_between, Filter};
 use crate::anomalies::AnomalyView;
 use crate::api::{check_tenant, now_ms, query_error, require_read, AppState, EventView};
 use crate::event::{format_time_ms, parse_time_ms};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{with_pool, Ledger, LedgerError};
 use crate::problem::ApiError;
-
-macro_rules! with_pool {
-    ($ledger:expr, $pool:ident => $body:expr) => {
-        match $ledger {
-            Ledger::Sqlite($pool) => $body,
-            Ledger::Postgres($pool) => $body,
-        }
-    };
-}
 
 const DEFAULT_TENANTS: u32 = 50;
 const MAX_TENANTS: u32 = 500;
