@@ -42,6 +42,10 @@
 #       medians, and each ratio comes from variants of the same round (median, range)
 #   WASM=/tmp/old.wasm COLLECTOR=/tmp/old-collector bench/run.sh   # another build of
 #       the filter or the collector than this tree's
+#   PAUSE_COLLECTOR=1 bench/run.sh   # a diagnostic: the collector stopped (SIGSTOP)
+#       during each measured run but turnpike+events', as if it ran on other hardware,
+#       and resumed after: it reads the usage streams it missed, and the ledger check
+#       at the end still holds it to what the counter admitted
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -208,8 +212,13 @@ for variant in $VARIANTS; do
       -- sleep "$DURATION" >"$run/perf-$variant.log" 2>&1 &
     perf_pid=$!
   fi
+  paused=
+  if [ -n "${PAUSE_COLLECTOR:-}" ] && [ "$variant" != turnpike+events ]; then
+    kill -STOP "$collector_pid"; paused=1
+  fi
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency ${wrk_script[@]+"${wrk_script[@]}"} \
     -H "Authorization: Bearer $token" "$url" >"$run/wrk-$variant.txt"
+  [ -z "$paused" ] || kill -CONT "$collector_pid"
   [ -z "$perf_pid" ] || wait "$perf_pid" || true
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
   l1=$(cpu_ticks $collector_pid)
@@ -241,6 +250,8 @@ done
 
 echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1$(case " $VARIANTS " in *" turnpike-leased-c2 "*) echo ' (turnpike-leased-c2: 2)' ;; esac); wrk -t1 -c$CONNECTIONS -d${DURATION}s$([ "$ROUNDS" = 1 ] || echo "; $ROUNDS rounds, medians")"
 python3 bench/summarize.py table "$results"
+[ -z "${PAUSE_COLLECTOR:-}" ] \
+  || echo "PAUSE_COLLECTOR: the collector was stopped during every measured run but turnpike+events' (its CPU reads 0): a diagnostic, not the figures of a machine that runs it"
 case " $VARIANTS " in
   *" turnpike-leased-c2 "*)
     echo "turnpike-leased-c2: Envoy with 2 workers on a $(nproc)-core machine shared with wrk, the counter, Redis and the collector: not a scaling figure" ;;
