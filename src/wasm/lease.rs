@@ -421,10 +421,13 @@ impl LeaseBook {
             for r in records {
                 by_lease.entry(r.lease).or_default().push((r.id, r.at_ms));
             }
-            for (lease, records) in by_lease {
-                for chunk in records.chunks(REPORT_CHUNK) {
-                    let batch = plugin_batch_id(chunk);
-                    self.send_report(plugin, &key, lease, batch, chunk.to_vec(), 0);
+            for (lease, mut records) in by_lease {
+                // Chunks moved out, not copied: a report is thousands of ids.
+                while !records.is_empty() {
+                    let rest = records.split_off(records.len().min(REPORT_CHUNK));
+                    let chunk = std::mem::replace(&mut records, rest);
+                    let batch = plugin_batch_id(&chunk);
+                    self.send_report(plugin, &key, lease, batch, chunk, 0);
                 }
             }
         }
