@@ -19,10 +19,6 @@ use turnpike_plans::ids;
 
 use crate::merge::Fact;
 
-/// Most records one `k=A` entry holds (the counter's lease report script writes at most
-/// this many per entry; the collector reads fewer entries of a stream that has them).
-pub const MAX_RECORDS_PER_ENTRY: usize = 100;
-
 /// Parse one entry into its facts for the ledger: one, or one per record of a lease
 /// report (`k=A`), or none for the lease lifecycle entries (grants and closes: the
 /// counter's own bookkeeping, listed in its metrics). The error says what is wrong

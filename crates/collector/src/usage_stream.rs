@@ -131,7 +131,7 @@ fn next_count(current: usize, entries: usize, facts: usize) -> usize {
 
 /// What a stream not read yet is read at: as if its entries were full lease reports,
 /// until a read shows what they hold.
-const FIRST_COUNT: usize = READ_COUNT / stream_entry::MAX_RECORDS_PER_ENTRY;
+const FIRST_COUNT: usize = READ_COUNT / turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY;
 
 impl UsageStream {
     pub async fn connect(

@@ -383,7 +383,9 @@ impl Store {
         for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
             invoke.key(key).arg(slot.cost).arg(slot.end);
         }
-        invoke.arg(self.record_ttl_secs);
+        invoke
+            .arg(turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY)
+            .arg(self.record_ttl_secs);
         let mut conn = self.conn.clone();
         let (_recorded, outcome): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
         Ok(match outcome {

@@ -241,15 +241,22 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
         (200, json!(10_000)),
         "{reported}"
     );
-    // In the usage stream: entries of 100 requests each, every one of them once, in order.
+    // In the usage stream: entries of LEASE_RECORDS_PER_STREAM_ENTRY (100) requests
+    // each, the figure the collector reads by, every one of them once, in order.
+    let per_entry = turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY;
     let reports: Vec<Vec<String>> = redis
         .stream_entries("acme")
         .iter()
         .filter(|e| e["k"] == "A")
         .map(|e| e["r"].split(',').map(str::to_owned).collect())
         .collect();
-    assert_eq!(reports.len(), 100);
-    assert!(reports.iter().all(|r| r.len() == 100));
+    let sizes: Vec<usize> = reports.iter().map(Vec::len).collect();
+    let expected_sizes: Vec<usize> = (0..10_000)
+        .collect::<Vec<u32>>()
+        .chunks(per_entry)
+        .map(<[u32]>::len)
+        .collect();
+    assert_eq!(sizes, expected_sizes);
     let ids: Vec<String> = reports.concat();
     let expected: Vec<String> = (0..10_000)
         .map(|i| format!("leased-0123456789abcdef-{i:08}:{now_ms}"))

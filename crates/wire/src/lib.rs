@@ -301,6 +301,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Most records of a lease report that the counter writes into one usage-stream entry
+/// (`k=A`). An entry per request would cost Redis, and the collector reading it, most
+/// of what leasing saves; the collector reads that many fewer entries at a time from
+/// a stream that has them.
+pub const LEASE_RECORDS_PER_STREAM_ENTRY: usize = 100;
+
 /// Requests a proxy admitted from a lease, for the usage stream (and the ledger).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseReport {

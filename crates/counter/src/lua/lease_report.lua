@@ -1,5 +1,5 @@
 -- Record requests a proxy admitted from a lease: each goes into the usage stream (so
--- the ledger bills it, one to one, like a consume; entries of up to 100 requests) and
+-- the ledger bills it, one to one, like a consume; entries of up to ARGV[last - 1] requests) and
 -- counts as spent from the lease.
 -- Records for a lease already closed (reported late) are charged to the current
 -- windows instead, so nothing is both given back and used.
@@ -12,6 +12,8 @@
 -- ARGV[5]    seconds a counter outlives its window; ARGV[6] number of records N
 -- ARGV[7 .. 6 + 2N]  records: consume id, decision time (unix ms, Redis's clock)
 -- ARGV[7 + 2N ..]    for KEYS[3..]: cost per request, window end (unix s)
+-- ARGV[last - 1]  most records per stream entry (turnpike-wire's
+--                 LEASE_RECORDS_PER_STREAM_ENTRY, which the collector reads by)
 -- ARGV[last]  how long the report's marker is kept, seconds
 -- Reply: {recorded, charged late (1/0)}; {0, 2} for a report seen before
 
@@ -35,10 +37,11 @@ else
     end
   end
 end
--- Up to 100 records per stream entry (k=A, records as id:ms,id:ms,...): an entry per
--- request would cost Redis, and the collector reading it, most of what leasing saves.
--- The ids are [A-Za-z0-9_-] (the counter checked them), so ':' and ',' cannot clash.
-local per_entry = 100
+-- Up to per_entry records per stream entry (k=A, records as id:ms,id:ms,...): an
+-- entry per request would cost Redis, and the collector reading it, most of what
+-- leasing saves. The ids are [A-Za-z0-9_-] (the counter checked them), so ':' and ','
+-- cannot clash.
+local per_entry = tonumber(ARGV[#ARGV - 1])
 for first = 0, count - 1, per_entry do
   local records = {}
   for r = first, math.min(first + per_entry, count) - 1 do
