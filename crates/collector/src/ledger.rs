@@ -89,12 +89,19 @@ pub enum Ledger {
 /// that merges touch (one per tenant in each tenant-keyed index).
 const SQLITE_WRITER_CACHE_KIB: i64 = 64 * 1024;
 
-/// Run `$body` with `$pool` bound to whichever native pool the ledger holds. The body
-/// is compiled once per backend, so it must be valid SQL and Rust for both.
+/// Run `$body` with `$pool` bound to whichever native pool the ledger holds (`writer`
+/// first: on SQLite, the one connection merges go through). The body is compiled once
+/// per backend, so it must be valid SQL and Rust for both.
 macro_rules! with_pool {
     ($ledger:expr, $pool:ident => $body:expr) => {
         match $ledger {
             $crate::ledger::Ledger::Sqlite { pool: $pool, .. } => $body,
+            $crate::ledger::Ledger::Postgres($pool) => $body,
+        }
+    };
+    (writer $ledger:expr, $pool:ident => $body:expr) => {
+        match $ledger {
+            $crate::ledger::Ledger::Sqlite { writer: $pool, .. } => $body,
             $crate::ledger::Ledger::Postgres($pool) => $body,
         }
     };
@@ -216,17 +223,6 @@ impl Ledger {
         with_pool!(self, pool => pool.close().await)
     }
 
-    /// The ledger to merge facts through: on SQLite its one writer connection.
-    fn for_merges(&self) -> Ledger {
-        match self {
-            Ledger::Sqlite { writer, .. } => Ledger::Sqlite {
-                pool: writer.clone(),
-                writer: writer.clone(),
-            },
-            Ledger::Postgres(pool) => Ledger::Postgres(pool.clone()),
-        }
-    }
-
     /// Merge `facts` into the ledger in one transaction; returns after the commit, i.e.
     /// once durable. Writers serialise on `ledger_seq`, so rows take change sequence
     /// numbers in commit order and a reader of `seq > N` never misses a commit.
@@ -239,7 +235,7 @@ impl Ledger {
         ids.sort_unstable();
         ids.dedup();
         let reserve = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-        with_pool!(&self.for_merges(), pool => {
+        with_pool!(writer self, pool => {
             let mut tx = pool.begin().await?;
             let next: i64 = sqlx::query_scalar(
                 "UPDATE ledger_seq SET next = next + $1 WHERE one = 1 RETURNING next",
