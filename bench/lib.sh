@@ -16,7 +16,12 @@ streams() { local i b; for i in $(seq 0 255); do printf -v b %03d "$i"; echo "${
 
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -"${BENCH_KILL_SIGNAL:-KILL}" "$pid" 2>/dev/null || true; done
+  # CONT after the signal: a process a script stopped (run.sh's PAUSE_COLLECTOR) acts
+  # on TERM only once it runs again, and `wait` would hang on it.
+  for pid in "${pids[@]}"; do
+    kill -"${BENCH_KILL_SIGNAL:-KILL}" "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
