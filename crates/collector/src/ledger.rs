@@ -244,7 +244,8 @@ impl Ledger {
             .fetch_one(&mut *tx)
             .await?;
             let mut seq = next - reserve;
-            let mut existing: HashMap<String, Row> = HashMap::with_capacity(ids.len());
+            // Each stored row with its seq, under which its meters are stored.
+            let mut existing: HashMap<String, (Row, i64)> = HashMap::with_capacity(ids.len());
             for chunk in pow2_chunks(&ids, IDS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(format!("SELECT {ROW_COLUMNS} FROM usage_events WHERE id IN ("));
                 let mut list = qb.separated(", ");
@@ -254,7 +255,7 @@ impl Ledger {
                 qb.push(")");
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     let stored = read_row(&r)?;
-                    existing.insert(stored.row.id.clone(), stored.row);
+                    existing.insert(stored.row.id.clone(), (stored.row, stored.seq));
                 }
             }
             let mut applied = Applied::default();
@@ -262,7 +263,7 @@ impl Ledger {
             for fact in facts {
                 let before = merged
                     .remove(fact.id())
-                    .or_else(|| existing.get(fact.id()).cloned());
+                    .or_else(|| existing.get(fact.id()).map(|(row, _)| row.clone()));
                 let after = merge(before, fact, received_at_ms);
                 merged.insert(after.id.clone(), after);
             }
@@ -270,7 +271,7 @@ impl Ledger {
             for id in &ids {
                 let Some(row) = merged.remove(*id) else { continue };
                 match existing.get(*id) {
-                    Some(old) if *old == row => applied.unchanged += 1,
+                    Some((old, _)) if *old == row => applied.unchanged += 1,
                     old => {
                         if old.is_some() {
                             applied.updated += 1;
@@ -322,34 +323,35 @@ impl Ledger {
                 );
                 qb.build().execute(&mut *tx).await?;
             }
-            // Rows new to the ledger have no meters to replace (writers are serialised
-            // since the `ledger_seq` update, so `existing` is still true).
-            let replaced: Vec<&(Row, i64)> = changed
+            // A changed row's meters move to its new seq; rows new to the ledger have
+            // none to remove (writers are serialised since the `ledger_seq` update, so
+            // `existing` is still true).
+            let replaced: Vec<i64> = changed
                 .iter()
-                .filter(|(row, _)| existing.contains_key(&row.id))
+                .filter_map(|(row, _)| existing.get(&row.id).map(|(_, old_seq)| *old_seq))
                 .collect();
             for chunk in pow2_chunks(&replaced, IDS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new("DELETE FROM usage_meters WHERE id IN (");
+                let mut qb = QueryBuilder::new("DELETE FROM usage_meters WHERE seq IN (");
                 let mut list = qb.separated(", ");
-                for (row, _) in chunk {
-                    list.push_bind(row.id.as_str());
+                for old_seq in chunk {
+                    list.push_bind(*old_seq);
                 }
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
-            let meter_rows: Vec<(&Row, &str, i64, bool)> = changed
+            let meter_rows: Vec<(&Row, i64, &str, i64, bool)> = changed
                 .iter()
-                .flat_map(|(row, _)| {
+                .flat_map(|(row, seq)| {
                     let billable = row.billable();
-                    row.meters.iter().map(move |(m, q)| (row, m.as_str(), *q, billable))
+                    row.meters.iter().map(move |(m, q)| (row, *seq, m.as_str(), *q, billable))
                 })
                 .collect();
             for chunk in pow2_chunks(&meter_rows, METER_ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO usage_meters (id, meter, quantity, tenant, time_ms, billable) ",
+                    "INSERT INTO usage_meters (seq, meter, quantity, tenant, time_ms, billable) ",
                 );
-                qb.push_values(chunk, |mut b, (row, meter, quantity, billable)| {
-                    b.push_bind(row.id.as_str())
+                qb.push_values(chunk, |mut b, (row, seq, meter, quantity, billable)| {
+                    b.push_bind(*seq)
                         .push_bind(*meter)
                         .push_bind(*quantity)
                         .push_bind(row.tenant.as_str())
@@ -449,7 +451,7 @@ impl Ledger {
         end_ms: i64,
     ) -> Result<i64, LedgerError> {
         let sql = "SELECT CAST(COALESCE(SUM(m.quantity), 0) AS BIGINT) FROM usage_meters m \
-                   JOIN usage_events e ON e.id = m.id \
+                   JOIN usage_events e ON e.seq = m.seq \
                    WHERE m.tenant = $1 AND m.meter = $2 AND m.time_ms >= $3 AND m.time_ms < $4 \
                    AND e.counted = $5 AND e.refunded = $6";
         with_pool!(self, pool => {

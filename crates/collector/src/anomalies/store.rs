@@ -104,7 +104,7 @@ pub async fn series_changed(
     let mut out = Vec::new();
     let meters = "SELECT m.tenant, m.meter, MIN(m.time_ms), MAX(m.time_ms), \
                   MAX(e.received_at_ms) FROM usage_events e \
-                  JOIN usage_meters m ON m.id = e.id \
+                  JOIN usage_meters m ON m.seq = e.seq \
                   WHERE e.seq > $1 AND e.seq <= $2 AND m.billable = $3 \
                   GROUP BY m.tenant, m.meter";
     let tenants = "SELECT tenant, MIN(time_ms), MAX(time_ms), MAX(received_at_ms) \
