@@ -381,16 +381,17 @@ async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
     let token = stack.token("impatient");
     assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
 
-    // The upstream answers 500 after 1.5 s; meanwhile the counter hangs, so the
-    // refund of the 5xx waits (up to 2 s), and the client gives up 1 s into that
-    // wait. Seconds apart, so a slow machine does not reorder them.
+    // The upstream answers 500 after 3 s; meanwhile the counter hangs, so the refund
+    // of the 5xx waits (up to 2 s), and the client gives up 1 s into that wait.
+    // Seconds apart, so a slow machine does not reorder them: the counter is paused
+    // well before the 5xx, even when other tests load the machine.
     let request = stack
-        .request(reqwest::Method::GET, "/status/500?delay_ms=1500")
+        .request(reqwest::Method::GET, "/status/500?delay_ms=3000")
         .bearer_auth(&token)
         .send();
-    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(2500), request));
+    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(4000), request));
     waiting_at_envoy(&stack, 1).await;
-    eventually("the 5xx to be admitted", Duration::from_secs(1), || async {
+    eventually("the 5xx to be admitted", Duration::from_secs(2), || async {
         (used(&stack, "impatient", "daily").await == 2).then_some(())
     })
     .await;
