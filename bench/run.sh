@@ -40,8 +40,8 @@
 #                                     # patch), one per run; default .tools/bin/envoy
 #   ROUNDS=3 bench/run.sh      # every variant three times, round-robin: the table has
 #       medians, and each ratio comes from variants of the same round (median, range)
-#   WASM=/tmp/old.wasm COLLECTOR=/tmp/old-collector bench/run.sh   # another build of
-#       the filter or the collector than this tree's
+#   WASM=/tmp/old.wasm COLLECTOR=/tmp/old-collector COUNTER=/tmp/old-counter bench/run.sh
+#       # another build of the filter, the collector or the counter than this tree's
 #   PAUSE_COLLECTOR=1 bench/run.sh   # a diagnostic: the collector stopped (SIGSTOP)
 #       during each measured run but turnpike+events', as if it ran on other hardware,
 #       and resumed after: it reads the usage streams it missed, and the ledger check
@@ -97,6 +97,8 @@ wasm=${WASM:-"$target/wasm32-wasip1/wasm/turnpike.wasm"}
 dev="$target/release/turnpike-dev"
 collector=${COLLECTOR:-"$target/release/turnpike-collector"}
 [ -x "$collector" ] || die "COLLECTOR: $collector is not an executable"
+counter=${COUNTER:-"$target/release/turnpike-counter"}
+[ -x "$counter" ] || die "COUNTER: $counter is not an executable"
 
 rm -rf "$run"; mkdir -p "$run"
 
@@ -116,7 +118,7 @@ for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && brea
   >"$run/collector.log" 2>&1 &
 collector_pid=$!; pids+=($collector_pid)
 wait_http "http://127.0.0.1:$COLLECTOR_PORT/healthz"
-"$target/release/turnpike-counter" --listen "127.0.0.1:$COUNTER_PORT" \
+"$counter" --listen "127.0.0.1:$COUNTER_PORT" \
   --redis "redis://127.0.0.1:$REDIS_PORT" --plans bench/plans.toml \
   --ledger-url "http://127.0.0.1:$COLLECTOR_PORT" >"$run/counter.log" 2>&1 &
 counter_pid=$!; pids+=($counter_pid)

@@ -376,16 +376,19 @@ impl Store {
             .arg(plan)
             .arg(meters)
             .arg(EXPIRE_GRACE_SECS)
-            .arg(records.len());
-        for (consume_id, at_ms) in records {
-            invoke.arg(consume_id).arg(*at_ms);
+            .arg(records.len())
+            .arg(
+                records
+                    .len()
+                    .div_ceil(turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY),
+            );
+        for entry in turnpike_wire::lease_stream_records(records) {
+            invoke.arg(entry);
         }
         for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
             invoke.key(key).arg(slot.cost).arg(slot.end);
         }
-        invoke
-            .arg(turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY)
-            .arg(self.record_ttl_secs);
+        invoke.arg(self.record_ttl_secs);
         let mut conn = self.conn.clone();
         let (_recorded, outcome): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
         Ok(match outcome {

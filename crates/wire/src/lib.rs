@@ -307,6 +307,25 @@ fn is_zero(n: &u64) -> bool {
 /// a stream that has them.
 pub const LEASE_RECORDS_PER_STREAM_ENTRY: usize = 100;
 
+/// The records field (`r`) of each usage-stream entry of a lease report, in order: up
+/// to [`LEASE_RECORDS_PER_STREAM_ENTRY`] records each, as `id:ms,id:ms,...` (consume ids
+/// are `[A-Za-z0-9_-]`, so `:` and `,` cannot clash). The counter joins them, not its
+/// Redis script: per record, Lua's string work cost Redis more than the entry itself.
+pub fn lease_stream_records(records: &[(String, u64)]) -> impl Iterator<Item = String> + '_ {
+    records.chunks(LEASE_RECORDS_PER_STREAM_ENTRY).map(|chunk| {
+        let mut text = String::with_capacity(chunk.iter().map(|(id, _)| id.len() + 15).sum());
+        for (i, (id, at_ms)) in chunk.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(id);
+            text.push(':');
+            text.push_str(&at_ms.to_string());
+        }
+        text
+    })
+}
+
 /// Requests a proxy admitted from a lease, for the usage stream (and the ledger).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseReport {
@@ -481,6 +500,27 @@ mod tests {
         assert_eq!(ev.kind, USAGE_EVENT_TYPE);
         assert_eq!(ev.data.decision, Decision::Allowed);
         assert_eq!(serde_json::to_string(&ev).unwrap(), json);
+    }
+
+    #[test]
+    fn lease_records_are_joined_into_entries_of_at_most_the_constant() {
+        let records: Vec<(String, u64)> = (0..2 * LEASE_RECORDS_PER_STREAM_ENTRY + 1)
+            .map(|i| (format!("id-{i}"), u64::MAX - i as u64))
+            .collect();
+        let entries: Vec<String> = lease_stream_records(&records).collect();
+        let sizes: Vec<usize> = entries.iter().map(|e| e.split(',').count()).collect();
+        assert_eq!(
+            sizes,
+            [
+                LEASE_RECORDS_PER_STREAM_ENTRY,
+                LEASE_RECORDS_PER_STREAM_ENTRY,
+                1
+            ]
+        );
+        assert!(entries[0].starts_with(&format!("id-0:{},id-1:", u64::MAX)));
+        let last = 2 * LEASE_RECORDS_PER_STREAM_ENTRY;
+        assert_eq!(entries[2], format!("id-{last}:{}", u64::MAX - last as u64));
+        assert_eq!(lease_stream_records(&[]).count(), 0);
     }
 
     #[test]
