@@ -315,6 +315,12 @@ async fn a_ledger_keyed_by_id_is_rekeyed_by_seq_and_loses_nothing(db: &TestDb) {
             .await
             .expect("usage_meters");
             assert_eq!(keyed, 1);
+            // An existing ledger keeps its page size; only new ones get 16 KiB pages.
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(pool)
+                .await
+                .expect("page size");
+            assert_eq!(page, 4096);
         }
         Ledger::Postgres(pool) => {
             let columns: Vec<String> = sqlx::query_scalar(
@@ -422,4 +428,20 @@ async fn sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
     a_ledger_keyed_by_id_is_rekeyed_by_seq_and_loses_nothing(&TestDb::postgres()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_ledger_has_16_kib_pages() {
+    let db = TestDb::sqlite();
+    let _c = Collector::start(&db, &[]).await;
+    let ledger = db.ledger().await;
+    let Ledger::Sqlite { pool, .. } = &ledger else {
+        unreachable!("a SQLite test")
+    };
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(pool)
+        .await
+        .expect("page size");
+    assert_eq!(page, 16384);
+    ledger.close().await;
 }
