@@ -308,19 +308,11 @@ async fn a_ledger_keyed_by_id_is_rekeyed_by_seq_and_loses_nothing(db: &TestDb) {
                     && !schema.contains("WITHOUT ROWID"),
                 "{schema}"
             );
-            let keyed: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pragma_table_info('usage_meters') WHERE name = 'seq' AND pk = 1",
-            )
-            .fetch_one(pool)
-            .await
-            .expect("usage_meters");
-            assert_eq!(keyed, 1);
+            let keyed = "SELECT COUNT(*) FROM pragma_table_info('usage_meters') \
+                         WHERE name = 'seq' AND pk = 1";
+            assert_eq!(sqlite_int(pool, keyed).await, 1);
             // An existing ledger keeps its page size; only new ones get 16 KiB pages.
-            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
-                .fetch_one(pool)
-                .await
-                .expect("page size");
-            assert_eq!(page, 4096);
+            assert_eq!(sqlite_int(pool, "PRAGMA page_size").await, 4096);
         }
         Ledger::Postgres(pool) => {
             let columns: Vec<String> = sqlx::query_scalar(
@@ -397,13 +389,20 @@ async fn a_ledger_keyed_by_id_is_rekeyed_by_seq_and_loses_nothing(db: &TestDb) {
             .execute(pool)
             .await
             .expect("move a row");
-        let moves: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM billing_moves")
-            .fetch_one(pool)
-            .await
-            .expect("moves");
-        assert_eq!(moves, 1);
+        assert_eq!(
+            sqlite_int(pool, "SELECT COUNT(*) FROM billing_moves").await,
+            1
+        );
     }
     ledger.close().await;
+}
+
+/// One integer from SQLite.
+async fn sqlite_int(pool: &SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Units the counter counted and did not refund, over both tenants and meters.
@@ -438,10 +437,6 @@ async fn a_new_sqlite_ledger_has_16_kib_pages() {
     let Ledger::Sqlite { pool, .. } = &ledger else {
         unreachable!("a SQLite test")
     };
-    let page: i64 = sqlx::query_scalar("PRAGMA page_size")
-        .fetch_one(pool)
-        .await
-        .expect("page size");
-    assert_eq!(page, 16384);
+    assert_eq!(sqlite_int(pool, "PRAGMA page_size").await, 16384);
     ledger.close().await;
 }
