@@ -34,6 +34,37 @@ async fn load_history(db: &TestDb, span: Span) {
         let (status, body) = post_batch(&client, &c, chunk).await;
         assert_eq!(status, 200, "{body}");
     }
+    // newco burns its monthly plan (1,000) within the history's last hours. In the first
+    // hours of a month those hours belong to the month before, and the tenants page
+    // shows the current one: top newco up in this month, so its limit is reached
+    // whatever the date.
+    let month_start = time::OffsetDateTime::now_utc()
+        .replace_day(1)
+        .expect("day 1")
+        .replace_time(time::Time::MIDNIGHT)
+        .unix_timestamp();
+    let this_month = rfc3339(month_start);
+    let in_this_month: u64 = history(span)
+        .iter()
+        .filter(|e| e["subject"] == "newco" && e["time"].as_str() >= Some(this_month.as_str()))
+        .filter_map(|e| e["data"]["meters"][0]["cost"].as_u64())
+        .sum();
+    if in_this_month < 1000 {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let top_up: Vec<Value> = (0..10)
+            .map(|j| {
+                event(
+                    &format!("newco-top-up-{j}"),
+                    "newco",
+                    &rfc3339(now.max(month_start)),
+                    "allowed",
+                    &[("requests", 100)],
+                )
+            })
+            .collect();
+        let (status, body) = post_batch(&client, &c, &top_up).await;
+        assert_eq!(status, 200, "{body}");
+    }
     // One malformed event, so the pipeline page has a quarantine to show.
     let mut bad = event("bad-1", "acme", &rfc3339(span.end() - 60), "allowed", &[]);
     bad["time"] = json!("yesterday");
