@@ -376,13 +376,10 @@ impl Store {
             .arg(plan)
             .arg(meters)
             .arg(EXPIRE_GRACE_SECS)
-            .arg(records.len())
-            .arg(
-                records
-                    .len()
-                    .div_ceil(turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY),
-            );
-        for entry in turnpike_wire::lease_stream_records(records) {
+            .arg(records.len());
+        let entries: Vec<String> = turnpike_wire::lease_stream_records(records).collect();
+        invoke.arg(entries.len());
+        for entry in entries {
             invoke.arg(entry);
         }
         for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {

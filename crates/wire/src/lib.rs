@@ -4,6 +4,8 @@
 //!
 //! Field names are the JSON contract; change them only together with every user.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 /// HTTP paths of the counter service's API.
@@ -315,12 +317,9 @@ pub fn lease_stream_records(records: &[(String, u64)]) -> impl Iterator<Item = S
     records.chunks(LEASE_RECORDS_PER_STREAM_ENTRY).map(|chunk| {
         let mut text = String::with_capacity(chunk.iter().map(|(id, _)| id.len() + 15).sum());
         for (i, (id, at_ms)) in chunk.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            text.push_str(id);
-            text.push(':');
-            text.push_str(&at_ms.to_string());
+            let sep = if i > 0 { "," } else { "" };
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{sep}{id}:{at_ms}");
         }
         text
     })
