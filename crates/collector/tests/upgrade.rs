@@ -121,7 +121,7 @@ async fn apply_before(
                  received_at_ms, counted, reported, refunded, lease, seq, settled) VALUES ($1, \
                  $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
                  $19, $20, $21) ON CONFLICT (id) DO UPDATE SET source = excluded.source, \
-                 time_ms = excluded.time_ms, plan = excluded.plan, method = excluded.method, \
+                 tenant = excluded.tenant, time_ms = excluded.time_ms, plan = excluded.plan, method = excluded.method, \
                  route = excluded.route, status = excluded.status, \
                  request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes, \
                  duration_ms = excluded.duration_ms, decision = excluded.decision, \
