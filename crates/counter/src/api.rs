@@ -184,14 +184,20 @@ pub(crate) fn wants_compact(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains(turnpike_wire::COMPACT_ANSWER))
 }
 
-/// Check and decide one consume, and count its result: what `/v1/consume` and each
-/// item of `/v1/consume/batch` run, in a task of their own.
+/// Check and decide one consume, and count its result: what `/v1/consume` runs, and
+/// each item of `/v1/consume/batch` that shares its windows with no other item.
 pub(crate) async fn decide_counted(
     state: &AppState,
     req: &turnpike_wire::ConsumeRequest,
 ) -> Result<ConsumeResponse, ApiError> {
     let outcome = consume_inner(state, req).await;
-    if let Ok(answer) = &outcome {
+    count_consume(state, &outcome);
+    outcome
+}
+
+/// Count a consume's result in the metrics.
+pub(crate) fn count_consume(state: &AppState, outcome: &Result<ConsumeResponse, ApiError>) {
+    if let Ok(answer) = outcome {
         let counter = if answer.allowed {
             &state.metrics.consumes_allowed
         } else {
@@ -202,7 +208,6 @@ pub(crate) async fn decide_counted(
             Metrics::inc(&state.metrics.consumes_replayed);
         }
     }
-    outcome
 }
 
 /// A consume goes round at most this often: a stale window (the counter's idea of
@@ -234,61 +239,77 @@ async fn consume_inner(
                 .await?;
             return Ok(ticket.answer(false, &used, false, now));
         }
-        let answer = match state.store.consume(&call, &ticket).await? {
-            Consumed::Decided {
-                allowed,
-                now_ms,
-                used,
-            } => {
-                state.clock.learn(now_ms);
-                let now = ms_to_secs(now_ms);
-                let mut answer = ticket.answer(allowed, &used, false, now);
-                answer.time_ms = Some(now_ms);
-                answer
-            }
-            Consumed::Replayed {
-                record,
-                now_ms,
-                used,
-            } => {
-                state.clock.learn(now_ms);
-                let allowed = matches!(record.state, RecordState::Allowed | RecordState::Settled);
-                let mut answer = ticket.answer(allowed, &used, true, ms_to_secs(now_ms));
-                answer.time_ms = Some(record.time_ms);
-                answer
-            }
-            Consumed::Cancelled { now_ms } => {
-                state.clock.learn(now_ms);
-                let mut answer = ticket.answer(false, &[], true, ms_to_secs(now_ms));
-                answer.limits.clear();
-                answer.retry_after = None;
-                answer.time_ms = Some(now_ms);
-                answer
-            }
+        match state.store.consume(&call, &ticket).await? {
             Consumed::Stale { now_ms } => {
                 state.clock.learn(now_ms);
                 Metrics::inc(&state.metrics.stale_tickets);
-                continue;
             }
             Consumed::NeedsSeed { now_ms, required } => {
                 state.clock.learn(now_ms);
                 seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms), required).await?;
-                continue;
             }
-        };
-        tracing::debug!(
-            tenant = %req.tenant,
-            id = %req.id,
-            plan = %answer.plan,
-            allowed = answer.allowed,
-            replayed = answer.replayed,
-            "consume"
-        );
-        return Ok(answer);
+            decided => {
+                if let Some(answer) = decided_answer(state, req, &ticket, &decided) {
+                    return Ok(answer);
+                }
+            }
+        }
     }
     Err(ApiError::Unavailable(StoreError::Reply(format!(
         "no decision after {MAX_CONSUME_ROUNDS} rounds (clock or seeding trouble)"
     ))))
+}
+
+/// The answer to consume `req`, which the script decided on `ticket`: allowed, denied,
+/// replayed or cancelled. `None` for a stale window or a missing seed marker, which
+/// need another round.
+pub(crate) fn decided_answer(
+    state: &AppState,
+    req: &turnpike_wire::ConsumeRequest,
+    ticket: &Ticket,
+    consumed: &Consumed,
+) -> Option<ConsumeResponse> {
+    let answer = match consumed {
+        Consumed::Decided {
+            allowed,
+            now_ms,
+            used,
+        } => {
+            state.clock.learn(*now_ms);
+            let mut answer = ticket.answer(*allowed, used, false, ms_to_secs(*now_ms));
+            answer.time_ms = Some(*now_ms);
+            answer
+        }
+        Consumed::Replayed {
+            record,
+            now_ms,
+            used,
+        } => {
+            state.clock.learn(*now_ms);
+            let allowed = matches!(record.state, RecordState::Allowed | RecordState::Settled);
+            let mut answer = ticket.answer(allowed, used, true, ms_to_secs(*now_ms));
+            answer.time_ms = Some(record.time_ms);
+            answer
+        }
+        Consumed::Cancelled { now_ms } => {
+            state.clock.learn(*now_ms);
+            let mut answer = ticket.answer(false, &[], true, ms_to_secs(*now_ms));
+            answer.limits.clear();
+            answer.retry_after = None;
+            answer.time_ms = Some(*now_ms);
+            answer
+        }
+        Consumed::Stale { .. } | Consumed::NeedsSeed { .. } => return None,
+    };
+    tracing::debug!(
+        tenant = %req.tenant,
+        id = %req.id,
+        plan = %answer.plan,
+        allowed = answer.allowed,
+        replayed = answer.replayed,
+        "consume"
+    );
+    Some(answer)
 }
 
 pub(crate) fn ms_to_secs(ms: u64) -> i64 {

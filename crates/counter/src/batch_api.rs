@@ -17,7 +17,7 @@ use turnpike_wire::{
     ConsumeBatchItem, ConsumeRequest, SettleBatchItem, SettleRequest, MAX_CONSUME_BATCH,
 };
 
-use crate::api::{decide_counted, settle_counted, unauthorized, wants_compact, ApiError};
+use crate::api::{settle_counted, unauthorized, wants_compact, ApiError};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -39,8 +39,10 @@ pub(crate) async fn consume_batch(
     };
     Metrics::inc(&state.metrics.consume_batches);
     Metrics::add(&state.metrics.consume_batch_items, requests.len() as u64);
-    let outcomes = run_all(&state, requests, |state, req| async move {
-        decide_counted(&state, &req).await
+    let n = requests.len();
+    let outcomes = within_budget(&state, n, {
+        let state = state.clone();
+        async move { crate::batch_consume::decide_batch(&state, &requests).await }
     })
     .await;
     let items: Vec<ConsumeBatchItem> = outcomes
@@ -143,13 +145,22 @@ where
     Fut: Future<Output = Result<A, ApiError>> + Send + 'static,
 {
     let n = requests.len();
-    let task = tokio::spawn({
-        let state = state.clone();
-        async move {
-            let all = requests.into_iter().map(|req| each(state.clone(), req));
-            futures_util::future::join_all(all).await
-        }
-    });
+    let state2 = state.clone();
+    within_budget(state, n, async move {
+        let all = requests.into_iter().map(|req| each(state2.clone(), req));
+        futures_util::future::join_all(all).await
+    })
+    .await
+}
+
+/// Run the `n` outcomes of a batch in a task of their own (a caller that hangs up
+/// cancels none of them halfway); past the budget, every item fails as unavailable.
+async fn within_budget<A: Send + 'static>(
+    state: &Arc<AppState>,
+    n: usize,
+    all: impl Future<Output = Vec<Result<A, ApiError>>> + Send + 'static,
+) -> Vec<Result<A, ApiError>> {
+    let task = tokio::spawn(all);
     let all_failed = |err: &dyn Fn() -> StoreError| {
         (0..n)
             .map(|_| Err(ApiError::Unavailable(err())))

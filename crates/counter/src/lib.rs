@@ -3,6 +3,7 @@
 
 pub mod api;
 mod batch_api;
+mod batch_consume;
 pub use turnpike_auth as auth;
 pub mod cli;
 mod clock;

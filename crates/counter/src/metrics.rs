@@ -65,6 +65,8 @@ pub struct Metrics {
     pub consumes_replayed: AtomicU64,
     pub consume_batches: AtomicU64,
     pub consume_batch_items: AtomicU64,
+    /// Batch items decided in a script with others of their tenant.
+    pub consumes_grouped: AtomicU64,
     pub settle_batches: AtomicU64,
     pub refunds_refunded: AtomicU64,
     pub refunds_noop: AtomicU64,
@@ -156,6 +158,12 @@ impl Metrics {
             "turnpike_counter_consume_batch_items_total",
             "Consumes that came in batches.",
             &[("", &self.consume_batch_items)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_consumes_grouped_total",
+            "Batched consumes decided in one Redis script with others of their tenant (the rest of a batch goes alone).",
+            &[("", &self.consumes_grouped)],
         );
         counter(
             &mut out,

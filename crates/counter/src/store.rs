@@ -11,7 +11,7 @@ use redis::{Script, Value};
 use turnpike_redis::{Health, RedisConfig, RedisConn};
 
 use crate::keys::TenantKeys;
-use crate::ticket::{parse_record_slots, Ticket, EXPIRE_GRACE_SECS};
+use crate::ticket::{parse_record_slots, Ticket, WindowUnion, EXPIRE_GRACE_SECS};
 
 /// A Redis operation failed or took too long.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,15 @@ pub struct ConsumeCall<'a> {
     pub meters: &'a str,
     /// Whether the tenant's seed marker must exist (a ledger is configured).
     pub require_seed: bool,
+}
+
+/// One consume of a [`Store::consume_many`] call.
+#[derive(Debug, Clone)]
+pub struct ManyCall<'a> {
+    pub call: ConsumeCall<'a>,
+    pub ticket: &'a Ticket,
+    /// The index of each slot of `ticket` among the call's windows.
+    pub windows: &'a [usize],
 }
 
 /// An idempotency record: `S|T|METERS|SLOTS` (see consume.lua).
@@ -140,6 +149,7 @@ pub struct Store {
     timeout: Duration,
     record_ttl_secs: u64,
     consume: Script,
+    consume_many: Script,
     refund: Script,
     seed: Script,
     settle: Script,
@@ -213,6 +223,10 @@ impl Store {
             consume: Script::new(concat!(
                 include_str!("lua/windows.lua"),
                 include_str!("lua/consume.lua")
+            )),
+            consume_many: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/consume_many.lua")
             )),
             refund: Script::new(include_str!("lua/refund.lua")),
             seed: Script::new(include_str!("lua/seed.lua")),
@@ -470,6 +484,56 @@ impl Store {
         parse_consume_reply(&reply, ticket.slots.len())
     }
 
+    /// Run check-and-consume for several consumes of one tenant, in one script, in
+    /// order: each is decided as [`Store::consume`] would decide it, one after
+    /// another. `windows` holds every window their tickets take from, and each
+    /// consume comes with its ticket's slots as indexes into it
+    /// ([`WindowUnion::join`]). A stale window or a missing seed marker is answered
+    /// for all of them.
+    pub async fn consume_many(
+        &self,
+        windows: &WindowUnion,
+        consumes: &[ManyCall<'_>],
+    ) -> Result<Vec<Consumed>, StoreError> {
+        let Some(first) = consumes.first() else {
+            return Ok(Vec::new());
+        };
+        let keys = TenantKeys::new(first.call.tenant);
+        let mut invoke = self.consume_many.prepare_invoke();
+        invoke
+            .key(keys.stream())
+            .key(keys.seed_marker(windows.month.0, &windows.plan))
+            .key(keys.epoch())
+            .arg(self.record_ttl_secs)
+            .arg(u8::from(
+                first.call.require_seed && windows.has_long_windows(),
+            ))
+            .arg(windows.month.0)
+            .arg(windows.month.1)
+            .arg(first.call.tenant)
+            .arg(&windows.plan)
+            .arg(EXPIRE_GRACE_SECS)
+            .arg(windows.slots.len());
+        for (slot, key) in windows.slots.iter().zip(windows.keys(&keys)) {
+            invoke.key(key).arg(slot.max).arg(slot.start).arg(slot.end);
+        }
+        for one in consumes {
+            invoke
+                .key(keys.record(one.call.id))
+                .arg(one.call.id)
+                .arg(one.call.meters)
+                .arg(one.ticket.record_slots())
+                .arg(one.ticket.slots.len());
+            for (slot, index) in one.ticket.slots.iter().zip(one.windows) {
+                // Lua counts from 1.
+                invoke.arg(index + 1).arg(slot.cost);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        parse_consume_many_reply(&reply, consumes)
+    }
+
     /// Re-seed the long windows of `ticket` (a [`Ticket::for_plan`]) with the ledger's
     /// `units` per slot, unless another replica already did. Returns the units added.
     /// With no `units`, only the marker is set (the ledger could not answer a
@@ -664,6 +728,64 @@ fn parse_consume_reply(reply: &[Value], slots: usize) -> Result<Consumed, StoreE
     }
 }
 
+/// consume_many.lua's reply: one [`Consumed`] per consume, in order. The script
+/// answers with each window's value as found and each consume's outcome; the used
+/// values an answer shows are worked out here, in order, as the script applied them.
+fn parse_consume_many_reply(
+    reply: &[Value],
+    consumes: &[ManyCall<'_>],
+) -> Result<Vec<Consumed>, StoreError> {
+    let bad = || StoreError::Reply(format!("consume_many script returned {reply:?}"));
+    let (now_ms, found, outcomes) = match reply {
+        [Value::Int(1), Value::Int(now_ms), Value::Array(found), Value::Array(outcomes)]
+            if outcomes.len() == consumes.len() =>
+        {
+            (u64::try_from(*now_ms).map_err(|_| bad())?, found, outcomes)
+        }
+        // Stale or re-seed: the same for every consume of the call.
+        [Value::Int(3 | 4), ..] => {
+            let one = parse_consume_reply(reply, 0)?;
+            return Ok(vec![one; consumes.len()]);
+        }
+        _ => return Err(bad()),
+    };
+    let mut used: Vec<u64> = found
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => u64::try_from(*i).map_err(|_| bad()),
+            _ => Err(bad()),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut decided = Vec::with_capacity(consumes.len());
+    for (outcome, one) in outcomes.iter().zip(consumes) {
+        if one.windows.len() != one.ticket.slots.len()
+            || one.windows.iter().any(|&i| i >= used.len())
+        {
+            return Err(bad());
+        }
+        if let Value::Int(1) = outcome {
+            for (slot, &i) in one.ticket.slots.iter().zip(one.windows) {
+                used[i] = used[i].saturating_add(slot.cost);
+            }
+        }
+        let mine = || one.windows.iter().map(|&i| used[i]).collect();
+        decided.push(match outcome {
+            Value::Int(code @ (0 | 1)) => Consumed::Decided {
+                allowed: *code == 1,
+                now_ms,
+                used: mine(),
+            },
+            Value::Int(5) => Consumed::Cancelled { now_ms },
+            record => Consumed::Replayed {
+                record: Record::parse(as_str(record).ok_or_else(bad)?)?,
+                now_ms,
+                used: mine(),
+            },
+        });
+    }
+    Ok(decided)
+}
+
 fn as_str(value: &Value) -> Option<&str> {
     match value {
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
@@ -685,6 +807,94 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn ticket(costs: &[u64]) -> Ticket {
+        let slot = |name: &str, cost: u64| crate::ticket::Slot {
+            name: name.into(),
+            meter: name.into(),
+            window: turnpike_plans::Window::Day,
+            max: 10,
+            soft: None,
+            start: 0,
+            end: 86_400,
+            cost,
+        };
+        Ticket {
+            plan: "p".into(),
+            month: (0, 1),
+            slots: costs
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| slot(&format!("m{i}"), c))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_many_reply_shows_each_consume_the_values_as_it_left_them_in_its_own_order() {
+        // Windows A, B as found: 3 and 5. One consume takes 2 of A; one takes 1 of B and
+        // 6 of A (its ticket's order), denied; one takes 1 of B; then a replay and a
+        // cancelled one.
+        let (one, two, three) = (ticket(&[2]), ticket(&[1, 6]), ticket(&[1]));
+        let call = |id| ConsumeCall {
+            tenant: "t",
+            id,
+            meters: "m=1",
+            require_seed: false,
+        };
+        let many = |id, ticket, windows| ManyCall {
+            call: call(id),
+            ticket,
+            windows,
+        };
+        let calls = [
+            many("a", &one, &[0][..]),
+            many("b", &two, &[1, 0][..]),
+            many("c", &three, &[1][..]),
+            many("a", &one, &[0][..]),
+            many("d", &three, &[1][..]),
+        ];
+        let reply = [
+            Value::Int(1),
+            Value::Int(77),
+            Value::Array(vec![Value::Int(3), Value::Int(5)]),
+            Value::Array(vec![
+                Value::Int(1),
+                Value::Int(0),
+                Value::Int(1),
+                bulk("A|70|m=1|d=2"),
+                Value::Int(5),
+            ]),
+        ];
+        let decided = parse_consume_many_reply(&reply, &calls).unwrap();
+        let used = |d: &Consumed| match d {
+            Consumed::Decided { used, .. } | Consumed::Replayed { used, .. } => used.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            decided[0],
+            Consumed::Decided {
+                allowed: true,
+                now_ms: 77,
+                ..
+            }
+        ));
+        assert_eq!(used(&decided[0]), [5]);
+        assert!(matches!(
+            decided[1],
+            Consumed::Decided { allowed: false, .. }
+        ));
+        assert_eq!(used(&decided[1]), [5, 5]);
+        assert_eq!(used(&decided[2]), [6]);
+        assert!(matches!(&decided[3], Consumed::Replayed { record, .. } if record.time_ms == 70));
+        assert_eq!(used(&decided[3]), [5]);
+        assert_eq!(decided[4], Consumed::Cancelled { now_ms: 77 });
+        // Stale: for every consume; a reply that does not fit the call: an error.
+        let stale = parse_consume_many_reply(&[Value::Int(3), Value::Int(9)], &calls).unwrap();
+        assert_eq!(stale, vec![Consumed::Stale { now_ms: 9 }; 5]);
+        assert!(parse_consume_many_reply(&reply[..3], &calls).is_err());
+        assert!(parse_consume_many_reply(&reply, &calls[..4]).is_err());
     }
 
     #[test]

@@ -189,6 +189,80 @@ impl Slot {
     }
 }
 
+/// The windows of several tickets of one tenant, each once: what one
+/// `consume_many.lua` call checks, with each ticket's slots as indexes into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowUnion {
+    pub plan: String,
+    pub month: (i64, i64),
+    /// Costs are not used here: each ticket keeps its own.
+    pub slots: Vec<Slot>,
+}
+
+impl WindowUnion {
+    pub fn new(ticket: &Ticket) -> WindowUnion {
+        WindowUnion {
+            plan: ticket.plan.clone(),
+            month: ticket.month,
+            slots: Vec::new(),
+        }
+    }
+
+    /// The indexes of `ticket`'s slots, in its slot order, adding the windows not yet
+    /// here. `None`, and nothing added, when the ticket is of another plan or month, or
+    /// takes from a window counter here under another maximum or end.
+    pub fn join(&mut self, ticket: &Ticket) -> Option<Vec<usize>> {
+        if ticket.plan != self.plan || ticket.month != self.month {
+            return None;
+        }
+        let mut added: Vec<&Slot> = Vec::new();
+        let mut indexes = Vec::with_capacity(ticket.slots.len());
+        for slot in &ticket.slots {
+            let same_counter = |s: &&Slot| {
+                s.meter == slot.meter && s.window == slot.window && s.start == slot.start
+            };
+            let found = self
+                .slots
+                .iter()
+                .chain(added.iter().copied())
+                .position(|s| same_counter(&s));
+            let index = match found {
+                Some(i) => {
+                    let here = self
+                        .slots
+                        .get(i)
+                        .unwrap_or_else(|| added[i - self.slots.len()]);
+                    if here.max != slot.max || here.end != slot.end {
+                        return None;
+                    }
+                    i
+                }
+                None => {
+                    added.push(slot);
+                    self.slots.len() + added.len() - 1
+                }
+            };
+            indexes.push(index);
+        }
+        let added: Vec<Slot> = added.into_iter().cloned().collect();
+        self.slots.extend(added);
+        Some(indexes)
+    }
+
+    /// Whether any window is long enough to be re-seeded (see [`Ticket::has_long_windows`]).
+    pub fn has_long_windows(&self) -> bool {
+        self.slots.iter().any(|s| s.window.is_long())
+    }
+
+    /// The window counter keys, in slot order.
+    pub fn keys(&self, keys: &TenantKeys) -> Vec<String> {
+        self.slots
+            .iter()
+            .map(|s| keys.window(&s.meter, s.window, s.start))
+            .collect()
+    }
+}
+
 /// Parse a record's `suffix=cost;...` slots (see [`Ticket::record_slots`]).
 pub fn parse_record_slots(text: &str) -> Option<Vec<(String, u64)>> {
     if text.is_empty() {
@@ -249,6 +323,46 @@ limits = [
         let names: Vec<_> = t.slots.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["per-minute", "monthly"]);
         assert!(t.slots.iter().all(|s| s.cost == 2));
+    }
+
+    #[test]
+    fn tickets_of_one_plan_and_month_join_a_union_of_their_windows() {
+        let plans = plans();
+        let at = |list: &[(&str, u64)], now| {
+            Ticket::for_request(plans.resolve("acme", None), &meters(list), now)
+        };
+        let requests = at(&[("requests", 1)], NOW);
+        let mut union = WindowUnion::new(&requests);
+        assert_eq!(union.join(&requests), Some(vec![0, 1]));
+        // Another cost, a second later: the same counters.
+        assert_eq!(
+            union.join(&at(&[("requests", 7)], NOW + 1)),
+            Some(vec![0, 1])
+        );
+        // Another meter adds its window, in the ticket's slot order.
+        let search = at(&[("requests", 1), ("search_units", 5)], NOW);
+        assert_eq!(union.join(&search), Some(vec![0, 2, 1]));
+        assert_eq!(union.slots.len(), 3);
+        assert!(union.has_long_windows());
+        // The next minute is a new counter.
+        assert_eq!(
+            union.join(&at(&[("requests", 1)], NOW + 60)),
+            Some(vec![3, 1])
+        );
+        // A counter here under another maximum, another plan or month: not joined,
+        // and nothing added.
+        let mut other_max = at(&[("requests", 1), ("search_units", 1)], NOW + 120);
+        other_max.slots[1].max += 1;
+        assert_eq!(union.join(&other_max), None);
+        assert_eq!(union.slots.len(), 4);
+        let mut other_plan = requests.clone();
+        other_plan.plan = "pro".into();
+        assert_eq!(union.join(&other_plan), None);
+        let next_month = at(&[("requests", 1)], NOW + 40 * 86_400);
+        assert_eq!(union.join(&next_month), None);
+        let keys = union.keys(&TenantKeys::new("acme"));
+        assert_eq!(keys[0], requests.keys(&TenantKeys::new("acme"))[0]);
+        assert_eq!(keys.len(), 4);
     }
 
     #[test]

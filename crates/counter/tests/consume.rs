@@ -499,3 +499,130 @@ async fn a_batch_of_many_consumes_for_one_tenant_never_admits_over_the_limit() {
     }
     assert_eq!(admitted, 500);
 }
+
+/// One consume of `requests` (1) and `search_units` (`units`).
+fn search(id: &str, tenant: &str, units: u64) -> Value {
+    serde_json::json!({ "id": id, "tenant": tenant, "meters": [
+        { "meter": "requests", "cost": 1 }, { "meter": "search_units", "cost": units } ] })
+}
+
+/// What of an answer does not depend on when it was given.
+fn decided(answer: &Value) -> Value {
+    let mut answer = answer.clone();
+    if let Some(a) = answer.as_object_mut() {
+        a.remove("time_ms");
+        a.remove("retry_after");
+        for l in a
+            .get_mut("limits")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            l.as_object_mut().map(|l| l.remove("reset"));
+        }
+    }
+    answer
+}
+
+#[tokio::test]
+async fn a_batch_answers_every_consume_as_the_same_consumes_one_by_one_would() {
+    let (redis, _counter, api) = start();
+    avoid_window_edge(86_400, 10).await;
+    // The same story for two tenants of one plan (5 requests and 10 search units a
+    // day): `batched` sends it as one batch, `single` one consume at a time. Costs
+    // differ, so the order decides who gets in: an item too big for what is left is
+    // denied and a smaller one after it allowed. Ids repeat inside the batch and from
+    // an earlier call; one was refunded before it came (cancelled). The last can never
+    // fit: it is refused without a script, after the batch's other items, so only at
+    // the end does what it sees not depend on the order.
+    let story = |t: &str| {
+        vec![
+            search("s1", t, 3),
+            search("s2", t, 4),
+            search("s1", t, 3),
+            search("s3", t, 4),
+            search("s4", t, 2),
+            search("early", t, 1),
+            search("gone", t, 1),
+            item("r1", t),
+            search("s5", t, 1),
+            item("r2", t),
+            item("r3", t),
+            search("s4", t, 2),
+            search("huge", t, 11),
+        ]
+    };
+    for t in ["batched", "single"] {
+        let (status, _) = api
+            .consume("early", t, &[("requests", 1), ("search_units", 1)])
+            .await;
+        assert_eq!(status, 200);
+        let (status, answer) = api.refund("gone", t).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, batch) = api
+        .post("/v1/consume/batch", Value::Array(story("batched")))
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    let batch = batch.as_array().unwrap().clone();
+    let mut single = Vec::new();
+    for consume in story("single") {
+        let (status, answer) = api.post("/v1/consume", consume).await;
+        single.push((status, answer));
+    }
+    assert_eq!(batch.len(), single.len());
+    for (i, (item, (status, answer))) in batch.iter().zip(&single).enumerate() {
+        assert_eq!(item["status"], *status, "item {i}: {item} against {answer}");
+        let mut expected = decided(answer);
+        if let Some(plan) = expected.get_mut("tenant") {
+            *plan = Value::from("batched");
+        }
+        assert_eq!(
+            decided(&item["answer"]),
+            expected,
+            "item {i}: {item} against {answer}"
+        );
+    }
+    // Not vacuous: the story has admissions, denials, replays and the cancelled one.
+    let allowed: Vec<bool> = batch
+        .iter()
+        .map(|i| i["answer"]["allowed"] == true)
+        .collect();
+    assert_eq!(
+        allowed,
+        [true, true, true, false, true, true, false, true, false, false, false, true, false],
+        "{batch:?}"
+    );
+    assert_eq!(batch[2]["answer"]["replayed"], true);
+    assert_eq!(batch[5]["answer"]["replayed"], true);
+    // Every item but the one that can never fit went in the tenant's one script.
+    let (_, _, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "turnpike_counter_consumes_grouped_total 12"),
+        "{metrics}"
+    );
+    assert_eq!(batch[6]["answer"]["replayed"], true);
+    // The windows and the usage stream hold the same for both.
+    for meter in ["requests", "search_units"] {
+        assert_eq!(
+            redis.get(&daily_key("batched", meter)),
+            redis.get(&daily_key("single", meter)),
+            "{meter}"
+        );
+    }
+    assert_eq!(redis.get(&daily_key("batched", "search_units")), Some(10));
+    let admitted = |t: &str| {
+        let mut ids: Vec<String> = redis
+            .stream_entries(t)
+            .into_iter()
+            .filter(|e| e.get("k").map(String::as_str) == Some("a"))
+            .map(|e| format!("{} {}", e["i"], e["m"]))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(admitted("batched"), admitted("single"));
+    assert_eq!(admitted("batched").len(), 5, "{:?}", admitted("batched"));
+}

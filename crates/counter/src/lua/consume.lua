@@ -48,14 +48,14 @@ if rec then
   return {2, now_ms, rec, used_csv()}
 end
 
-if not windows_hold(now, 11, n) then
+if not windows_hold(now, 11, n, 4) then
   return {3, now_ms}
 end
 if ARGV[2] == '1' then
   if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
     return {3, now_ms}
   end
-  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]))
+  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]), KEYS[3], KEYS[4])
   if seed then
     return seed
   end

@@ -32,14 +32,14 @@ if held and held ~= ARGV[11] then
   return {6, now_ms}
 end
 
-if not windows_hold(now, 12, n) then
+if not windows_hold(now, 12, n, 4) then
   return {3, now_ms}
 end
 if ARGV[5] == '1' then
   if now < tonumber(ARGV[6]) or now >= tonumber(ARGV[7]) then
     return {3, now_ms}
   end
-  local seed = seed_reply(now, now_ms, tonumber(ARGV[6]))
+  local seed = seed_reply(now, now_ms, tonumber(ARGV[6]), KEYS[3], KEYS[4])
   if seed then
     return seed
   end

@@ -1,6 +1,5 @@
--- Shared by consume.lua and lease.lua: the counter loads each of them with this file
--- in front (Redis scripts cannot call one another). Both take the same keys for the
--- seed marker (KEYS[3]) and the bucket's epoch (KEYS[4]).
+-- Shared by consume.lua, consume_many.lua and lease.lua: the counter loads each of
+-- them with this file in front (Redis scripts cannot call one another).
 
 -- Redis's clock (TIME), so every counter replica agrees on which window "now" is in:
 -- unix seconds and unix ms.
@@ -10,12 +9,13 @@ local function redis_now()
   return now, now * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Whether `now` lies in each of the `n` windows whose arguments start at ARGV[first]
--- (4 per window: cost, max, start, end).
-local function windows_hold(now, first, n)
+-- Whether `now` lies in each of the `n` windows whose arguments start at ARGV[first],
+-- `stride` arguments per window ending in start, end (cost, max, start, end in
+-- consume.lua and lease.lua; max, start, end in consume_many.lua).
+local function windows_hold(now, first, n, stride)
   for i = 1, n do
-    local base = first + 4 * (i - 1)
-    if now < tonumber(ARGV[base + 2]) or now >= tonumber(ARGV[base + 3]) then
+    local base = first + stride * (i - 1)
+    if now < tonumber(ARGV[base + stride - 2]) or now >= tonumber(ARGV[base + stride - 1]) then
       return false
     end
   end
@@ -25,13 +25,13 @@ end
 -- nil when the tenant's seed marker exists; else the "re-seed first" reply: {4, now_ms,
 -- 1} when the bucket's epoch is younger than the billing month starting at
 -- `month_start` (Redis may have lost usage of this month), {4, now_ms, 0} otherwise.
-local function seed_reply(now, now_ms, month_start)
-  if redis.call('EXISTS', KEYS[3]) == 1 then
+local function seed_reply(now, now_ms, month_start, marker_key, epoch_key)
+  if redis.call('EXISTS', marker_key) == 1 then
     return nil
   end
-  local epoch = redis.call('GET', KEYS[4])
+  local epoch = redis.call('GET', epoch_key)
   if not epoch then
-    redis.call('SET', KEYS[4], now)
+    redis.call('SET', epoch_key, now)
     epoch = now
   end
   if tonumber(epoch) > month_start then

@@ -1,0 +1,104 @@
+-- Several consumes of one tenant, in one script: each is decided exactly as
+-- consume.lua decides one (its own id, record, stream entry and all-or-nothing check
+-- of its own windows), in the order given, as if sent one after another. The clock,
+-- the seed marker and the windows are read once, and each window is incremented once
+-- by what the allowed consumes took: a busy proxy's batch costs Redis one script
+-- instead of one per consume.
+-- KEYS[1]    the bucket's usage stream
+-- KEYS[2]    the tenant's seed marker for this billing month and plan
+-- KEYS[3]    the bucket's epoch (see consume.lua)
+-- KEYS[4 .. 3+n]      every window counter any of the consumes takes from, once
+-- KEYS[4+n .. 3+n+m]  the idempotency record of each consume
+-- ARGV[1]    record TTL, seconds
+-- ARGV[2]    1 when the marker must exist
+-- ARGV[3..4] the marker's billing month [start, end), unix seconds
+-- ARGV[5..6] stream entry: tenant, plan
+-- ARGV[7]    seconds a window counter outlives its window
+-- ARGV[8]    n, the number of windows
+-- ARGV[9 + 3(i-1) ..] for window i: max, start, end (unix seconds)
+-- then for each consume: id, meters ("m=q,m=q"), record slots, k, and k pairs
+--            (window index, cost): its own windows, in its ticket's order
+--
+-- Replies {3, now_ms} (stale) and {4, now_ms, required} (seed) as consume.lua, for all
+-- of them; otherwise {1, now_ms, {each window's value as found}, {each consume's
+-- reply}}, a reply being 1 (allowed), 0 (denied), 5 (cancelled) or, for a replay, its
+-- record. The counter works out the used values each answer shows from the values
+-- found and the replies, in order: the script formats no number per consume.
+
+local now, now_ms = redis_now()
+local n = tonumber(ARGV[8])
+local m = #KEYS - 3 - n
+
+if not windows_hold(now, 9, n, 3) then
+  return {3, now_ms}
+end
+if ARGV[2] == '1' then
+  if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
+    return {3, now_ms}
+  end
+  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]), KEYS[2], KEYS[3])
+  if seed then
+    return seed
+  end
+end
+
+-- What each window holds as the consumes are decided in order, and what they took.
+local used, found, max, taken = {}, {}, {}, {}
+for i = 1, n do
+  used[i] = tonumber(redis.call('GET', KEYS[3 + i]) or '0')
+  found[i] = used[i]
+  max[i] = tonumber(ARGV[9 + 3 * (i - 1)])
+  taken[i] = 0
+end
+
+local ttl, tenant, plan = ARGV[1], ARGV[5], ARGV[6]
+local allowed_record = 'A|' .. now_ms .. '|'
+local replies = {}
+local a = 9 + 3 * n
+for j = 1, m do
+  local k = tonumber(ARGV[a + 3])
+  local record_key = KEYS[3 + n + j]
+  -- A record written by an earlier consume of this call (the same id twice) is found
+  -- here too: the second is a replay, as it would be one call later.
+  local rec = redis.call('GET', record_key)
+  if rec then
+    if string.sub(rec, 1, 1) == 'C' then
+      replies[j] = 5
+    else
+      replies[j] = rec
+    end
+  else
+    -- ARGV[a + 2 + 2x], ARGV[a + 3 + 2x]: window index and cost of its x-th window.
+    local fits = true
+    for b = a + 4, a + 2 + 2 * k, 2 do
+      local i = tonumber(ARGV[b])
+      if used[i] + tonumber(ARGV[b + 1]) > max[i] then
+        fits = false
+        break
+      end
+    end
+    if fits then
+      for b = a + 4, a + 2 + 2 * k, 2 do
+        local i = tonumber(ARGV[b])
+        local cost = tonumber(ARGV[b + 1])
+        used[i] = used[i] + cost
+        taken[i] = taken[i] + cost
+      end
+      local meters = ARGV[a + 1]
+      redis.call('SET', record_key, allowed_record .. meters .. '|' .. ARGV[a + 2], 'EX', ttl)
+      redis.call('XADD', KEYS[1], '*', 'k', 'a', 'i', ARGV[a], 't', tenant, 'p', plan, 'm', meters)
+      replies[j] = 1
+    else
+      replies[j] = 0
+    end
+  end
+  a = a + 4 + 2 * k
+end
+
+local grace = tonumber(ARGV[7])
+for i = 1, n do
+  if taken[i] > 0 then
+    add_to_window(KEYS[3 + i], taken[i], tonumber(ARGV[9 + 3 * (i - 1) + 2]), now, grace)
+  end
+end
+return {1, now_ms, found, replies}
