@@ -9,6 +9,9 @@
 //! k=a ... l=<lease> ts=<unix ms>     admitted by a proxy from a lease, at ts
 //! k=A t=<tenant> p=<plan> m=... l=<lease> r=<id>:<ms>,<id>:<ms>,...
 //!                                      up to 100 of those in one entry (a report)
+//! k=A t=<tenant> p=<plan> m=... r=<id>:<ms>,...
+//!                                      up to 100 consumes of a batch, decided together
+//!                                      (admitted as k=a is: no lease)
 //! k=g l=<lease> t=<tenant> n=<requests> m=...                            lease granted
 //! k=x l=<lease> t=<tenant> g=.. s=.. r=..                                lease closed
 //! ```
@@ -20,7 +23,7 @@ use turnpike_plans::ids;
 use crate::merge::Fact;
 
 /// Parse one entry into its facts for the ledger: one, or one per record of a lease
-/// report (`k=A`), or none for the lease lifecycle entries (grants and closes: the
+/// report or of consumes decided together (`k=A`), or none for the lease lifecycle entries (grants and closes: the
 /// counter's own bookkeeping, listed in its metrics). The error says what is wrong
 /// with it (the whole entry is quarantined).
 pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact>, String> {
@@ -31,7 +34,8 @@ pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact
     let tenant = checked_tenant(field("t"))?;
     let plan = field("p").ok_or("no plan (field p)")?;
     let meters = parse_meters(field("m").ok_or("no meters (field m)")?)?;
-    let lease = field("l").ok_or("no lease (field l)")?;
+    // Consumes of a batch carry no lease.
+    let lease = field("l");
     let records = field("r").ok_or("no records (field r)")?;
     records
         .split(',')
@@ -49,7 +53,7 @@ pub fn parse_all(entry_id: &str, fields: &[(String, String)]) -> Result<Vec<Fact
                 time_ms,
                 plan: plan.to_owned(),
                 meters: meters.clone(),
-                lease: Some(lease.to_owned()),
+                lease: lease.map(str::to_owned),
             })
         })
         .collect()
@@ -283,6 +287,30 @@ mod tests {
     }
 
     #[test]
+    fn consumes_decided_together_are_one_entry_of_records_without_a_lease() {
+        let f = fields(&[
+            ("k", "A"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+            ("r", "c1:1000,c2:1000"),
+        ]);
+        let facts = parse_all("1000-0", &f).unwrap();
+        // The same facts as two k=a entries of that millisecond.
+        let one = |id: &str| {
+            let a = fields(&[
+                ("k", "a"),
+                ("i", id),
+                ("t", "acme"),
+                ("p", "pro"),
+                ("m", "requests=1"),
+            ]);
+            parse_all("1000-0", &a).unwrap().remove(0)
+        };
+        assert_eq!(facts, [one("c1"), one("c2")]);
+    }
+
+    #[test]
     fn a_broken_record_fails_its_lease_report_entry_and_names_the_record() {
         let base = [
             ("k", "A"),
@@ -302,10 +330,10 @@ mod tests {
             let err = parse_all("1-0", &fields(&f)).unwrap_err();
             assert!(err.contains(says), "{records:?}: {err}");
         }
-        let no_lease: Vec<_> = base.iter().filter(|(k, _)| *k != "l").copied().collect();
-        let mut f = no_lease;
-        f.push(("r", "c1:1"));
-        assert!(parse_all("1-0", &fields(&f)).unwrap_err().contains("lease"));
+        let no_records: Vec<_> = base.to_vec();
+        assert!(parse_all("1-0", &fields(&no_records))
+            .unwrap_err()
+            .contains("records"));
     }
 
     #[test]

@@ -513,7 +513,8 @@ impl Store {
             .arg(first.call.tenant)
             .arg(&windows.plan)
             .arg(EXPIRE_GRACE_SECS)
-            .arg(windows.slots.len());
+            .arg(windows.slots.len())
+            .arg(turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY);
         for (slot, key) in windows.slots.iter().zip(windows.keys(&keys)) {
             invoke.key(key).arg(slot.max).arg(slot.start).arg(slot.end);
         }

@@ -498,6 +498,27 @@ async fn a_batch_of_many_consumes_for_one_tenant_never_admits_over_the_limit() {
         assert!(undecided.is_empty(), "{undecided:?}");
     }
     assert_eq!(admitted, 500);
+    // In the usage stream, every admitted consume once, in entries of at most 100.
+    let mut ids = Vec::new();
+    for e in redis.stream_entries("bulk") {
+        match e["k"].as_str() {
+            "a" => ids.push(e["i"].clone()),
+            "A" => {
+                let records: Vec<&str> = e["r"].split(',').collect();
+                assert!(records.len() <= turnpike_wire::LEASE_RECORDS_PER_STREAM_ENTRY);
+                ids.extend(
+                    records
+                        .iter()
+                        .map(|r| r.split(':').next().unwrap().to_owned()),
+                );
+            }
+            other => panic!("entry kind {other}"),
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((count, ids.len()), (500, 500));
 }
 
 /// One consume of `requests` (1) and `search_units` (`units`).
@@ -613,16 +634,43 @@ async fn a_batch_answers_every_consume_as_the_same_consumes_one_by_one_would() {
         );
     }
     assert_eq!(redis.get(&daily_key("batched", "search_units")), Some(10));
+    // One entry per admitted consume (k=a) when alone; joined (k=A, records
+    // `id:ms`, no lease) when decided together.
     let admitted = |t: &str| {
-        let mut ids: Vec<String> = redis
-            .stream_entries(t)
-            .into_iter()
-            .filter(|e| e.get("k").map(String::as_str) == Some("a"))
-            .map(|e| format!("{} {}", e["i"], e["m"]))
-            .collect();
+        let mut ids: Vec<String> = Vec::new();
+        for e in redis.stream_entries(t) {
+            match e["k"].as_str() {
+                "a" => ids.push(format!("{} {} {}", e["i"], e["p"], e["m"])),
+                "A" => {
+                    assert!(!e.contains_key("l"), "{e:?}");
+                    for record in e["r"].split(',') {
+                        let (id, ms) = record.split_once(':').expect("id:ms");
+                        assert!(ms.parse::<u64>().is_ok(), "{e:?}");
+                        ids.push(format!("{id} {} {}", e["p"], e["m"]));
+                    }
+                }
+                _ => {}
+            }
+        }
         ids.sort();
         ids
     };
     assert_eq!(admitted("batched"), admitted("single"));
     assert_eq!(admitted("batched").len(), 5, "{:?}", admitted("batched"));
+    // "early" came alone; the four of the batch share one entry per meters.
+    let joined: Vec<_> = redis
+        .stream_entries("batched")
+        .into_iter()
+        .filter(|e| e["k"] == "A")
+        .map(|e| (e["m"].clone(), e["r"].split(',').count()))
+        .collect();
+    assert_eq!(
+        joined,
+        [
+            ("requests=1,search_units=3".to_owned(), 1),
+            ("requests=1,search_units=4".to_owned(), 1),
+            ("requests=1,search_units=2".to_owned(), 1),
+            ("requests=1".to_owned(), 1)
+        ]
+    );
 }

@@ -303,10 +303,11 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Most records of a lease report that the counter writes into one usage-stream entry
-/// (`k=A`). An entry per request would cost Redis, and the collector reading it, most
-/// of what leasing saves; the collector reads that many fewer entries at a time from
-/// a stream that has them.
+/// Most records of a lease report, or of the consumes of one tenant decided together in
+/// a batch, that the counter writes into one usage-stream entry (`k=A`). An entry per
+/// request would cost Redis, and the collector reading it, most of what leasing (and
+/// batching) saves; the collector reads that many fewer entries at a time from a
+/// stream that has them.
 pub const LEASE_RECORDS_PER_STREAM_ENTRY: usize = 100;
 
 /// The records field (`r`) of each usage-stream entry of a lease report, in order: up

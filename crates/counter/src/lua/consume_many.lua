@@ -1,9 +1,11 @@
 -- Several consumes of one tenant, in one script: each is decided exactly as
--- consume.lua decides one (its own id, record, stream entry and all-or-nothing check
--- of its own windows), in the order given, as if sent one after another. The clock,
--- the seed marker and the windows are read once, and each window is incremented once
--- by what the allowed consumes took: a busy proxy's batch costs Redis one script
--- instead of one per consume.
+-- consume.lua decides one (its own id, record and all-or-nothing check of its own
+-- windows), in the order given, as if sent one after another. The clock, the seed
+-- marker and the windows are read once, each window is incremented once by what the
+-- allowed consumes took, and they go into the usage stream together: entries of up
+-- to ARGV[9] consumes with the same meters, as a lease report's (`k=A`, each record
+-- `id:ms`, without a lease). A busy proxy's batch costs Redis one script instead of
+-- one per consume, and the collector an entry per hundred.
 -- KEYS[1]    the bucket's usage stream
 -- KEYS[2]    the tenant's seed marker for this billing month and plan
 -- KEYS[3]    the bucket's epoch (see consume.lua)
@@ -15,7 +17,8 @@
 -- ARGV[5..6] stream entry: tenant, plan
 -- ARGV[7]    seconds a window counter outlives its window
 -- ARGV[8]    n, the number of windows
--- ARGV[9 + 3(i-1) ..] for window i: max, start, end (unix seconds)
+-- ARGV[9]    consumes per stream entry, at most
+-- ARGV[10 + 3(i-1) ..] for window i: max, start, end (unix seconds)
 -- then for each consume: id, meters ("m=q,m=q"), record slots, k, and k pairs
 --            (window index, cost): its own windows, in its ticket's order
 --
@@ -29,7 +32,7 @@ local now, now_ms = redis_now()
 local n = tonumber(ARGV[8])
 local m = #KEYS - 3 - n
 
-if not windows_hold(now, 9, n, 3) then
+if not windows_hold(now, 10, n, 3) then
   return {3, now_ms}
 end
 if ARGV[2] == '1' then
@@ -47,14 +50,16 @@ local used, found, max, taken = {}, {}, {}, {}
 for i = 1, n do
   used[i] = tonumber(redis.call('GET', KEYS[3 + i]) or '0')
   found[i] = used[i]
-  max[i] = tonumber(ARGV[9 + 3 * (i - 1)])
+  max[i] = tonumber(ARGV[10 + 3 * (i - 1)])
   taken[i] = 0
 end
 
 local ttl, tenant, plan = ARGV[1], ARGV[5], ARGV[6]
 local allowed_record = 'A|' .. now_ms .. '|'
 local replies = {}
-local a = 9 + 3 * n
+-- The allowed consumes' ids by their meters, the meters in the order first seen.
+local joined, meters_seen = {}, {}
+local a = 10 + 3 * n
 for j = 1, m do
   local k = tonumber(ARGV[a + 3])
   local record_key = KEYS[3 + n + j]
@@ -86,7 +91,13 @@ for j = 1, m do
       end
       local meters = ARGV[a + 1]
       redis.call('SET', record_key, allowed_record .. meters .. '|' .. ARGV[a + 2], 'EX', ttl)
-      redis.call('XADD', KEYS[1], '*', 'k', 'a', 'i', ARGV[a], 't', tenant, 'p', plan, 'm', meters)
+      local ids = joined[meters]
+      if not ids then
+        ids = {}
+        joined[meters] = ids
+        meters_seen[#meters_seen + 1] = meters
+      end
+      ids[#ids + 1] = ARGV[a]
       replies[j] = 1
     else
       replies[j] = 0
@@ -98,7 +109,19 @@ end
 local grace = tonumber(ARGV[7])
 for i = 1, n do
   if taken[i] > 0 then
-    add_to_window(KEYS[3 + i], taken[i], tonumber(ARGV[9 + 3 * (i - 1) + 2]), now, grace)
+    add_to_window(KEYS[3 + i], taken[i], tonumber(ARGV[10 + 3 * (i - 1) + 2]), now, grace)
+  end
+end
+
+-- Every record carries the decision time: `id:ms,id:ms`, joined by table.concat.
+local per_entry = tonumber(ARGV[9])
+local at = ':' .. now_ms
+for _, meters in ipairs(meters_seen) do
+  local ids = joined[meters]
+  for first = 1, #ids, per_entry do
+    local last = math.min(first + per_entry - 1, #ids)
+    local records = table.concat(ids, at .. ',', first, last) .. at
+    redis.call('XADD', KEYS[1], '*', 'k', 'A', 't', tenant, 'p', plan, 'm', meters, 'r', records)
   end
 end
 return {1, now_ms, found, replies}
