@@ -71,6 +71,22 @@ impl Span {
     }
 }
 
+/// How many calendar months (the free plan's billing months) newco's history touches:
+/// 2 when its last hours straddle the start of a month.
+pub fn newco_months(span: Span) -> usize {
+    let month = |unix: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp(unix).expect("time");
+        (t.year(), t.month())
+    };
+    let first = month(span.bucket(BUCKETS - NEWCO_BUCKETS));
+    let last = month(span.bucket(BUCKETS) - 1);
+    if first == last {
+        1
+    } else {
+        2
+    }
+}
+
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .expect("time")
