@@ -2,6 +2,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use turnpike_collector::config::{Args, Command};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
