@@ -38,6 +38,78 @@ async fn metric(api: &Api, series: &str) -> u64 {
 }
 
 #[tokio::test]
+async fn a_batch_while_redis_is_down_fails_each_item_fast_and_counts_each_once_after() {
+    let mut redis = Redis::start();
+    let counter = Counter::start(&redis, &plans_with_daily_max(100));
+    let api = Api::new(&counter);
+    assert!(allowed(&api, "before").await);
+    // Six consumes of one tenant (one script) and one of another (alone).
+    let batch = |tag: &str| {
+        let mut items: Vec<Value> = (0..6)
+            .map(|i| {
+                serde_json::json!({"id": format!("{tag}{i}"), "tenant": "acme",
+                "meters": [{"meter": "requests", "cost": 1}]})
+            })
+            .collect();
+        items.push(
+            serde_json::json!({"id": format!("{tag}x"), "tenant": "other",
+            "meters": [{"meter": "requests", "cost": 1}]}),
+        );
+        Value::Array(items)
+    };
+
+    redis.stop();
+    let started = Instant::now();
+    let (status, answer) = api.post("/v1/consume/batch", batch("b")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 200, "{answer}");
+    for item in answer.as_array().unwrap() {
+        assert_eq!(item["status"], 503, "{answer}");
+        assert_eq!(
+            item["problem"]["type"], "https://turnpike.dev/problems/store-unavailable",
+            "{answer}"
+        );
+    }
+
+    redis.restart();
+    // The same batch again (the proxy's retry): each consume counts once, even if
+    // sent twice more.
+    eventually(
+        "the batch after redis restart",
+        Duration::from_secs(10),
+        || async {
+            let (_, answer) = api.post("/v1/consume/batch", batch("b")).await;
+            answer
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["status"] == 200)
+        },
+    )
+    .await;
+    let (_, again) = api.post("/v1/consume/batch", batch("b")).await;
+    for item in again.as_array().unwrap() {
+        assert_eq!(item["answer"]["replayed"], true, "{again}");
+    }
+    // This Redis keeps nothing across its restart (and there is no ledger): only the
+    // batch's six count.
+    assert_eq!(daily_used(&api, "acme").await, 6);
+    assert_eq!(daily_used(&api, "other").await, 1);
+}
+
+async fn daily_used(api: &Api, tenant: &str) -> u64 {
+    let (_, _, body) = api.get(&format!("/v1/tenants/{tenant}/usage")).await;
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    usage["limits"][0]["used"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{usage}"))
+}
+
+#[tokio::test]
 async fn redis_down_gives_a_fast_503_and_the_counter_recovers_after_restart() {
     let mut redis = Redis::start();
     let counter = Counter::start(&redis, &plans_with_daily_max(100));
