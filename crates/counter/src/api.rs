@@ -476,45 +476,33 @@ pub(crate) async fn settle_counted(
     state: &AppState,
     req: &turnpike_wire::SettleRequest,
 ) -> Result<bool, ApiError> {
-    let settled = settle_inner(state, req).await?;
-    Metrics::inc(if settled {
-        &state.metrics.settles_applied
-    } else {
-        &state.metrics.settles_noop
-    });
-    Ok(settled)
+    let settled = settle_inner(state, req).await;
+    count_settle(state, &settled);
+    settled
+}
+
+/// Count a settlement's result in the metrics.
+pub(crate) fn count_settle(state: &AppState, settled: &Result<bool, ApiError>) {
+    if let Ok(settled) = settled {
+        Metrics::inc(if *settled {
+            &state.metrics.settles_applied
+        } else {
+            &state.metrics.settles_noop
+        });
+    }
 }
 
 async fn settle_inner(
     state: &AppState,
     req: &turnpike_wire::SettleRequest,
 ) -> Result<bool, ApiError> {
-    request::check_id_at("id", &req.id)?;
-    request::check_tenant(&req.tenant)?;
-    request::check_meters(&req.meters)?;
-    let used: Vec<(String, u64)> = req
-        .meters
-        .iter()
-        .map(|m| (m.meter.clone(), m.cost))
-        .collect();
+    let used = settle_used(req)?;
     for _ in 0..3 {
         let Some(record) = state.store.record(&req.tenant, &req.id).await? else {
             return Ok(false);
         };
-        if record.state != RecordState::Allowed {
+        let Some(plan) = settle_plan(&req.id, &record, &used)? else {
             return Ok(false);
-        }
-        let raw_slots = record
-            .raw
-            .splitn(4, '|')
-            .nth(3)
-            .unwrap_or_default()
-            .to_owned();
-        let Some(plan) = crate::settle::plan(&record.meters, &raw_slots, &used) else {
-            return Err(ApiError::Unavailable(StoreError::Reply(format!(
-                "unreadable record of {}",
-                req.id
-            ))));
         };
         match state
             .store
@@ -537,6 +525,39 @@ async fn settle_inner(
         }
     }
     Ok(false)
+}
+
+/// A settlement's fields checked, and what it says was used: (meter, quantity).
+pub(crate) fn settle_used(
+    req: &turnpike_wire::SettleRequest,
+) -> Result<Vec<(String, u64)>, ApiError> {
+    request::check_id_at("id", &req.id)?;
+    request::check_tenant(&req.tenant)?;
+    request::check_meters(&req.meters)?;
+    Ok(req
+        .meters
+        .iter()
+        .map(|m| (m.meter.clone(), m.cost))
+        .collect())
+}
+
+/// What settling consume `id` from its `record` to `used` changes; `None` when there
+/// is nothing to settle (refunded, cancelled, or settled before).
+pub(crate) fn settle_plan(
+    id: &str,
+    record: &crate::store::Record,
+    used: &[(String, u64)],
+) -> Result<Option<crate::settle::Plan>, ApiError> {
+    if record.state != RecordState::Allowed {
+        return Ok(None);
+    }
+    let raw_slots = record.raw.splitn(4, '|').nth(3).unwrap_or_default();
+    match crate::settle::plan(&record.meters, raw_slots, used) {
+        Some(plan) => Ok(Some(plan)),
+        None => Err(ApiError::Unavailable(StoreError::Reply(format!(
+            "unreadable record of {id}"
+        )))),
+    }
 }
 
 #[derive(Debug, Deserialize)]

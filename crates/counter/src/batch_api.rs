@@ -17,7 +17,7 @@ use turnpike_wire::{
     ConsumeBatchItem, ConsumeRequest, SettleBatchItem, SettleRequest, MAX_CONSUME_BATCH,
 };
 
-use crate::api::{settle_counted, unauthorized, wants_compact, ApiError};
+use crate::api::{unauthorized, wants_compact, ApiError};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -95,8 +95,10 @@ pub(crate) async fn settle_batch(
         Err(err) => return refuse(&state, err),
     };
     Metrics::inc(&state.metrics.settle_batches);
-    let outcomes = run_all(&state, requests, |state, req| async move {
-        settle_counted(&state, &req).await
+    let n = requests.len();
+    let outcomes = within_budget(&state, n, {
+        let state = state.clone();
+        async move { crate::batch_settle::settle_batch(&state, &requests).await }
     })
     .await;
     let items: Vec<SettleBatchItem> = outcomes
@@ -128,33 +130,10 @@ fn refuse(state: &AppState, err: RequestError) -> Response {
     err.into_response()
 }
 
-/// Run `each` on every request of a batch, concurrently, in one task of its own: a
-/// caller that hangs up cancels none of them halfway (as with a single call), their
-/// Redis calls go out together (pipelined on the shared connection), and there is no
-/// task per item, which cost more scheduling than the item itself. Outcomes in request
-/// order; past the budget, every item fails as unavailable.
-async fn run_all<R, A, F, Fut>(
-    state: &Arc<AppState>,
-    requests: Vec<R>,
-    each: F,
-) -> Vec<Result<A, ApiError>>
-where
-    R: Send + 'static,
-    A: Send + 'static,
-    F: Fn(Arc<AppState>, R) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<A, ApiError>> + Send + 'static,
-{
-    let n = requests.len();
-    let state2 = state.clone();
-    within_budget(state, n, async move {
-        let all = requests.into_iter().map(|req| each(state2.clone(), req));
-        futures_util::future::join_all(all).await
-    })
-    .await
-}
-
-/// Run the `n` outcomes of a batch in a task of their own (a caller that hangs up
-/// cancels none of them halfway); past the budget, every item fails as unavailable.
+/// Decide the `n` items of a batch in one task of their own: a caller that hangs up
+/// cancels none of them halfway (as with a single call), and there is no task per
+/// item, which cost more scheduling than the item itself. Outcomes in request order;
+/// past the budget, every item fails as unavailable.
 async fn within_budget<A: Send + 'static>(
     state: &Arc<AppState>,
     n: usize,

@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use turnpike_wire::{ConsumeRequest, ConsumeResponse};
 
 use crate::api::{count_consume, decide_counted, decided_answer, ApiError};
+use crate::batch_settle::copy_error;
 use crate::metrics::Metrics;
 use crate::request;
 use crate::state::AppState;
@@ -147,12 +148,4 @@ fn group_by_tenant(requests: &[ConsumeRequest], ready: &[Option<Ready>]) -> Vec<
         }
     }
     groups.into_iter().map(|(_, g)| g).collect()
-}
-
-/// The error of a script every item of a group waited on, for each of them.
-fn copy_error(err: &StoreError) -> StoreError {
-    match err {
-        StoreError::Timeout(after) => StoreError::Timeout(*after),
-        other => StoreError::Reply(other.to_string()),
-    }
 }

@@ -4,6 +4,7 @@
 pub mod api;
 mod batch_api;
 mod batch_consume;
+mod batch_settle;
 pub use turnpike_auth as auth;
 pub mod cli;
 mod clock;

@@ -82,6 +82,18 @@ pub struct ManyCall<'a> {
     pub windows: &'a [usize],
 }
 
+/// One settlement of a [`Store::settle_many`] call.
+#[derive(Debug, Clone)]
+pub struct ManySettle<'a> {
+    pub id: &'a str,
+    /// The record as read: the script applies the settlement only if it is unchanged.
+    pub record: &'a Record,
+    pub meters: &'a str,
+    pub slots: &'a str,
+    /// The change of each of the record's slots, in its order.
+    pub deltas: &'a [i64],
+}
+
 /// An idempotency record: `S|T|METERS|SLOTS` (see consume.lua).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -153,6 +165,7 @@ pub struct Store {
     refund: Script,
     seed: Script,
     settle: Script,
+    settle_many: Script,
     lease: Script,
     lease_close: Script,
     lease_report: Script,
@@ -231,6 +244,7 @@ impl Store {
             refund: Script::new(include_str!("lua/refund.lua")),
             seed: Script::new(include_str!("lua/seed.lua")),
             settle: Script::new(include_str!("lua/settle.lua")),
+            settle_many: Script::new(include_str!("lua/settle_many.lua")),
             lease: Script::new(concat!(
                 include_str!("lua/windows.lua"),
                 include_str!("lua/lease.lua")
@@ -637,6 +651,86 @@ impl Store {
             3 => Settled::Changed,
             _ => Settled::Nothing,
         })
+    }
+
+    /// The idempotency records of the consumes `ids` of `tenant`, in order: one read.
+    pub async fn records(
+        &self,
+        tenant: &str,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Record>>, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let names: Vec<String> = ids.iter().map(|id| keys.record(id)).collect();
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = self
+            .bounded(redis::cmd("MGET").arg(&names).query_async(&mut conn))
+            .await?;
+        if raw.len() != ids.len() {
+            return Err(StoreError::Reply(format!("MGET returned {raw:?}")));
+        }
+        raw.into_iter()
+            .map(|r| r.map(|raw| Record::parse(&raw)).transpose())
+            .collect()
+    }
+
+    /// Apply several settlements of `tenant`, each planned from the record it was
+    /// read with, in one script and in order, each as [`Store::settle`] applies one.
+    pub async fn settle_many(
+        &self,
+        tenant: &str,
+        settlements: &[ManySettle<'_>],
+    ) -> Result<Vec<Settled>, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        // Every window the records name, once; each settlement's as indexes into them.
+        let mut windows: Vec<&str> = Vec::new();
+        let mut indexes: Vec<Vec<usize>> = Vec::with_capacity(settlements.len());
+        for one in settlements {
+            let mut mine = Vec::with_capacity(one.record.slots.len());
+            for (suffix, _) in &one.record.slots {
+                let i = match windows.iter().position(|w| *w == suffix.as_str()) {
+                    Some(i) => i,
+                    None => {
+                        windows.push(suffix);
+                        windows.len() - 1
+                    }
+                };
+                mine.push(i);
+            }
+            indexes.push(mine);
+        }
+        let mut invoke = self.settle_many.prepare_invoke();
+        invoke.key(keys.stream()).arg(tenant).arg(windows.len());
+        for suffix in &windows {
+            invoke.key(keys.window_from_suffix(suffix));
+        }
+        for (one, mine) in settlements.iter().zip(&indexes) {
+            invoke
+                .key(keys.record(one.id))
+                .arg(&one.record.raw)
+                .arg(one.meters)
+                .arg(one.slots)
+                .arg(one.id)
+                .arg(mine.len());
+            for (i, delta) in mine.iter().zip(one.deltas) {
+                // Lua counts from 1.
+                invoke.arg(i + 1).arg(*delta);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let codes: Vec<i64> = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        if codes.len() != settlements.len() {
+            return Err(StoreError::Reply(format!(
+                "settle_many script returned {codes:?}"
+            )));
+        }
+        Ok(codes
+            .into_iter()
+            .map(|code| match code {
+                1 => Settled::Settled,
+                3 => Settled::Changed,
+                _ => Settled::Nothing,
+            })
+            .collect())
     }
 
     /// Current values of window counters (0 for absent keys), without writing.

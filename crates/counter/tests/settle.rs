@@ -167,3 +167,133 @@ async fn a_settle_batch_applies_each_settlement_once_and_answers_in_order() {
     let (status, _) = api.post("/v1/settle/batch", json!([])).await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn a_settle_batch_applies_each_settlement_as_the_same_ones_one_by_one_would() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    // Keep the story in one minute: the minute window is part of it.
+    let left = 60 - common::unix_now().rem_euclid(60);
+    if left < 15 {
+        tokio::time::sleep(std::time::Duration::from_secs(left as u64 + 1)).await;
+    }
+    let minute = common::unix_now() - common::unix_now().rem_euclid(60);
+    let tokens_minute = |t: &str| common::window_key(t, "tokens", "minute", minute);
+    // The same consumes for two tenants; then `batched` settles in one batch and
+    // `single` one settlement at a time. The minute window is dropped first (a window
+    // that ended): a settlement that gives back finds nothing to give back to until
+    // one that takes more creates it, and one giving back more than it holds leaves 0.
+    for t in ["batched", "single"] {
+        for (id, tokens) in [
+            ("c1", 600),
+            ("c2", 500),
+            ("c3", 400),
+            ("c4", 300),
+            ("gone", 100),
+        ] {
+            let (_, answer) = api
+                .post(
+                    "/v1/consume",
+                    json!({"id": id, "tenant": t, "meters": [
+                        {"meter": "requests", "cost": 1}, {"meter": "tokens", "cost": tokens}]}),
+                )
+                .await;
+            assert_eq!(answer["allowed"], true, "{answer}");
+        }
+        let (_, refund) = api.refund("gone", t).await;
+        assert_eq!(refund["refunded"], true, "{refund}");
+        let _: () = redis::cmd("DEL")
+            .arg(tokens_minute(t))
+            .query(&mut redis.conn())
+            .unwrap();
+    }
+    // Two batches: the first gives back to the dropped minute (nothing to give back
+    // to: it stays absent), the second creates it (c1 takes 100 more) and then gives
+    // back more than it holds (c4: 300 back from 100 leaves 0).
+    let stories = |t: &str| {
+        let item = |id: &str, meters: Value| json!({"id": id, "tenant": t, "meters": meters});
+        let tokens = |n: u64| json!([{"meter": "tokens", "cost": n}]);
+        [
+            vec![
+                item("c2", tokens(100)),
+                item("unknown", tokens(5)),
+                item(
+                    "c3",
+                    json!([{"meter": "tokens", "cost": 0}, {"meter": "cached_tokens", "cost": 40}]),
+                ),
+                item("c2", tokens(50)),
+                item("gone", tokens(10)),
+            ],
+            vec![item("c1", tokens(700)), item("c4", tokens(0))],
+        ]
+    };
+    let mut minute_after = Vec::new();
+    for (batched, single) in stories("batched").into_iter().zip(stories("single")) {
+        let (status, answer) = api.post("/v1/settle/batch", Value::Array(batched)).await;
+        assert_eq!(status, 200, "{answer}");
+        let batch: Vec<bool> = answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["settled"] == true)
+            .collect();
+        let mut one_by_one = Vec::new();
+        for item in single {
+            let (status, answer) = api.post("/v1/settle", item).await;
+            assert_eq!(status, 200, "{answer}");
+            one_by_one.push(answer["settled"] == true);
+        }
+        assert_eq!(batch, one_by_one);
+        minute_after.push((
+            batch,
+            redis.get(&tokens_minute("batched")),
+            redis.get(&tokens_minute("single")),
+        ));
+    }
+    assert_eq!(
+        minute_after,
+        [
+            (vec![true, false, true, false, false], None, None),
+            (vec![true, true], Some(0), Some(0)),
+        ]
+    );
+    // The day: 1800 reserved (the refund gave back 100) - 400 - 400 + 100 - 300.
+    let tokens_daily = |t: &str| {
+        let day = common::unix_now() - common::unix_now().rem_euclid(86_400);
+        common::window_key(t, "tokens", "day", day)
+    };
+    for t in ["batched", "single"] {
+        assert_eq!(redis.get(&tokens_daily(t)), Some(800), "{t}");
+    }
+    // The minute window a settlement created has no expiry, as alone.
+    let ttl = |t: &str| -> i64 {
+        redis::cmd("TTL")
+            .arg(tokens_minute(t))
+            .query(&mut redis.conn())
+            .unwrap()
+    };
+    assert_eq!(ttl("batched"), ttl("single"));
+    // The usage stream: the same settlements, with the final quantities.
+    let settled = |t: &str| -> Vec<(String, String)> {
+        redis
+            .stream_entries(t)
+            .into_iter()
+            .filter(|e| e["k"] == "s")
+            .map(|e| (e["i"].clone(), e["m"].clone()))
+            .collect()
+    };
+    assert_eq!(settled("batched"), settled("single"));
+    assert_eq!(
+        settled("batched"),
+        [
+            ("c2".to_owned(), "requests=1,tokens=100".to_owned()),
+            (
+                "c3".to_owned(),
+                "requests=1,tokens=0,cached_tokens=40".to_owned()
+            ),
+            ("c1".to_owned(), "requests=1,tokens=700".to_owned()),
+            ("c4".to_owned(), "requests=1,tokens=0".to_owned()),
+        ]
+    );
+}
