@@ -39,6 +39,7 @@ async fn metric(api: &Api, series: &str) -> u64 {
 
 #[tokio::test]
 async fn a_batch_while_redis_is_down_fails_each_item_fast_and_counts_each_once_after() {
+    // Consume and settle batches alike.
     let mut redis = Redis::start();
     let counter = Counter::start(&redis, &plans_with_daily_max(100));
     let api = Api::new(&counter);
@@ -73,6 +74,20 @@ async fn a_batch_while_redis_is_down_fails_each_item_fast_and_counts_each_once_a
             item["problem"]["type"], "https://turnpike.dev/problems/store-unavailable",
             "{answer}"
         );
+    }
+
+    // A settle batch too: the tenant's records are read in one call, which fails.
+    let settles: Vec<Value> = ["before", "b0", "b1"]
+        .iter()
+        .map(|id| {
+            serde_json::json!({"id": id, "tenant": "acme",
+            "meters": [{"meter": "requests", "cost": 1}]})
+        })
+        .collect();
+    let (status, answer) = api.post("/v1/settle/batch", Value::Array(settles)).await;
+    assert_eq!(status, 200, "{answer}");
+    for item in answer.as_array().unwrap() {
+        assert_eq!(item["status"], 503, "{answer}");
     }
 
     redis.restart();
