@@ -381,15 +381,16 @@ async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
     let token = stack.token("impatient");
     assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
 
-    // The upstream answers 500 after 3 s; meanwhile the counter hangs, so the refund
+    // The upstream answers 500 after 6 s; meanwhile the counter hangs, so the refund
     // of the 5xx waits (up to 2 s), and the client gives up 1 s into that wait.
     // Seconds apart, so a slow machine does not reorder them: the counter is paused
-    // well before the 5xx, even when other tests load the machine.
+    // well before the 5xx, even when other tests load the machine (with 3 s, a CI run
+    // on a loaded machine once paused it after the refund had gone through).
     let request = stack
-        .request(reqwest::Method::GET, "/status/500?delay_ms=3000")
+        .request(reqwest::Method::GET, "/status/500?delay_ms=6000")
         .bearer_auth(&token)
         .send();
-    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(4000), request));
+    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(7000), request));
     waiting_at_envoy(&stack, 1).await;
     eventually("the 5xx to be admitted", Duration::from_secs(2), || async {
         (used(&stack, "impatient", "daily").await == 2).then_some(())
