@@ -52,24 +52,45 @@ async fn ledger_ids(stack: &Stack, tenant: &str) -> Option<(HashSet<String>, Vec
 
 /// Waits until the ledger bills exactly what the counter admitted, then checks that
 /// the clients' 200s are among them: by id, none twice, none missing.
-async fn assert_ledger_equals_admitted(stack: &Stack, tenant: &str, report: &LoadReport) {
+///
+/// `cut_off_by_a_stop`: at most how many admitted consumes may be left unbilled because
+/// Envoy stopped while they were out. Their clients were cut off, so the proxy's events
+/// report them cancelled (not billed), and the refunds the filter queued for them went
+/// with its VM: the windows keep them (docs/guarantees.md, the bounds). Each must be in
+/// the ledger as the counter's record, never billed, never refunded. 0 for every fault
+/// but an Envoy stop.
+async fn assert_ledger_equals_admitted(
+    stack: &Stack,
+    tenant: &str,
+    report: &LoadReport,
+    cut_off_by_a_stop: usize,
+) {
     // What Redis holds in the tenant's month is what was admitted, net of refunds (every
     // request costs one unit). The counter's metrics are no oracle here: a consume whose
     // caller (a dying Envoy) hung up is committed in Redis even though the counter's
     // handler never got to count it.
-    let mut last = (0, 0);
+    let mut last = (0, 0, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let (billable, counted) = loop {
         let counted = stack.counter.used(tenant, "monthly").await;
-        if let Some((billable, _)) = ledger_ids(stack, tenant).await {
-            if billable.len() as u64 == counted {
+        if let Some((billable, rows)) = ledger_ids(stack, tenant).await {
+            let cut_off = rows
+                .iter()
+                .filter(|r| {
+                    r["decision"] == "cancelled"
+                        && r["counted"] == true
+                        && r["refunded"] == false
+                        && r["billable"] == false
+                })
+                .count();
+            if (billable.len() + cut_off) as u64 == counted && cut_off <= cut_off_by_a_stop {
                 break (billable, counted);
             }
-            last = (billable.len(), counted);
+            last = (billable.len(), cut_off, counted);
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the ledger never billed what the windows count: (billed, counted) = {last:?}"
+            "the ledger never billed what the windows count: (billed, cut off by the stop, counted) = {last:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -127,7 +148,7 @@ async fn a_collector_frozen_under_load_bills_every_admitted_request_once_resumed
         report.errors, 0,
         "the collector's outage must not fail requests"
     );
-    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+    assert_ledger_equals_admitted(&stack, "loaded", &report, 0).await;
     assert_eq!(stack.envoy.filter_stat("billable_events_dropped").await, 0);
 }
 
@@ -141,7 +162,7 @@ async fn a_collector_killed_under_load_bills_every_admitted_request_once_restart
     stack.collector_mut().restart().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = stop_load(load, 1000).await;
-    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+    assert_ledger_equals_admitted(&stack, "loaded", &report, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -174,7 +195,7 @@ async fn quiet_tenants_reach_the_ledger_while_another_keeps_the_collector_busy()
         .await;
     }
     let report = stop_load(load, 1000).await;
-    assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+    assert_ledger_equals_admitted(&stack, "loaded", &report, 0).await;
 }
 
 turnpike_tests::on_each_topology! {
@@ -194,8 +215,9 @@ turnpike_tests::on_each_topology! {
         stack.envoy.process().terminate(Duration::from_secs(10));
         let report = stop_load(load, 100).await;
         // Envoy is gone with whatever usage events it still held: the counter's usage
-        // stream has every admitted request anyway.
-        assert_ledger_equals_admitted(&stack, "loaded", &report).await;
+        // stream has every admitted request anyway. Consumes out at the stop whose
+        // refunds died with the VM: at most one per client.
+        assert_ledger_equals_admitted(&stack, "loaded", &report, CLIENTS).await;
     }
 }
 
