@@ -130,6 +130,41 @@ fn refuse(state: &AppState, err: RequestError) -> Response {
     err.into_response()
 }
 
+/// The outcomes of a batch, in request order: those already decided (with others of
+/// their tenant), and the rest each on the single path, `alone(i)`, concurrently.
+pub(crate) async fn with_the_rest_alone<A, F, Fut>(
+    mut outcomes: Vec<Option<Result<A, ApiError>>>,
+    alone: F,
+) -> Vec<Result<A, ApiError>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<A, ApiError>>,
+{
+    let rest = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, outcome)| outcome.is_none())
+        .map(|(i, _)| {
+            let one = alone(i);
+            async move { (i, one.await) }
+        })
+        .collect::<Vec<_>>();
+    for (i, outcome) in futures_util::future::join_all(rest).await {
+        outcomes[i] = Some(outcome);
+    }
+    // Every item has its outcome by now; an answer per item whatever happens.
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                Err(ApiError::Unavailable(StoreError::Reply(
+                    "a batch item was not answered".into(),
+                )))
+            })
+        })
+        .collect()
+}
+
 /// Decide the `n` items of a batch in one task of their own: a caller that hangs up
 /// cancels none of them halfway (as with a single call), and there is no task per
 /// item, which cost more scheduling than the item itself. Outcomes in request order;

@@ -9,11 +9,11 @@ use futures_util::future::join_all;
 use turnpike_wire::{ConsumeRequest, ConsumeResponse};
 
 use crate::api::{count_consume, decide_counted, decided_answer, ApiError};
-use crate::batch_settle::copy_error;
+use crate::batch_api::with_the_rest_alone;
 use crate::metrics::Metrics;
 use crate::request;
 use crate::state::AppState;
-use crate::store::{ConsumeCall, Consumed, ManyCall, StoreError};
+use crate::store::{ConsumeCall, Consumed, ManyCall};
 use crate::ticket::{Ticket, WindowUnion};
 
 /// An item that may go with others: its ticket and its meters as the stream takes them.
@@ -98,54 +98,36 @@ pub(crate) async fn decide_batch(
             }
             Err(err) => {
                 for i in items {
-                    outcomes[i] = Some(Err(ApiError::Unavailable(copy_error(&err))));
+                    outcomes[i] = Some(Err(ApiError::Unavailable(err.for_another())));
                 }
             }
         }
     }
 
-    let alone = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, outcome)| outcome.is_none())
-        .map(|(i, _)| async move { (i, decide_counted(state, &requests[i]).await) })
-        .collect::<Vec<_>>();
-    for (i, outcome) in join_all(alone).await {
-        outcomes[i] = Some(outcome);
-    }
-    outcomes
-        .into_iter()
-        .map(|outcome| {
-            outcome.unwrap_or_else(|| {
-                Err(ApiError::Unavailable(StoreError::Reply(
-                    "a batch item was not decided".into(),
-                )))
-            })
-        })
-        .collect()
+    with_the_rest_alone(outcomes, |i| decide_counted(state, &requests[i])).await
 }
 
 /// The items that can be consumed together: one group per tenant (and plan and billing
 /// month), its items in batch order. Items that cannot go with others are in none.
 fn group_by_tenant(requests: &[ConsumeRequest], ready: &[Option<Ready>]) -> Vec<Group> {
-    let mut groups: Vec<(usize, Group)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     for (i, item) in ready.iter().enumerate() {
         let Some(item) = item else { continue };
         let tenant = &requests[i].tenant;
         let joined = groups
             .iter_mut()
-            .filter(|(first, _)| requests[*first].tenant == *tenant)
-            .find_map(|(_, g)| Some((g.windows.join(&item.ticket)?, g)));
+            .filter(|g| requests[g.items[0].0].tenant == *tenant)
+            .find_map(|g| Some((g.windows.join(&item.ticket)?, g)));
         match joined {
             Some((windows, group)) => group.items.push((i, windows)),
             None => {
                 let mut windows = WindowUnion::new(&item.ticket);
                 if let Some(indexes) = windows.join(&item.ticket) {
                     let items = vec![(i, indexes)];
-                    groups.push((i, Group { windows, items }));
+                    groups.push(Group { windows, items });
                 }
             }
         }
     }
-    groups.into_iter().map(|(_, g)| g).collect()
+    groups
 }

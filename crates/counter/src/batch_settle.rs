@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 use turnpike_wire::SettleRequest;
 
 use crate::api::{count_settle, settle_counted, settle_plan, settle_used, ApiError};
+use crate::batch_api::with_the_rest_alone;
 use crate::state::AppState;
 use crate::store::{ManySettle, Settled, StoreError};
 
@@ -30,25 +31,7 @@ pub(crate) async fn settle_batch(
             }
         }
     }
-    let alone = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, outcome)| outcome.is_none())
-        .map(|(i, _)| async move { (i, settle_counted(state, &requests[i]).await) })
-        .collect::<Vec<_>>();
-    for (i, outcome) in join_all(alone).await {
-        outcomes[i] = Some(outcome);
-    }
-    outcomes
-        .into_iter()
-        .map(|outcome| {
-            outcome.unwrap_or_else(|| {
-                Err(ApiError::Unavailable(StoreError::Reply(
-                    "a batch item was not settled".into(),
-                )))
-            })
-        })
-        .collect()
+    with_the_rest_alone(outcomes, |i| settle_counted(state, &requests[i])).await
 }
 
 /// The outcome of each settlement of one tenant's `group`; `None` for one left to the
@@ -110,7 +93,7 @@ async fn settle_group(
         }
         Err(err) => {
             for (x, _, _) in &planned {
-                outcomes[*x] = Some(Err(ApiError::Unavailable(copy_error(&err))));
+                outcomes[*x] = Some(Err(ApiError::Unavailable(err.for_another())));
             }
             outcomes
         }
@@ -121,7 +104,7 @@ async fn settle_group(
 fn failed(group: &[usize], err: &StoreError) -> Vec<Option<Result<bool, ApiError>>> {
     group
         .iter()
-        .map(|_| Some(Err(ApiError::Unavailable(copy_error(err)))))
+        .map(|_| Some(Err(ApiError::Unavailable(err.for_another()))))
         .collect()
 }
 
@@ -142,12 +125,4 @@ fn group_by_tenant(requests: &[SettleRequest]) -> Vec<Vec<usize>> {
         }
     }
     groups
-}
-
-/// The error of a call every settlement of a group waited on, for each of them.
-pub(crate) fn copy_error(err: &StoreError) -> StoreError {
-    match err {
-        StoreError::Timeout(after) => StoreError::Timeout(*after),
-        other => StoreError::Reply(other.to_string()),
-    }
 }

@@ -35,6 +35,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// This error again, for each item of a batch that waited on the one call that
+    /// failed (a timeout stays a timeout; the rest keep their text).
+    pub fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Timeout(after) => StoreError::Timeout(*after),
+            other => StoreError::Reply(other.to_string()),
+        }
+    }
+}
+
 /// What the consume script answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Consumed {

@@ -215,37 +215,25 @@ impl WindowUnion {
         if ticket.plan != self.plan || ticket.month != self.month {
             return None;
         }
-        let mut added: Vec<&Slot> = Vec::new();
+        let before = self.slots.len();
         let mut indexes = Vec::with_capacity(ticket.slots.len());
         for slot in &ticket.slots {
-            let same_counter = |s: &&Slot| {
+            let same_counter = |s: &Slot| {
                 s.meter == slot.meter && s.window == slot.window && s.start == slot.start
             };
-            let found = self
-                .slots
-                .iter()
-                .chain(added.iter().copied())
-                .position(|s| same_counter(&s));
-            let index = match found {
-                Some(i) => {
-                    let here = self
-                        .slots
-                        .get(i)
-                        .unwrap_or_else(|| added[i - self.slots.len()]);
-                    if here.max != slot.max || here.end != slot.end {
-                        return None;
-                    }
-                    i
+            match self.slots.iter().position(same_counter) {
+                Some(i) if self.slots[i].max != slot.max || self.slots[i].end != slot.end => {
+                    // Nothing added: the windows are as they were.
+                    self.slots.truncate(before);
+                    return None;
                 }
+                Some(i) => indexes.push(i),
                 None => {
-                    added.push(slot);
-                    self.slots.len() + added.len() - 1
+                    indexes.push(self.slots.len());
+                    self.slots.push(slot.clone());
                 }
-            };
-            indexes.push(index);
+            }
         }
-        let added: Vec<Slot> = added.into_iter().cloned().collect();
-        self.slots.extend(added);
         Some(indexes)
     }
 

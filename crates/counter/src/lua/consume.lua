@@ -48,17 +48,9 @@ if rec then
   return {2, now_ms, rec, used_csv()}
 end
 
-if not windows_hold(now, 11, n, 4) then
-  return {3, now_ms}
-end
-if ARGV[2] == '1' then
-  if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
-    return {3, now_ms}
-  end
-  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]), KEYS[3], KEYS[4])
-  if seed then
-    return seed
-  end
+local blocked = not_decidable(now, now_ms, 11, n, 4, ARGV[2], ARGV[3], ARGV[4], KEYS[3], KEYS[4])
+if blocked then
+  return blocked
 end
 
 local used = {}

@@ -32,17 +32,9 @@ local now, now_ms = redis_now()
 local n = tonumber(ARGV[8])
 local m = #KEYS - 3 - n
 
-if not windows_hold(now, 10, n, 3) then
-  return {3, now_ms}
-end
-if ARGV[2] == '1' then
-  if now < tonumber(ARGV[3]) or now >= tonumber(ARGV[4]) then
-    return {3, now_ms}
-  end
-  local seed = seed_reply(now, now_ms, tonumber(ARGV[3]), KEYS[2], KEYS[3])
-  if seed then
-    return seed
-  end
+local blocked = not_decidable(now, now_ms, 10, n, 3, ARGV[2], ARGV[3], ARGV[4], KEYS[2], KEYS[3])
+if blocked then
+  return blocked
 end
 
 -- What each window holds as the consumes are decided in order, and what they took.

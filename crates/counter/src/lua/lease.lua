@@ -32,17 +32,9 @@ if held and held ~= ARGV[11] then
   return {6, now_ms}
 end
 
-if not windows_hold(now, 12, n, 4) then
-  return {3, now_ms}
-end
-if ARGV[5] == '1' then
-  if now < tonumber(ARGV[6]) or now >= tonumber(ARGV[7]) then
-    return {3, now_ms}
-  end
-  local seed = seed_reply(now, now_ms, tonumber(ARGV[6]), KEYS[3], KEYS[4])
-  if seed then
-    return seed
-  end
+local blocked = not_decidable(now, now_ms, 12, n, 4, ARGV[5], ARGV[6], ARGV[7], KEYS[3], KEYS[4])
+if blocked then
+  return blocked
 end
 
 -- How many whole requests fit in every window, and the share of that a grant may take.

@@ -40,6 +40,24 @@ local function seed_reply(now, now_ms, month_start, marker_key, epoch_key)
   return {4, now_ms, 0}
 end
 
+-- nil when a decision can be made now: `now` lies in each of the `n` windows (see
+-- windows_hold) and, when `require_seed` is '1', in the billing month [month_start,
+-- month_end) and the tenant's seed marker exists. Otherwise the reply that says why:
+-- {3, now_ms} (stale: recompute and retry) or seed_reply's.
+local function not_decidable(now, now_ms, first, n, stride, require_seed, month_start,
+                             month_end, marker_key, epoch_key)
+  if not windows_hold(now, first, n, stride) then
+    return {3, now_ms}
+  end
+  if require_seed == '1' then
+    if now < tonumber(month_start) or now >= tonumber(month_end) then
+      return {3, now_ms}
+    end
+    return seed_reply(now, now_ms, tonumber(month_start), marker_key, epoch_key)
+  end
+  return nil
+end
+
 -- Adds `take` to the window counter `key`; a new counter lives until its window
 -- `ends` (by Redis's clock: a relative expiry), plus `grace` seconds. The new value.
 local function add_to_window(key, take, ends, now, grace)
