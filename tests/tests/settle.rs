@@ -343,60 +343,86 @@ async fn a_client_gone_mid_stream_is_billed_what_the_stream_reported() {
     assert_eq!(tokens_used(&stack, "dropper").await, 150);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_exchanges_each_settle_once_through_batched_calls() {
-    const BIG: &str = r#"
+turnpike_tests::on_each_topology! {
+    /// Batched settlements (`settle_many.lua` for a tenant's, on a Redis Cluster each
+    /// tenant's on its own slot) settle each exchange once, in the windows and the ledger.
+    async fn many_concurrent_exchanges_each_settle_once_through_batched_calls(topology) {
+        const BIG: &str = r#"
 default_plan = "llm"
 [plans.llm]
 limits = [ { name = "tokens-daily", meter = "tokens", window = "day", max = 100000000 } ]
 "#;
-    const REQUESTS: usize = 600;
-    let stack = Stack::builder(BIG)
-        .with_collector()
-        .filter_patch(chat_route(json!({ "json": "/usage/total_tokens" })))
-        .generous_timeouts()
-        .start()
-        .await;
-    let token = stack.token("busy");
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let request = stack
-            .http
-            .post(stack.envoy.url("/v1/chat/completions"))
-            .bearer_auth(&token)
-            .header("x-demo-completion-tokens", "30")
-            .json(&chat(7, 400, false));
-        clients.spawn(async move {
-            let mut statuses = Vec::new();
-            for _ in 0..REQUESTS / 32 + 1 {
-                let request = request.try_clone().expect("a plain request");
-                let response = request.send().await;
-                statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
-            }
-            statuses
-        });
+        const TENANTS: [&str; 3] = ["busy-a", "busy-b", "busy-c"];
+        const CLIENTS: usize = 33;
+        const PER_CLIENT: usize = 19;
+        let stack = Stack::builder(BIG)
+            .topology(topology)
+            .with_collector()
+            .filter_patch(chat_route(json!({ "json": "/usage/total_tokens" })))
+            .generous_timeouts()
+            .start()
+            .await;
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..CLIENTS {
+            // Clients of every tenant at once, so batches mix them.
+            let request = stack
+                .http
+                .post(stack.envoy.url("/v1/chat/completions"))
+                .bearer_auth(stack.token(TENANTS[c % TENANTS.len()]))
+                .header("x-demo-completion-tokens", "30")
+                .json(&chat(7, 400, false));
+            clients.spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..PER_CLIENT {
+                    let request = request.try_clone().expect("a plain request");
+                    let response = request.send().await;
+                    statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
+                }
+                statuses
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(more) = clients.join_next().await {
+            statuses.extend(more.expect("client"));
+        }
+        let sent = CLIENTS * PER_CLIENT;
+        let others: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
+        assert!(others.is_empty(), "not 200: {others:?}");
+        assert_eq!(statuses.len(), sent);
+        // 37 tokens each (7 prompt words, 30 completion tokens), 400 reserved each: every
+        // settlement lands once, in the windows and in the ledger.
+        let per_tenant = (sent / TENANTS.len()) as u64;
+        for tenant in TENANTS {
+            eventually(&format!("{tenant}'s settlements"), Duration::from_secs(30), || async {
+                (stack.counter.used(tenant, "tokens-daily").await == 37 * per_tenant).then_some(())
+            })
+            .await;
+            eventually(&format!("{tenant}'s ledger"), Duration::from_secs(30), || async {
+                let rows = stack.collector().all_events(tenant).await?;
+                let settled: Vec<u64> = rows
+                    .iter()
+                    .filter(|r| r["billable"] == true && r["reported"] == true)
+                    .filter_map(|r| {
+                        r["meters"].as_array()?.iter().find(|m| m["meter"] == "tokens")?["quantity"]
+                            .as_u64()
+                    })
+                    .collect();
+                (rows.len() as u64 == per_tenant && settled == vec![37; per_tenant as usize])
+                    .then_some(())
+            })
+            .await;
+        }
+        assert_eq!(stack.envoy.filter_stat("settlements").await, sent as u64);
+        let metrics = stack.counter.metrics().await;
+        let sum = |name: &str| turnpike_tests::counter::prometheus_sum(&metrics, name);
+        assert!(
+            sum("turnpike_counter_settle_batches_total") > 0,
+            "the settlements should have gone in batches"
+        );
+        assert!(
+            sum("turnpike_counter_settles_grouped_total") > 0,
+            "a tenant's batched settlements should have gone in one script"
+        );
+        assert_eq!(sum("turnpike_counter_settles_total"), sent as u64);
     }
-    let mut statuses = Vec::new();
-    while let Some(more) = clients.join_next().await {
-        statuses.extend(more.expect("client"));
-    }
-    let sent = (REQUESTS / 32 + 1) * 32;
-    let others: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
-    assert!(others.is_empty(), "not 200: {others:?}");
-    assert_eq!(statuses.len(), sent);
-    // 37 tokens each (7 prompt words, 30 completion tokens), 400 reserved each: every
-    // settlement lands once.
-    eventually("every settlement", Duration::from_secs(30), || async {
-        (stack.counter.used("busy", "tokens-daily").await == 37 * sent as u64).then_some(())
-    })
-    .await;
-    assert_eq!(stack.envoy.filter_stat("settlements").await, sent as u64);
-    let metrics = stack.counter.metrics().await;
-    let batches =
-        turnpike_tests::counter::prometheus_sum(&metrics, "turnpike_counter_settle_batches_total");
-    assert!(batches > 0, "the settlements should have gone in batches");
-    assert_eq!(
-        turnpike_tests::counter::prometheus_sum(&metrics, "turnpike_counter_settles_total"),
-        sent as u64
-    );
 }

@@ -9,6 +9,7 @@ use turnpike_wire::SettleRequest;
 
 use crate::api::{count_settle, settle_counted, settle_plan, settle_used, ApiError};
 use crate::batch_api::with_the_rest_alone;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::{ManySettle, Settled, StoreError};
 
@@ -79,6 +80,9 @@ async fn settle_group(
     match state.store.settle_many(tenant, &settlements).await {
         Ok(settled) => {
             for ((x, _, plan), settled) in planned.iter().zip(settled) {
+                if !matches!(settled, Settled::Changed) {
+                    Metrics::inc(&state.metrics.settles_grouped);
+                }
                 outcomes[*x] = match settled {
                     Settled::Settled => {
                         tracing::debug!(tenant = %tenant, id = %requests[group[*x]].id, meters = %plan.meters, "settled");

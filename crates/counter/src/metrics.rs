@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Batch items decided in a script with others of their tenant.
     pub consumes_grouped: AtomicU64,
     pub settle_batches: AtomicU64,
+    /// Batched settlements applied in a script with others of their tenant.
+    pub settles_grouped: AtomicU64,
     pub refunds_refunded: AtomicU64,
     pub refunds_noop: AtomicU64,
     pub refunds_error: AtomicU64,
@@ -170,6 +172,12 @@ impl Metrics {
             "turnpike_counter_settle_batches_total",
             "Settle batches received (their settlements count in turnpike_counter_settles_total).",
             &[("", &self.settle_batches)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_settles_grouped_total",
+            "Batched settlements applied in one Redis script with others of their tenant (the rest of a batch goes alone).",
+            &[("", &self.settles_grouped)],
         );
         counter(
             &mut out,
