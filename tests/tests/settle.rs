@@ -111,6 +111,59 @@ async fn a_json_answer_settles_below_its_reservation_into_counter_and_ledger() {
     assert_eq!(stack.envoy.filter_stat("settlements").await, 1, "{row}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_request_is_written_to_the_ledger_once_from_the_stream() {
+    let stack = stack_with(json!({ "json": "/usage/total_tokens" })).await;
+    let token = stack.token("once-tenant");
+    let stream_rows = || async {
+        let metrics = stack.collector().metrics().await;
+        let sum = |name| turnpike_tests::counter::prometheus_sum(&metrics, name);
+        (
+            sum("turnpike_collector_stream_entries_total"),
+            sum("turnpike_collector_stream_rows_changed_total"),
+        )
+    };
+    // The first exchange makes the tenant's stream one the collector reads every
+    // round; the second's consume is then read within a round of being counted, and
+    // its settlement (sent on the filter's next tick, 100 ms here) comes a round or
+    // more after it.
+    for (n, completion) in [(1, "30"), (2, "20")] {
+        let before = stream_rows().await;
+        let (status, body) = post_chat(
+            &stack,
+            &token,
+            &chat(7, 400, false),
+            &[("x-demo-completion-tokens", completion)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let tokens = 37 + 27 * (n - 1);
+        eventually(
+            "the settlement at the counter",
+            Duration::from_secs(10),
+            || async { (tokens_used(&stack, "once-tenant").await == tokens).then_some(()) },
+        )
+        .await;
+        // Both facts of the exchange (its consume and its settlement) reach the ledger
+        // in one commit: its row is written once, not inserted and then rewritten.
+        let after = eventually(
+            "both facts from the stream",
+            Duration::from_secs(10),
+            || async {
+                let now = stream_rows().await;
+                (now.0 >= before.0 + 2).then_some(now)
+            },
+        )
+        .await;
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (2, 1),
+            "exchange {n}: stream facts and ledger rows written"
+        );
+    }
+    ledger_tokens(&stack, "once-tenant", 27).await;
+}
+
 /// Refuses a reservation past the budget; returns how many requests reached the
 /// upstream and how many it answered, over both.
 async fn refuse_past_budget(hold_headers: bool) -> (u64, u64) {

@@ -23,5 +23,6 @@ pub mod server;
 mod sqlite_path;
 pub mod stream_entry;
 pub mod stream_poll;
+pub mod stream_round;
 pub mod usage_stream;
 pub mod window;

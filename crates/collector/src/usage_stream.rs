@@ -9,23 +9,21 @@
 //! or, on a Redis Cluster, each sent to its slot's master, all in flight at once
 //! (`RedisConn::query_each`): a cluster pipeline cannot span slots. A round reads the
 //! streams that are due ([`PollSchedule`]): those that gave entries last time at once,
-//! quiet ones ever less often.
+//! quiet ones ever less often. An entry read waits [`HOLD`] for the facts that follow
+//! it (a settlement, a refund) before it is committed with them (`stream_round.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::{Cmd, FromRedisValue, RedisError, Value};
 use turnpike_plans::keys::all_stream_keys;
 use turnpike_redis::{ConnectError, RedisConfig, RedisConn};
 
-use crate::event::Quarantined;
 use crate::ledger::Ledger;
-use crate::merge::Fact;
 use crate::metrics::Metrics;
-use crate::stream_entry;
 use crate::stream_poll::PollSchedule;
+use crate::stream_round::{Held, Round, HOLD};
 
 /// The consumer group every collector joins.
 pub const GROUP: &str = "turnpike-collector";
@@ -66,56 +64,6 @@ pub struct UsageStream {
     counts: Vec<usize>,
     /// When each stream is read next (same order).
     schedule: PollSchedule,
-}
-
-/// A round's entries: the facts to apply, what to quarantine, what to acknowledge.
-#[derive(Default)]
-struct Round {
-    facts: Vec<Fact>,
-    bad: Vec<Quarantined>,
-    acks: HashMap<String, Vec<String>>,
-    /// Some stream gave all the entries asked for: more are waiting.
-    full: bool,
-}
-
-impl Round {
-    fn is_empty(&self) -> bool {
-        self.acks.is_empty()
-    }
-
-    /// Add one entry; how many facts it held.
-    fn add(&mut self, key: &str, entry: &StreamId) -> usize {
-        let fields: Vec<(String, String)> = entry
-            .map
-            .iter()
-            .filter_map(|(k, v)| match v {
-                Value::BulkString(b) => Some((k.clone(), String::from_utf8_lossy(b).into_owned())),
-                Value::SimpleString(s) => Some((k.clone(), s.clone())),
-                _ => None,
-            })
-            .collect();
-        let facts = match stream_entry::parse_all(&entry.id, &fields) {
-            Ok(parsed) => {
-                let n = parsed.len();
-                self.facts.extend(parsed);
-                n
-            }
-            Err(reason) => {
-                self.bad.push(Quarantined {
-                    field: format!("{key}/{}", entry.id),
-                    reason,
-                    raw: serde_json::to_string(&fields).unwrap_or_default(),
-                    id: None,
-                });
-                1
-            }
-        };
-        self.acks
-            .entry(key.to_owned())
-            .or_default()
-            .push(entry.id.clone());
-        facts
-    }
 }
 
 /// Entries to read next from a stream whose last read gave `entries` entries holding
@@ -162,6 +110,8 @@ impl UsageStream {
         let mut last_trim = Instant::now();
         let mut last_log = Instant::now() - Duration::from_secs(60);
         let mut backoff = ERROR_WAIT;
+        // Read, waiting for what follows them (stream_round.rs).
+        let mut held = Held::default();
         loop {
             let started = Instant::now();
             let result = async {
@@ -170,6 +120,7 @@ impl UsageStream {
                     groups_ready = true;
                 }
                 // After a restart, first what this consumer read but never acknowledged.
+                let mut recovering = own_pending;
                 let mut round = if own_pending {
                     self.read("0").await?
                 } else {
@@ -177,22 +128,33 @@ impl UsageStream {
                 };
                 if own_pending && round.is_empty() {
                     own_pending = false;
+                    recovering = false;
                     round = self.read(">").await?;
                 }
                 if last_claim.elapsed() >= CLAIM_EVERY {
                     last_claim = Instant::now();
-                    let claimed = self.claim().await?;
-                    round.facts.extend(claimed.facts);
-                    round.bad.extend(claimed.bad);
-                    for (k, ids) in claimed.acks {
-                        round.acks.entry(k).or_default().extend(ids);
+                    round.extend(self.claim().await?);
+                }
+                let read_any = !round.is_empty();
+                let full = round.full;
+                held.hold(round);
+                // Read again from this consumer's pending list, entries are not held:
+                // the next read of that list would return them again.
+                let now = if recovering {
+                    held.take_all()
+                } else {
+                    held.take_due(Instant::now(), HOLD)
+                };
+                if !now.is_empty() {
+                    if let Err(err) = self.commit(&now).await {
+                        // Nothing of it was acknowledged: all of it again, first.
+                        let mut again = now;
+                        again.extend(held.take_all());
+                        held.hold(again);
+                        return Err(err);
                     }
                 }
-                let busy = !round.is_empty();
-                let full = round.full;
-                if busy {
-                    self.commit(round).await?;
-                }
+                let busy = read_any || !now.is_empty() || !held.is_empty();
                 if last_trim.elapsed() >= TRIM_EVERY {
                     last_trim = Instant::now();
                     self.trim().await?;
@@ -304,7 +266,7 @@ impl UsageStream {
             for stream in reply.into_iter().flat_map(|r| r.keys) {
                 for entry in &stream.ids {
                     entries += 1;
-                    facts += round.add(&stream.key, entry);
+                    facts += round.add(&stream.key, entry, now);
                 }
             }
             round.full |= entries > 0 && entries >= self.counts[i];
@@ -338,16 +300,17 @@ impl UsageStream {
         let replies: Vec<StreamAutoClaimReply> =
             parse_all(self.bounded(conn.query_each(&cmds)).await?)?;
         let mut round = Round::default();
+        let now = Instant::now();
         for ((key, count), reply) in self.keys.iter().zip(self.counts.iter_mut()).zip(replies) {
             let mut facts = 0;
             for entry in &reply.claimed {
-                facts += round.add(key, entry);
+                facts += round.add(key, entry, now);
             }
             *count = next_count(*count, reply.claimed.len(), facts);
         }
         if !round.is_empty() {
             tracing::info!(
-                entries = round.acks.values().map(Vec::len).sum::<usize>(),
+                entries = round.entries.len(),
                 "usage stream: claimed entries another collector left unacknowledged"
             );
         }
@@ -356,28 +319,29 @@ impl UsageStream {
 
     /// Commit to the ledger, then acknowledge. A crash in between re-delivers the
     /// entries, and the ledger's merge makes the second delivery change nothing.
-    async fn commit(&mut self, round: Round) -> Result<(), StreamError> {
+    async fn commit(&mut self, round: &Round) -> Result<(), StreamError> {
         let now = crate::api::now_ms();
+        let facts = round.facts();
         let applied = self
             .ledger
-            .apply(&round.facts, now)
+            .apply(&facts, now)
             .await
             .map_err(StreamError::Ledger)?;
-        if !round.bad.is_empty() {
+        let bad = round.bad();
+        if !bad.is_empty() {
             tracing::warn!(
-                entries = round.bad.len(),
+                entries = bad.len(),
                 "usage stream: malformed entries quarantined"
             );
             self.ledger
-                .quarantine("usage-stream", &round.bad, now)
+                .quarantine("usage-stream", &bad, now)
                 .await
                 .map_err(StreamError::Ledger)?;
-            self.metrics.quarantined("stream", round.bad.len() as u64);
+            self.metrics.quarantined("stream", bad.len() as u64);
         }
-        self.metrics
-            .stream_applied(round.facts.len() as u64, applied);
+        self.metrics.stream_applied(facts.len() as u64, applied);
         let acks: Vec<Cmd> = round
-            .acks
+            .acks()
             .iter()
             .map(|(key, ids)| {
                 let mut cmd = redis::cmd("XACK");
