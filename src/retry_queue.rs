@@ -62,6 +62,11 @@ impl<T> RetryQueue<T> {
         self.len() == 0
     }
 
+    /// No call is out: no answer will come to send what waits.
+    pub fn nothing_in_flight(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
     /// `false` when full: the item was not queued.
     pub fn push(&mut self, item: T) -> bool {
         if self.len() >= self.capacity {

@@ -495,6 +495,7 @@ impl HttpFilter {
         });
         if queued {
             self.count(|m| m.refunds_queued);
+            consumes::wake_for_refunds(&self.vm);
         } else {
             self.count(|m| m.refunds_abandoned);
         }
@@ -692,7 +693,9 @@ impl HttpFilter {
                 settle: Some(callout::meters_json(&finals)),
             })
         });
-        if !queued {
+        if queued {
+            consumes::wake_for_refunds(&self.vm);
+        } else {
             self.count(|m| m.refunds_abandoned);
         }
     }

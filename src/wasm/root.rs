@@ -75,6 +75,8 @@ pub struct Vm {
     /// Refunds for requests that are gone (client reset, fail_closed on a slow
     /// counter, a 5xx whose refund was cut off): sent and retried by the root context.
     pub refunds: RefCell<RetryQueue<Refund>>,
+    /// A wake-up for the refunds and settlements is on its way to the root context.
+    pub refunds_woken: Cell<bool>,
     /// Leases this worker spends from, and what it owes the counter about them.
     pub leases: RefCell<super::lease::LeaseBook>,
     /// Requests admitted from leases not yet added to the `allowed` and `leased`
@@ -123,6 +125,7 @@ impl Root {
                     MAX_REFUNDS_IN_FLIGHT,
                     MAX_REFUND_ATTEMPTS,
                 )),
+                refunds_woken: Cell::new(false),
                 leases: RefCell::new(super::lease::LeaseBook::new()),
                 leased_admits: Cell::new(0),
                 consumes: RefCell::new(Coalescer::new(1, 1)),
@@ -179,6 +182,8 @@ impl Root {
     /// Send the refunds and settlements that are due. Settlements due together go in
     /// one `POST /v1/settle/batch` (a busy LLM route settles every request).
     fn send_refunds(&mut self) {
+        // Whatever a wake-up was for goes now; a lost one waits no longer than a tick.
+        self.vm.refunds_woken.set(false);
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
@@ -500,6 +505,9 @@ impl RootContext for Root {
         consumes::drain_wake_queue(&self.vm, queue_id);
         if let Some(plugin) = self.plugin.clone() {
             consumes::send_batches(&self.vm, &plugin);
+        }
+        if self.vm.refunds_woken.get() {
+            self.send_refunds();
         }
     }
 

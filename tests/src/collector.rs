@@ -156,6 +156,24 @@ impl Collector {
         )
     }
 
+    /// Every row of `tenant` in the ledger, each once in its latest state (in the order
+    /// of their last listing): the listing is in change order, so a row that changed
+    /// during the walk (one fact arriving after another: the proxy's details after the
+    /// counter's record, a settlement after its consume) comes again later.
+    pub async fn latest_events(&self, tenant: &str) -> Option<Vec<Value>> {
+        let listed = self.all_events(tenant).await?;
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut rows: Vec<Option<Value>> = Vec::with_capacity(listed.len());
+        for row in listed {
+            let id = row["id"].as_str().unwrap_or_default().to_owned();
+            if let Some(i) = at.insert(id, rows.len()) {
+                rows[i] = None;
+            }
+            rows.push(Some(row));
+        }
+        Some(rows.into_iter().flatten().collect())
+    }
+
     /// Every event of `tenant` in the ledger, in the listing's order, walking all
     /// pages of `/v1/tenants/{tenant}/events` by their cursors; `None` if any page
     /// cannot be read (the collector may be restarting).

@@ -694,12 +694,7 @@ async fn billable_ids(stack: &Stack, tenant: &str) -> Option<HashSet<String>> {
 
 /// The ledger's rows of `tenant`, each in its latest state.
 async fn ledger_rows(stack: &Stack, tenant: &str) -> Option<Vec<Value>> {
-    let listed = stack.collector().all_events(tenant).await?;
-    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
-    for row in listed {
-        latest.insert(row["id"].as_str().unwrap_or_default().to_owned(), row);
-    }
-    Some(latest.into_values().collect())
+    stack.collector().latest_events(tenant).await
 }
 
 async fn stream_entries(collector: &turnpike_tests::collector::Collector) -> u64 {

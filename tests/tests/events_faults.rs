@@ -48,14 +48,14 @@ fn id_of(event: &Value) -> String {
         .to_owned()
 }
 
-/// The ledger's events for the tenant (every page of the listing), once there are
-/// exactly `n`; panics at once if there are ever more.
+/// The ledger's events for the tenant (every page of the listing, each row in its
+/// latest state), once there are exactly `n`; panics at once if there are ever more.
 async fn ledger_once_it_holds(collector: &Collector, n: usize) -> Vec<Value> {
     eventually(
         &format!("{n} events for {TENANT} in the ledger"),
         DELIVERY,
         || async move {
-            let events = collector.all_events(TENANT).await?;
+            let events = collector.latest_events(TENANT).await?;
             assert!(
                 events.len() <= n,
                 "{} events in the ledger for {n} requests",

@@ -21,13 +21,13 @@ fn leased() -> Value {
 
 /// The ledger's billable rows of `tenant`, by id (last listing of each row wins).
 async fn billed(stack: &Stack, tenant: &str) -> Option<BTreeMap<String, Value>> {
-    let rows = stack.collector().all_events(tenant).await?;
-    let mut latest = BTreeMap::new();
-    for row in rows {
-        latest.insert(row["id"].as_str().unwrap_or_default().to_owned(), row);
-    }
-    latest.retain(|_, r| r["billable"] == true);
-    Some(latest)
+    let rows = stack.collector().latest_events(tenant).await?;
+    Some(
+        rows.into_iter()
+            .filter(|r| r["billable"] == true)
+            .map(|r| (r["id"].as_str().unwrap_or_default().to_owned(), r))
+            .collect(),
+    )
 }
 
 const DAILY_500: &str = r#"

@@ -32,16 +32,9 @@ limits = [
 ]
 "#;
 
-/// The ledger's rows for `tenant`, walking every page: (billable ids, rows). A row
-/// that changed during the walk (a proxy's details arriving after the counter's
-/// record) comes again later in change order; its last listing is its state.
+/// The ledger's rows for `tenant`, each in its latest state: (billable ids, rows).
 async fn ledger_ids(stack: &Stack, tenant: &str) -> Option<(HashSet<String>, Vec<Value>)> {
-    let listed = stack.collector().all_events(tenant).await?;
-    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
-    for row in listed {
-        latest.insert(row["id"].as_str().unwrap_or_default().to_owned(), row);
-    }
-    let rows: Vec<Value> = latest.into_values().collect();
+    let rows = stack.collector().latest_events(tenant).await?;
     let billable = rows
         .iter()
         .filter(|r| r["billable"] == true)

@@ -124,24 +124,26 @@ async fn a_settled_request_is_written_to_the_ledger_once_from_the_stream() {
         )
     };
     // The first exchange makes the tenant's stream one the collector reads every
-    // round; the second's consume is then read within a round of being counted, and
-    // its settlement (sent on the filter's next tick, 100 ms here) comes a round or
-    // more after it.
-    for (n, completion) in [(1, "30"), (2, "20")] {
+    // round (25 ms); the second's consume is then read within a round of being
+    // counted, and its settlement comes after the streamed answer's last event, some
+    // 150 ms and several rounds later.
+    for n in 1..=2u64 {
         let before = stream_rows().await;
         let (status, body) = post_chat(
             &stack,
             &token,
-            &chat(7, 400, false),
-            &[("x-demo-completion-tokens", completion)],
+            &chat(7, 400, true),
+            &[
+                ("x-demo-completion-tokens", "3"),
+                ("x-demo-chunk-delay-ms", "50"),
+            ],
         )
         .await;
         assert_eq!(status, 200, "{body}");
-        let tokens = 37 + 27 * (n - 1);
         eventually(
             "the settlement at the counter",
             Duration::from_secs(10),
-            || async { (tokens_used(&stack, "once-tenant").await == tokens).then_some(()) },
+            || async { (tokens_used(&stack, "once-tenant").await == 10 * n).then_some(()) },
         )
         .await;
         // Both facts of the exchange (its consume and its settlement) reach the ledger
@@ -161,7 +163,35 @@ async fn a_settled_request_is_written_to_the_ledger_once_from_the_stream() {
             "exchange {n}: stream facts and ledger rows written"
         );
     }
-    ledger_tokens(&stack, "once-tenant", 27).await;
+    ledger_tokens(&stack, "once-tenant", 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_gives_its_reservation_back_without_waiting_for_the_filters_tick() {
+    // No usage events: the filter's root ticks every 500 ms. A settlement queued when
+    // nothing else is out wakes the root at once instead of waiting for that tick, so
+    // a client that asks again shortly after its answer finds its reservation back.
+    let mut patch = chat_route(json!({ "json": "/usage/total_tokens" }));
+    patch["collector"] = Value::Null;
+    let stack = Stack::builder(PLANS).filter_patch(patch).start().await;
+    let token = stack.token("sequential");
+    for n in 1..=4u64 {
+        // 4,000 reserved of a 5,000-token day: the next fits only if this one settled.
+        let (status, body) = post_chat(
+            &stack,
+            &token,
+            &chat(7, 4000, false),
+            &[("x-demo-completion-tokens", "30")],
+        )
+        .await;
+        assert_eq!(status, 200, "request {n}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            tokens_used(&stack, "sequential").await,
+            37 * n,
+            "request {n}"
+        );
+    }
 }
 
 /// Refuses a reservation past the budget; returns how many requests reached the
@@ -451,7 +481,7 @@ limits = [ { name = "tokens-daily", meter = "tokens", window = "day", max = 1000
             })
             .await;
             eventually(&format!("{tenant}'s ledger"), Duration::from_secs(30), || async {
-                let rows = stack.collector().all_events(tenant).await?;
+                let rows = stack.collector().latest_events(tenant).await?;
                 let settled: Vec<u64> = rows
                     .iter()
                     .filter(|r| r["billable"] == true && r["reported"] == true)
