@@ -30,13 +30,6 @@ async fn daily_max(api: &Api) -> u64 {
     usage["limits"][0]["max"].as_u64().unwrap()
 }
 
-async fn metric(api: &Api, series: &str) -> u64 {
-    let (_, _, text) = api.get("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 #[tokio::test]
 async fn a_batch_while_redis_is_down_fails_each_item_fast_and_counts_each_once_after() {
     // Consume and settle batches alike.
@@ -182,7 +175,11 @@ async fn redis_down_gives_a_fast_503_and_the_counter_recovers_after_restart() {
         (200, Some("ok")),
         "{body}"
     );
-    assert!(metric(&api, "turnpike_counter_consumes_total{result=\"error\"}").await >= 5);
+    assert!(
+        api.metric("turnpike_counter_consumes_total{result=\"error\"}")
+            .await
+            >= 5
+    );
 }
 
 #[tokio::test]
@@ -254,7 +251,8 @@ async fn plans_reload_when_the_file_changes() {
     .await;
     assert!(allowed(&api, "d").await);
     assert_eq!(
-        metric(&api, "turnpike_counter_plan_reloads_total{result=\"ok\"}").await,
+        api.metric("turnpike_counter_plan_reloads_total{result=\"ok\"}")
+            .await,
         1
     );
 
@@ -304,11 +302,8 @@ async fn a_broken_plans_file_is_refused_and_the_old_limits_stay() {
 
     counter.write_plans(&plans_with_daily_max(2).replace("max = 2", "max = 0"));
     eventually("refused reload", Duration::from_secs(5), || async {
-        metric(
-            &api,
-            "turnpike_counter_plan_reloads_total{result=\"failed\"}",
-        )
-        .await
+        api.metric("turnpike_counter_plan_reloads_total{result=\"failed\"}")
+            .await
             >= 1
     })
     .await;
@@ -324,11 +319,8 @@ async fn a_broken_plans_file_is_refused_and_the_old_limits_stay() {
 
     counter.write_plans("this is not toml");
     eventually("second refused reload", Duration::from_secs(5), || async {
-        metric(
-            &api,
-            "turnpike_counter_plan_reloads_total{result=\"failed\"}",
-        )
-        .await
+        api.metric("turnpike_counter_plan_reloads_total{result=\"failed\"}")
+            .await
             >= 2
     })
     .await;
@@ -403,7 +395,11 @@ async fn a_consume_whose_caller_hung_up_is_still_counted_once_redis_decides() {
     eventually(
         "the hung-up consume counted",
         Duration::from_secs(10),
-        || async { metric(&api, "turnpike_counter_consumes_total{result=\"allowed\"}").await == 2 },
+        || async {
+            api.metric("turnpike_counter_consumes_total{result=\"allowed\"}")
+                .await
+                == 2
+        },
     )
     .await;
     assert_eq!(
@@ -431,27 +427,27 @@ async fn metrics_count_consumes_by_result_and_latency() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain"));
     assert_eq!(
-        metric(&api, "turnpike_counter_consumes_total{result=\"allowed\"}").await,
+        api.metric("turnpike_counter_consumes_total{result=\"allowed\"}")
+            .await,
         2
     );
     assert_eq!(
-        metric(&api, "turnpike_counter_consumes_total{result=\"denied\"}").await,
+        api.metric("turnpike_counter_consumes_total{result=\"denied\"}")
+            .await,
         1
     );
     assert_eq!(
-        metric(&api, "turnpike_counter_consumes_replayed_total").await,
+        api.metric("turnpike_counter_consumes_replayed_total").await,
         1
     );
     assert_eq!(
-        metric(&api, "turnpike_counter_refunds_total{result=\"refunded\"}").await,
+        api.metric("turnpike_counter_refunds_total{result=\"refunded\"}")
+            .await,
         1
     );
     assert_eq!(
-        metric(
-            &api,
-            "turnpike_counter_request_duration_seconds_count{endpoint=\"consume\"}"
-        )
-        .await,
+        api.metric("turnpike_counter_request_duration_seconds_count{endpoint=\"consume\"}")
+            .await,
         3
     );
 }

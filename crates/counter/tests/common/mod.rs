@@ -389,6 +389,14 @@ impl Api {
         let status = resp.status().as_u16();
         (status, content_type, resp.text().await.expect("body"))
     }
+
+    /// The value of one series of `GET /metrics`, named with its labels as printed.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let (_, _, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
 }
 
 fn content_type(resp: &reqwest::Response) -> String {
