@@ -486,19 +486,28 @@ impl HttpFilter {
     /// counter confirms. A refund that reaches the counter before the consume cancels
     /// it there, so the order of the two calls does not matter.
     fn queue_refund(&self) {
+        if self.hand_to_root(None) {
+            self.count(|m| m.refunds_queued);
+        } else {
+            self.count(|m| m.refunds_abandoned);
+        }
+    }
+
+    /// Queue this consume's refund (`settle` None) or settlement for the root context,
+    /// and wake it when nothing it has out would send it soon; `false` when the queue
+    /// is full.
+    fn hand_to_root(&self, settle: Option<String>) -> bool {
         let queued = self.vm.refunds.try_borrow_mut().is_ok_and(|mut q| {
             q.push(Refund {
                 id: self.id.clone(),
                 tenant: self.tenant.clone(),
-                settle: None,
+                settle,
             })
         });
         if queued {
-            self.count(|m| m.refunds_queued);
             consumes::wake_for_refunds(&self.vm);
-        } else {
-            self.count(|m| m.refunds_abandoned);
         }
+        queued
     }
 
     fn log_counter_failure(&self, plugin: &Plugin, e: CounterError, action: &str) {
@@ -686,16 +695,7 @@ impl HttpFilter {
         let mut billed = route.meters.clone();
         billed.extend(finals.iter().cloned());
         self.billed = Some(billed);
-        let queued = self.vm.refunds.try_borrow_mut().is_ok_and(|mut q| {
-            q.push(Refund {
-                id: self.id.clone(),
-                tenant: self.tenant.clone(),
-                settle: Some(callout::meters_json(&finals)),
-            })
-        });
-        if queued {
-            consumes::wake_for_refunds(&self.vm);
-        } else {
+        if !self.hand_to_root(Some(callout::meters_json(&finals))) {
             self.count(|m| m.refunds_abandoned);
         }
     }
