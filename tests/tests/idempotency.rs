@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use turnpike_tests::redis::Redis;
 use turnpike_tests::Stack;
-use turnpike_wire::{ConsumeRequest, ConsumeResponse, MeterCost};
+use turnpike_wire::{ConsumeRequest, ConsumeResponse, LimitStatus, MeterCost};
 
 const PLANS: &str = r#"
 default_plan = "free"
@@ -29,8 +29,10 @@ turnpike_tests::on_each_topology! {
     async fn same_consume_id_posted_twice_to_the_counter_is_counted_once(topology) {
         let stack = Stack::builder(PLANS).topology(topology).start().await;
 
+        let started = std::time::Instant::now();
         let first = stack.counter.consume(&consume("retry-1")).await;
         let second = stack.counter.consume(&consume("retry-1")).await;
+        let elapsed_secs = started.elapsed().as_secs();
         assert_eq!(
             (first.status, second.status),
             (200, 200),
@@ -40,7 +42,25 @@ turnpike_tests::on_each_topology! {
         let second: ConsumeResponse = serde_json::from_str(&second.body).expect("consume response");
         assert!(first.allowed && !first.replayed);
         assert!(second.allowed && second.replayed);
-        assert_eq!(first.limits, second.limits, "a replay answers the same");
+        // A replay answers the same, at its own time: `reset` counts the seconds left
+        // from when each answer was given, so it is one less if a second turned
+        // between the two calls.
+        let at_first_time: Vec<_> = second
+            .limits
+            .iter()
+            .zip(&first.limits)
+            .map(|(replayed, original)| {
+                let turned = original.reset.checked_sub(replayed.reset);
+                assert!(
+                    turned.is_some_and(|t| t <= elapsed_secs + 1),
+                    "reset {} then {} over {elapsed_secs} s",
+                    original.reset,
+                    replayed.reset
+                );
+                LimitStatus { reset: original.reset, ..replayed.clone() }
+            })
+            .collect();
+        assert_eq!(first.limits, at_first_time, "a replay answers the same");
         assert_eq!(stack.counter.used("acme", "daily").await, 1);
         let (_, in_redis) = stack
             .redis
