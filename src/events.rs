@@ -30,6 +30,10 @@ pub struct UsageRecord<'a> {
     pub decision: Decision,
     /// `meters` are what the exchange used (settled), not what was reserved.
     pub settled: bool,
+    /// Leased mode: the lease it was admitted from.
+    pub lease: Option<u64>,
+    /// Leased mode: given back into its lease (an upstream 5xx); only with `lease`.
+    pub refunded: bool,
 }
 
 /// The event as a CloudEvents 1.0 structured-mode JSON object (a `turnpike_wire::UsageEvent`).
@@ -74,9 +78,17 @@ pub fn encode_event(source_json: &str, r: &UsageRecord<'_>) -> Vec<u8> {
     let settled = if r.settled { r#","settled":true"# } else { "" };
     let _ = write!(
         out,
-        r#","status":{},"request_bytes":{},"response_bytes":{},"duration_ms":{},"decision":"{decision}"{settled}}}}}"#,
+        r#","status":{},"request_bytes":{},"response_bytes":{},"duration_ms":{},"decision":"{decision}"{settled}"#,
         r.status, r.request_bytes, r.response_bytes, r.duration_ms
     );
+    if let Some(lease) = r.lease {
+        // A string: lease ids use all 64 bits, past what a JSON number keeps exactly.
+        let _ = write!(out, r#","lease":"{lease}""#);
+        if r.refunded {
+            out.extend_from_slice(br#","refunded":true"#);
+        }
+    }
+    out.extend_from_slice(b"}}");
     out
 }
 
@@ -362,6 +374,8 @@ mod tests {
             duration_ms: 7,
             decision: Decision::Allowed,
             settled: false,
+            lease: None,
+            refunded: false,
         }
     }
 
@@ -390,6 +404,22 @@ mod tests {
         settled.settled = true;
         let ev: UsageEvent = serde_json::from_slice(&encode_event("\"s\"", &settled)).unwrap();
         assert!(ev.data.settled);
+        assert_eq!((ev.data.lease, ev.data.refunded), (None, false));
+    }
+
+    #[test]
+    fn a_leased_request_names_its_lease_and_whether_it_went_back_into_it() {
+        let mut r = record(&[]);
+        r.lease = Some(u64::MAX);
+        r.refunded = true;
+        let ev: UsageEvent = serde_json::from_slice(&encode_event(r#""s""#, &r)).unwrap();
+        assert_eq!(ev.data.lease.as_deref(), Some("18446744073709551615"));
+        assert!(ev.data.refunded);
+        // Without a lease there is nothing to give back to: an exact consume's refund is
+        // the counter's to record.
+        r.lease = None;
+        let ev: UsageEvent = serde_json::from_slice(&encode_event(r#""s""#, &r)).unwrap();
+        assert_eq!((ev.data.lease, ev.data.refunded), (None, false));
     }
 
     #[test]

@@ -121,6 +121,8 @@ struct Usage {
     status: Option<u16>,
     /// The refund of an upstream 5xx went through: nothing is billed.
     refunded: bool,
+    /// Admitted from this lease (leased mode).
+    lease: Option<u64>,
 }
 
 /// The request headers the filter needs, from one hostcall.
@@ -278,6 +280,7 @@ impl HttpFilter {
                 decided_ms: None,
                 status: None,
                 refunded: false,
+                lease: None,
             });
         }
         match dispatched {
@@ -370,6 +373,7 @@ impl HttpFilter {
                 decided_ms: Some(decided_ms),
                 status: None,
                 refunded: false,
+                lease: Some(spend.lease),
             });
         }
         self.leased = Some(LeasedRequest {
@@ -724,6 +728,10 @@ impl HttpFilter {
             duration_ms: now.saturating_sub(u.started_ns) / 1_000_000,
             decision: u.decision,
             settled: self.billed.is_some() && !u.refunded,
+            lease: u.lease,
+            // Back into the lease: without this the ledger would bill it (the counter
+            // never hears of it to say otherwise).
+            refunded: u.refunded,
         };
         let event = encode_event(&plugin.source_json, &record);
         // Only an unverified request has no record at the counter: its event is the

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use turnpike_tests::load::Load;
-use turnpike_tests::{eventually, Stack};
+use turnpike_tests::{eventually, member, parse_list, Stack};
 
 /// The demo's routes, every one leased, with reports and returns quick enough for a test.
 fn leased() -> Value {
@@ -293,4 +293,192 @@ async fn an_envoy_killed_with_leases_out_gives_them_back_when_they_expire() {
         lost < admitted / 5,
         "{lost} of {admitted} admitted requests were never reported"
     );
+}
+
+const DAILY_5000_SOFT_200: &str = r#"
+default_plan = "p"
+[plans.p]
+limits = [ { name = "daily", meter = "requests", window = "day", max = 5000, soft = 200 } ]
+"#;
+
+const WARNING: &str = "turnpike-quota-warning";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_answers_never_overstate_the_room_left_and_warn_past_the_soft_threshold() {
+    let mut patch = leased();
+    patch["soft_warning_header"] = json!(WARNING);
+    let stack = Stack::builder(DAILY_5000_SOFT_200)
+        .with_collector()
+        .filter_patch(patch)
+        .start()
+        .await;
+    let token = stack.token("told");
+    // One client, one request at a time: after the n-th admitted request the tenant has
+    // used exactly n, whichever way each was decided.
+    let mut admitted = 0u64;
+    let mut warned_early = 0u64;
+    for _ in 0..600 {
+        let reply = stack.get("/v1/things", Some(&token)).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        admitted += 1;
+        let policy = parse_list(reply.required_header("ratelimit-policy"));
+        assert_eq!(
+            (
+                member(&policy, "daily").int("q"),
+                member(&policy, "daily").int("w")
+            ),
+            (5000, 86400)
+        );
+        let remaining = parse_list(reply.required_header("ratelimit"));
+        let r = member(&remaining, "daily").int("r");
+        assert!(
+            r <= 5000 - admitted,
+            "request {admitted} was told {r} remain of 5000: more than is left"
+        );
+        match reply.header(WARNING) {
+            Some(warning) => {
+                let warning = parse_list(warning);
+                let daily = member(&warning, "daily");
+                assert_eq!((daily.int("soft"), daily.int("max")), (200, 5000));
+                // What the proxy knows is the counter's count when it leased: it
+                // includes requests leased and not yet spent, never fewer than spent.
+                assert!(daily.int("used") >= admitted.min(200), "{warning:?}");
+                if admitted < 200 {
+                    warned_early += 1;
+                }
+            }
+            None => assert!(
+                admitted < 200,
+                "request {admitted} got no warning past the soft threshold of 200"
+            ),
+        }
+    }
+    let leased = stack.envoy.filter_stat("leased").await;
+    assert!(
+        leased > 300,
+        "most requests were decided from leases: {leased} of 600"
+    );
+    eprintln!("leased: {leased} of 600 requests decided from leases; {warned_early} warned before the 200th (their lease took units past it)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leased_5xx_goes_back_into_its_lease_and_is_never_billed() {
+    let stack = Stack::builder(DAILY_BIG)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("flaky");
+    let mut ok = HashSet::new();
+    let mut failed = 0u64;
+    // Leases first, so that the 5xx answers below come from one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.envoy.filter_stat("leased").await < 10 {
+        assert!(Instant::now() < deadline, "no lease in 10 s");
+        ok.insert(consume_id(&stack.get("/v1/things", Some(&token)).await));
+    }
+    let leased_before = stack.envoy.filter_stat("leased").await;
+    for i in 0..120 {
+        if i % 3 == 0 {
+            let reply = stack.get("/status/503", Some(&token)).await;
+            assert_eq!(reply.status, 503, "{reply:?}");
+            failed += 1;
+        } else {
+            let reply = stack.get("/v1/things", Some(&token)).await;
+            ok.insert(consume_id(&reply));
+        }
+    }
+    let from_leases = stack.envoy.filter_stat("leased").await - leased_before;
+    assert!(from_leases > 60, "{from_leases} of 120 decided from leases");
+    assert_eq!(stack.envoy.filter_stat("refunds").await, failed);
+    // Once the tenant is quiet its lease goes back: the windows then hold exactly the
+    // requests that were answered 2xx, and the ledger bills exactly those.
+    let served = ok.len() as u64;
+    eventually(
+        "the lease to go back with the 5xx answers in it",
+        Duration::from_secs(15),
+        || async { (daily_used(&stack, "flaky").await == served).then_some(()) },
+    )
+    .await;
+    let rows = eventually(
+        "the ledger to bill the 2xx answers",
+        Duration::from_secs(30),
+        || async {
+            let rows = billed(&stack, "flaky").await?;
+            (rows.len() as u64 == served).then_some(rows)
+        },
+    )
+    .await;
+    let ids: HashSet<String> = rows.keys().cloned().collect();
+    assert_eq!(ids, ok);
+    assert!(rows.values().all(|r| r["status"] == 200), "a 5xx billed");
+    // Nothing more arrives later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(daily_used(&stack, "flaky").await, served);
+    assert_eq!(
+        billed(&stack, "flaky").await.map(|r| r.len() as u64),
+        Some(served)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_leased_request_is_one_ledger_row_with_its_lease_and_what_the_client_got() {
+    let stack = Stack::builder(DAILY_BIG)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("seen");
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, 16);
+    // Client errors are the client's: charged, and billed with their status.
+    for _ in 0..50 {
+        let reply = stack.get("/status/404", Some(&token)).await;
+        assert_eq!(reply.status, 404, "{reply:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop().await;
+    let admitted = &report.admitted;
+    let rows = eventually(
+        "every request's usage event and lease report in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let rows = billed(&stack, "seen").await?;
+            (rows.len() == admitted.len() + 50
+                && rows
+                    .values()
+                    .all(|r| r["reported"] == true && r["counted"] == true))
+            .then_some(rows)
+        },
+    )
+    .await;
+    let ok: HashSet<String> = rows
+        .iter()
+        .filter(|(_, r)| r["status"] == 200)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(&ok, admitted);
+    let not_found = rows.values().filter(|r| r["status"] == 404).count();
+    assert_eq!(not_found, 50, "the 404 answers, billed with their status");
+    let mut with_lease = 0;
+    for row in rows.values() {
+        if row["lease"].as_str().is_some() {
+            with_lease += 1;
+            assert_eq!(row["decision"], "allowed", "{row}");
+        }
+    }
+    assert!(
+        with_lease * 10 >= rows.len() * 9,
+        "{with_lease} of {} rows name a lease",
+        rows.len()
+    );
+}
+
+/// The consume id the upstream received with an admitted request.
+fn consume_id(reply: &turnpike_tests::http::Reply) -> String {
+    reply
+        .echo()
+        .header("turnpike-consume-id")
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no consume id reached the upstream: {reply:?}"))
 }

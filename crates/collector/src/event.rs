@@ -227,6 +227,28 @@ fn validate(event: UsageEvent) -> Result<Reported, FieldError> {
             format!("must be an HTTP status 100..=599, got {}", data.status),
         ));
     }
+    // Leased mode: the counter's lease id (a u64), in its canonical decimal form so it
+    // equals the one the counter's lease report gives the same row.
+    let lease = match &data.lease {
+        Some(lease) => Some(
+            lease
+                .parse::<u64>()
+                .map_err(|_| {
+                    (
+                        "data.lease",
+                        format!("must be a lease id (a whole number below 2^64), got {lease:?}"),
+                    )
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    if data.refunded && lease.is_none() {
+        return Err((
+            "data.refunded",
+            "only a leased request is given back by its proxy (with data.lease); the counter records an exact consume's refund".to_owned(),
+        ));
+    }
     Ok(Reported {
         source: event.source,
         id: event.id,
@@ -247,6 +269,8 @@ fn validate(event: UsageEvent) -> Result<Reported, FieldError> {
         },
         meters,
         settled: data.settled,
+        lease,
+        refunded: data.refunded,
     })
 }
 
@@ -455,6 +479,14 @@ mod tests {
             ("route", json!(""), "events[0].data.route"),
             ("plan", json!("p{x}"), "events[0].data.plan"),
             ("decision", json!("maybe"), "events[0].data.decision"),
+            ("lease", json!("-1"), "events[0].data.lease"),
+            (
+                "lease",
+                json!("18446744073709551616"),
+                "events[0].data.lease",
+            ),
+            ("lease", json!(7), "events[0].data.lease"),
+            ("refunded", json!(true), "events[0].data.refunded"),
         ];
         for (key, value, field) in data_cases {
             let mut bad = event("e1");
@@ -465,6 +497,17 @@ mod tests {
                 "{key}={value}"
             );
         }
+    }
+
+    #[test]
+    fn a_leased_request_carries_its_lease_and_may_be_given_back_into_it() {
+        let mut leased = event("e1");
+        leased["data"]["lease"] = json!("0042");
+        leased["data"]["refunded"] = json!(true);
+        let r = only(decode_body(&batch(&[leased]), Framing::Batch, 10)).unwrap();
+        assert_eq!((r.lease.as_deref(), r.refunded), (Some("42"), true));
+        let r = only(decode_body(&batch(&[event("e2")]), Framing::Batch, 10)).unwrap();
+        assert_eq!((r.lease, r.refunded), (None, false));
     }
 
     #[test]

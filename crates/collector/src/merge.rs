@@ -66,6 +66,10 @@ pub struct Reported {
     /// The quantities were settled by the proxy (what the exchange used, not what was
     /// reserved).
     pub settled: bool,
+    /// The lease it was admitted from (leased mode).
+    pub lease: Option<String>,
+    /// Given back into its lease by the proxy: the counter never counts it.
+    pub refunded: bool,
 }
 
 /// Who settled a row's quantities; a later source never overrides an earlier one.
@@ -202,6 +206,12 @@ pub fn merge(row: Option<Row>, fact: &Fact, received_at_ms: i64) -> Row {
             row.duration_ms = r.duration_ms;
             row.decision = r.decision;
             row.reported = true;
+            if r.lease.is_some() {
+                row.lease.clone_from(&r.lease);
+            }
+            if r.refunded {
+                row.refunded = true;
+            }
             if !row.counted {
                 // The counter's record, when it comes, is the billing truth for time
                 // and plan.
@@ -229,7 +239,9 @@ pub fn merge(row: Option<Row>, fact: &Fact, received_at_ms: i64) -> Row {
         } => {
             let mut row = row.unwrap_or_else(|| Row::stub(id, tenant, *time_ms, received_at_ms));
             row.counted = true;
-            row.lease.clone_from(lease);
+            if lease.is_some() {
+                row.lease.clone_from(lease);
+            }
             row.tenant.clone_from(tenant);
             row.time_ms = *time_ms;
             row.plan = Some(plan.clone());
@@ -289,6 +301,8 @@ mod tests {
             decision,
             meters: vec![("requests".into(), 1)],
             settled: false,
+            lease: None,
+            refunded: false,
         })
     }
 
@@ -376,6 +390,33 @@ mod tests {
         // fail_open let it through and the counter did count it after all: billed once.
         let row = all_orders(&[reported(Decision::Unverified), counted()]);
         assert!(row.billable() && row.counted);
+    }
+
+    #[test]
+    fn a_leased_request_its_proxy_gave_back_is_never_billed() {
+        let mut given_back = reported(Decision::Allowed);
+        if let Fact::Reported(r) = &mut given_back {
+            r.lease = Some("7".into());
+            r.refunded = true;
+            r.meters.clear();
+        }
+        let row = fold(&[&given_back]);
+        assert!(!row.billable() && row.refunded);
+        assert_eq!(row.lease.as_deref(), Some("7"));
+        // Spent from its lease: the counter's report and the event, in either order,
+        // name the same lease; an exact consume's fact leaves the event's lease alone.
+        let mut spent = reported(Decision::Allowed);
+        if let Fact::Reported(r) = &mut spent {
+            r.lease = Some("7".into());
+        }
+        let mut counted_leased = counted();
+        if let Fact::Counted { lease, .. } = &mut counted_leased {
+            *lease = Some("7".into());
+        }
+        let row = all_orders(&[spent.clone(), counted_leased]);
+        assert!(row.billable() && row.lease.as_deref() == Some("7"));
+        let row = all_orders(&[spent, counted()]);
+        assert_eq!(row.lease.as_deref(), Some("7"));
     }
 
     #[test]

@@ -212,6 +212,8 @@ fn reported(id: &str, tenant: &str, time_ms: i64) -> Fact {
         decision: Decision::Allowed,
         meters: vec![("requests".to_owned(), 1), ("tokens".to_owned(), 40)],
         settled: false,
+        lease: None,
+        refunded: false,
     })
 }
 

@@ -447,6 +447,14 @@ pub struct UsageData {
     /// what was reserved before it ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub settled: bool,
+    /// The lease the proxy admitted it from (leased mode), as the counter numbered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Leased mode: the proxy gave the request back into its lease (an upstream 5xx
+    /// under `refund_on_5xx`). The counter never learns of it, so this is what keeps
+    /// it unbilled. Only with `lease`: an exact consume's refund is the counter's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refunded: bool,
 }
 
 /// What the filter decided for a request.
