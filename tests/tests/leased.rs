@@ -482,3 +482,106 @@ fn consume_id(reply: &turnpike_tests::http::Reply) -> String {
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no consume id reached the upstream: {reply:?}"))
 }
+
+const SHARED_BY_BOTH_MODES: &str = r#"
+default_plan = "p"
+[plans.p]
+limits = [
+  { name = "daily", meter = "requests", window = "day", max = 600 },
+  { name = "search-daily", meter = "search_units", window = "day", max = 1000 },
+]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_and_exact_routes_of_one_tenant_share_its_limits_and_a_leased_cost_counts_whole() {
+    // `search` is leased and costs 5 search_units a request; every other path is exact.
+    let stack = Stack::builder(SHARED_BY_BOTH_MODES)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch(json!({
+            "routes": [
+                { "name": "search", "method": "GET", "path_prefix": "/v1/search",
+                  "meters": { "requests": 1, "search_units": 5 }, "mode": "leased" }
+            ],
+            "default_route": { "name": "api", "meters": { "requests": 1 } },
+            "lease": { "report_interval_ms": 50, "idle_return_ms": 1000 },
+            "collector": { "flush_interval_ms": 100 }
+        }))
+        .start()
+        .await;
+    let second = stack.another_envoy("envoy-2").await;
+    let token = stack.token("both");
+    let loads = [
+        Load::start(&stack.envoy.url("/v1/search?q=a"), &token, 16),
+        Load::start(&second.url("/v1/search?q=b"), &token, 16),
+        Load::start(&stack.envoy.url("/v1/things"), &token, 16),
+        Load::start(&second.url("/v1/things"), &token, 16),
+    ];
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut reports = Vec::new();
+    for load in loads {
+        reports.push(load.stop().await);
+    }
+    let searches: HashSet<String> = reports[..2]
+        .iter()
+        .flat_map(|r| r.admitted.iter().cloned())
+        .collect();
+    let others: HashSet<String> = reports[2..]
+        .iter()
+        .flat_map(|r| r.admitted.iter().cloned())
+        .collect();
+    let (s, o) = (searches.len() as u64, others.len() as u64);
+    eprintln!(
+        "leased: {s} searches (leased, 5 units each) and {o} other requests (exact) admitted"
+    );
+    assert!(5 * s <= 1000, "{s} searches of 5 units against 1000");
+    assert!(s + o <= 600, "{s} + {o} requests against 600");
+    assert!(
+        s + o >= 550 || 5 * s >= 950,
+        "a limit was nearly used up: {s} searches, {o} others"
+    );
+    let leased = stack.envoy.filter_stat("leased").await + second.filter_stat("leased").await;
+    assert!(leased > 0, "searches were admitted from leases");
+    // Once the leases are back, the windows hold exactly what was admitted, units and all.
+    eventually(
+        "the windows to hold what was admitted",
+        Duration::from_secs(15),
+        || async {
+            let daily = stack.counter.used("both", "daily").await;
+            let units = stack.counter.used("both", "search-daily").await;
+            (daily == s + o && units == 5 * s).then_some(())
+        },
+    )
+    .await;
+    let rows = eventually(
+        "the ledger to bill every admitted request",
+        Duration::from_secs(30),
+        || async {
+            let rows = billed(&stack, "both").await?;
+            (rows.len() as u64 == s + o).then_some(rows)
+        },
+    )
+    .await;
+    let mut units = 0;
+    for (id, row) in &rows {
+        let search_units = row["meters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["meter"] == "search_units")
+            .and_then(|m| m["quantity"].as_u64())
+            .unwrap_or(0);
+        if searches.contains(id) {
+            assert_eq!(
+                (row["route"].as_str(), search_units),
+                (Some("search"), 5),
+                "{row}"
+            );
+        } else {
+            assert!(others.contains(id), "billed but never admitted: {row}");
+            assert_eq!(search_units, 0, "{row}");
+        }
+        units += search_units;
+    }
+    assert_eq!(units, 5 * s);
+}
