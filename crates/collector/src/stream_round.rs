@@ -81,6 +81,28 @@ impl Round {
         n
     }
 
+    /// Take out the entries nothing can follow, to be committed without waiting: those
+    /// whose every fact is a leased request's report. A leased request is never
+    /// refunded, settled or cancelled through the counter (a 5xx goes back into its
+    /// lease on the proxy), so its report is its only fact in the streams; holding it
+    /// would cost the index work and half a second, and merge nothing.
+    pub fn take_final(&mut self) -> Round {
+        let (last, rest): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| {
+                e.bad.is_none()
+                    && !e.facts.is_empty()
+                    && e.facts
+                        .iter()
+                        .all(|f| matches!(f, Fact::Counted { lease: Some(_), .. }))
+            });
+        self.entries = rest;
+        Round {
+            entries: last,
+            full: false,
+        }
+    }
+
     pub fn extend(&mut self, other: Round) {
         self.entries.extend(other.entries);
         self.full |= other.full;
@@ -302,6 +324,44 @@ mod tests {
         assert_eq!(ids(&now), ["2-2", "2-4"]);
         assert_eq!(now.bad().len(), 1);
         assert!(h.is_empty());
+    }
+
+    fn leased(id: &str) -> Fact {
+        match counted(id) {
+            Fact::Counted {
+                id,
+                tenant,
+                time_ms,
+                plan,
+                meters,
+                ..
+            } => Fact::Counted {
+                id,
+                tenant,
+                time_ms,
+                plan,
+                meters,
+                lease: Some("7".to_owned()),
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_lease_report_is_taken_out_to_commit_at_once_and_the_rest_keeps_its_order() {
+        let mut r = round(vec![
+            entry("1-0", vec![counted("a")], 0),
+            entry("1-1", vec![leased("l1"), leased("l2")], 0),
+            entry("1-2", vec![settled("a")], 0),
+            // A report with an exact consume's fact in it (none is written so) waits.
+            entry("1-3", vec![leased("l3"), counted("b")], 0),
+            entry("1-4", vec![leased("l4")], 0),
+        ]);
+        let now = r.take_final();
+        assert_eq!(ids(&now), ["1-1", "1-4"]);
+        assert!(!now.full);
+        assert_eq!(ids(&r), ["1-0", "1-2", "1-3"]);
+        assert!(round(Vec::new()).take_final().is_empty());
     }
 
     #[test]

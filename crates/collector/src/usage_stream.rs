@@ -137,14 +137,16 @@ impl UsageStream {
                 }
                 let read_any = !round.is_empty();
                 let full = round.full;
+                let last = round.take_final();
                 held.hold(round);
                 // Read again from this consumer's pending list, entries are not held:
                 // the next read of that list would return them again.
-                let now = if recovering {
+                let mut now = if recovering {
                     held.take_all()
                 } else {
                     held.take_due(Instant::now(), HOLD)
                 };
+                now.extend(last);
                 if !now.is_empty() {
                     if let Err(err) = self.commit(&now).await {
                         // Nothing of it was acknowledged: all of it again, first.
