@@ -62,6 +62,11 @@ impl<T> RetryQueue<T> {
         self.len() == 0
     }
 
+    /// Whether call `token` is one of this queue's.
+    pub fn owns(&self, token: u32) -> bool {
+        self.in_flight.iter().any(|(t, _)| *t == token)
+    }
+
     /// No call is out: no answer will come to send what waits.
     pub fn nothing_in_flight(&self) -> bool {
         self.in_flight.is_empty()
@@ -162,10 +167,6 @@ mod tests {
     use super::*;
 
     impl<T> RetryQueue<T> {
-        fn owns(&self, token: u32) -> bool {
-            self.in_flight.iter().any(|(t, _)| *t == token)
-        }
-
         fn succeeded(&mut self, token: u32) -> Option<T> {
             self.answered(token).pop().map(|j| j.item)
         }

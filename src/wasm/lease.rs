@@ -17,8 +17,10 @@ use super::now_ns;
 use super::root::Plugin;
 use crate::callout;
 use crate::config::LeaseConfig;
+use crate::events::Jitter;
 use crate::lease_state::{Hold, LeaseState};
 use crate::ratelimit::LeaseLimits;
+use crate::retry_queue::{Failed, RetryQueue};
 use crate::routes::Route;
 
 /// Compare-and-swap attempts before a request gives up on the lease (and is decided
@@ -29,8 +31,14 @@ const REPORT_CHUNK: usize = 5_000;
 /// Most admitted requests waiting to be reported per worker; past it they are lost
 /// (counted and logged): a counter away for that long must not grow the VM unbounded.
 const MAX_PENDING_RECORDS: usize = 1_000_000;
-/// Attempts to report one chunk before it is given up (counted and logged).
-const MAX_REPORT_ATTEMPTS: u32 = 50;
+/// Attempts to report one chunk before it is given up (counted and logged). Retried
+/// with backoff (0.2 s doubling to 30 s): about 17 minutes of a counter away, not a
+/// second of immediate retries against a counter that refuses connections.
+const MAX_REPORT_ATTEMPTS: u32 = 40;
+/// Report calls out at once per worker.
+const MAX_REPORTS_IN_FLIGHT: usize = 16;
+/// A report Envoy would not dispatch waits this long before the next try.
+const REPORT_REDISPATCH_MS: u64 = 100;
 
 /// How often a worker gives its holds back (and its leased requests' stats go to
 /// Envoy): a hold is a few milliseconds of traffic that another worker may need.
@@ -110,15 +118,19 @@ enum Call {
         /// When it was sent (our clock): the grant happened after this.
         sent_ms: u64,
     },
-    Report {
-        key: String,
-        lease: u64,
-        /// The same on every attempt: the counter counts a report once.
-        batch: String,
-        records: Vec<(String, u64)>,
-        attempts: u32,
-    },
     Close,
+}
+
+/// Admitted requests of one lease, reported in one call. Everything the call needs is
+/// here: a report outlives the book's entry for its lease while it is retried.
+struct Report {
+    tenant: String,
+    plan: Option<String>,
+    route: Rc<Route>,
+    lease: u64,
+    /// The same on every attempt: the counter counts a report once.
+    batch: String,
+    records: Vec<(String, u64)>,
 }
 
 /// Per worker: the leases it spent from and what it owes the counter about them.
@@ -132,6 +144,9 @@ pub struct LeaseBook {
     /// When holds next go back (unix ms, our clock).
     next_return_ms: u64,
     in_flight: HashMap<u32, Call>,
+    /// Reports to send, and out: retried with backoff until the counter takes them.
+    reports: RetryQueue<Report>,
+    jitter: Jitter,
     /// The counter's clock minus ours, ms (learned from every lease answer).
     offset_ms: i64,
     failures_log: crate::log_budget::LogBudget,
@@ -146,6 +161,12 @@ impl LeaseBook {
             next_report_ms: 0,
             next_return_ms: 0,
             in_flight: HashMap::new(),
+            reports: RetryQueue::new(
+                MAX_PENDING_RECORDS,
+                MAX_REPORTS_IN_FLIGHT,
+                MAX_REPORT_ATTEMPTS,
+            ),
+            jitter: Jitter::new(now_ns()),
             offset_ms: 0,
             failures_log: crate::log_budget::LogBudget::new(10),
         }
@@ -309,7 +330,7 @@ impl LeaseBook {
 
     /// Whether `token` is one of the book's calls.
     pub fn owns(&self, token: u32) -> bool {
-        self.in_flight.contains_key(&token)
+        self.in_flight.contains_key(&token) || self.reports.owns(token)
     }
 
     /// Send what is due: holds back to the shared leases every `HOLD_RETURN_MS`,
@@ -409,6 +430,8 @@ impl LeaseBook {
         }
     }
 
+    /// Queue what each lease's admitted requests owe the counter, in chunks, and send
+    /// what is due (new reports, and failed ones whose backoff has passed).
     fn send_reports(&mut self, plugin: &Plugin) {
         let due: Vec<(String, Vec<Record>)> = self
             .entries
@@ -417,6 +440,9 @@ impl LeaseBook {
             .map(|(k, e)| (k.clone(), std::mem::take(&mut e.records)))
             .collect();
         for (key, records) in due {
+            let Some(entry) = self.entries.get(&key) else {
+                continue;
+            };
             let mut by_lease: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
             for r in records {
                 by_lease.entry(r.lease).or_default().push((r.id, r.at_ms));
@@ -426,61 +452,94 @@ impl LeaseBook {
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(REPORT_CHUNK));
                     let chunk = std::mem::replace(&mut records, rest);
-                    let batch = plugin_batch_id(&chunk);
-                    self.send_report(plugin, &key, lease, batch, chunk, 0);
+                    // Never refused: the queue holds as many reports as records are
+                    // allowed to wait (`record` refuses past that).
+                    let _ = self.reports.push(Report {
+                        tenant: entry.tenant.clone(),
+                        plan: entry.plan.clone(),
+                        route: entry.route.clone(),
+                        lease,
+                        batch: plugin_batch_id(&chunk),
+                        records: chunk,
+                    });
+                }
+            }
+        }
+        let now = now_ns();
+        while let Some(job) = self.reports.next_due(now) {
+            let r = &job.item;
+            let body = callout::report_body(
+                &r.tenant,
+                r.plan.as_deref(),
+                &r.route.meters_json,
+                r.lease,
+                &r.batch,
+                &r.records,
+            );
+            match dispatch(plugin, counter_paths::LEASE_REPORT, &body) {
+                Some(token) => self.reports.started(token, vec![job]),
+                // Not sent (Envoy refused the call): again after a pause.
+                None => {
+                    self.reports.not_started(job, now, REPORT_REDISPATCH_MS);
+                    break;
                 }
             }
         }
     }
 
-    fn send_report(
-        &mut self,
-        plugin: &Plugin,
-        key: &str,
-        lease: u64,
-        batch: String,
-        records: Vec<(String, u64)>,
-        attempts: u32,
-    ) {
-        let Some(entry) = self.entries.get(key) else {
-            self.pending_records = self.pending_records.saturating_sub(records.len());
-            return;
-        };
-        let body = callout::report_body(
-            &entry.tenant,
-            entry.plan.as_deref(),
-            &entry.route.meters_json,
-            lease,
-            &batch,
-            &records,
-        );
-        match dispatch(plugin, counter_paths::LEASE_REPORT, &body) {
-            Some(token) => {
-                self.in_flight.insert(
-                    token,
-                    Call::Report {
-                        key: key.to_owned(),
+    /// The answer to a report: done, split in two (too large), or again later.
+    fn report_answered(&mut self, token: u32, plugin: &Plugin, metrics: Option<&Metrics>) {
+        let status = call_response_status();
+        for job in self.reports.answered(token) {
+            let n = job.item.records.len();
+            match callout::parse_ok(status.as_deref()) {
+                Ok(()) => self.pending_records = self.pending_records.saturating_sub(n),
+                // Too large for the counter: nothing of it was counted, so its halves
+                // go out as reports of their own (new batch ids).
+                Err(_) if status.as_deref() == Some("413") && n > 1 => {
+                    let Report {
+                        tenant,
+                        plan,
+                        route,
                         lease,
-                        batch,
-                        records,
-                        attempts,
-                    },
-                );
-            }
-            // Not sent: back in the queue for the next tick.
-            None => {
-                let Some(entry) = self.entries.get_mut(key) else {
-                    return;
-                };
-                entry
-                    .records
-                    .extend(
-                        records
-                            .into_iter()
-                            .map(|(id, at_ms)| Record { lease, id, at_ms }),
-                    );
+                        mut records,
+                        ..
+                    } = job.item;
+                    let second = records.split_off(n / 2);
+                    for half in [records, second] {
+                        let _ = self.reports.push(Report {
+                            tenant: tenant.clone(),
+                            plan: plan.clone(),
+                            route: route.clone(),
+                            lease,
+                            batch: plugin_batch_id(&half),
+                            records: half,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let lease = job.item.lease;
+                    match self.reports.retry(job, now_ns(), self.jitter.next_u64()) {
+                        Failed::Retry { delay_ms } => self.log(format!(
+                            "reporting {n} leased requests of lease {lease} failed: {}; again in {delay_ms} ms",
+                            e.describe()
+                        )),
+                        Failed::GaveUp(_) => {
+                            self.pending_records = self.pending_records.saturating_sub(n);
+                            if let Some(m) = metrics {
+                                Metrics::add(m.lease_records_lost, n);
+                            }
+                            self.log(format!(
+                                "gave up reporting {n} leased requests of lease {lease} after {MAX_REPORT_ATTEMPTS} attempts: {}",
+                                e.describe()
+                            ));
+                        }
+                    }
+                }
             }
         }
+        // The halves of a split report, and anything else due, without waiting a tick.
+        self.send_reports(plugin);
     }
 
     /// The answer to one of the book's calls.
@@ -491,6 +550,10 @@ impl LeaseBook {
         plugin: &Plugin,
         metrics: Option<&Metrics>,
     ) {
+        if self.reports.owns(token) {
+            self.report_answered(token, plugin, metrics);
+            return;
+        }
         let Some(call) = self.in_flight.remove(&token) else {
             return;
         };
@@ -535,45 +598,6 @@ impl LeaseBook {
                     }
                 }
             }
-            Call::Report {
-                key,
-                lease,
-                batch,
-                records,
-                attempts,
-            } => match callout::parse_ok(status.as_deref()) {
-                Ok(()) => {
-                    self.pending_records = self.pending_records.saturating_sub(records.len());
-                }
-                // Too large for the counter: nothing of it was counted, so its halves
-                // go out as reports of their own (new batch ids).
-                Err(_) if status.as_deref() == Some("413") && records.len() > 1 => {
-                    let mut first = records;
-                    let second = first.split_off(first.len() / 2);
-                    for half in [first, second] {
-                        let batch = plugin_batch_id(&half);
-                        self.send_report(plugin, &key, lease, batch, half, attempts);
-                    }
-                }
-                Err(e) if attempts + 1 >= MAX_REPORT_ATTEMPTS => {
-                    self.pending_records = self.pending_records.saturating_sub(records.len());
-                    if let Some(m) = metrics {
-                        Metrics::add(m.lease_records_lost, records.len());
-                    }
-                    self.log(format!(
-                        "gave up reporting {} leased requests of lease {lease}: {}",
-                        records.len(),
-                        e.describe()
-                    ));
-                }
-                Err(e) => {
-                    self.log(format!(
-                        "reporting leased requests failed: {}; retrying",
-                        e.describe()
-                    ));
-                    self.send_report(plugin, &key, lease, batch, records, attempts + 1);
-                }
-            },
             Call::Close => {}
         }
     }

@@ -585,3 +585,47 @@ async fn leased_and_exact_routes_of_one_tenant_share_its_limits_and_a_leased_cos
     }
     assert_eq!(units, 5 * s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_admitted_from_a_lease_while_the_counter_is_away_are_billed_when_it_returns() {
+    let mut stack = Stack::builder(DAILY_BIG)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("away");
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, 16);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down for longer than the reports' interval many times over: the proxy keeps
+    // admitting from the lease it holds (and refuses once it runs out: fail_closed),
+    // and its reports of what it admitted wait for the counter.
+    stack.counter.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.counter.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+    let admitted = report.admitted.len() as u64;
+    assert!(admitted > 100, "{:?}", report.statuses);
+    let lost = stack.envoy.filter_stat("lease_records_lost").await;
+    assert_eq!(lost, 0, "admitted requests whose reports were given up");
+    let rows = eventually(
+        "the ledger to bill every admitted request",
+        Duration::from_secs(30),
+        || async {
+            let rows = billed(&stack, "away").await?;
+            (rows.len() as u64 >= admitted).then_some(rows)
+        },
+    )
+    .await;
+    let ids: HashSet<String> = rows.keys().cloned().collect();
+    assert_eq!(
+        ids, report.admitted,
+        "the ledger bills what was admitted, no more"
+    );
+    eventually(
+        "the windows to hold what was admitted once the lease is back",
+        Duration::from_secs(15),
+        || async { (daily_used(&stack, "away").await == admitted).then_some(()) },
+    )
+    .await;
+}
