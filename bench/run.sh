@@ -42,6 +42,12 @@
 #       medians, and each ratio comes from variants of the same round (median, range)
 #   WASM=/tmp/old.wasm COLLECTOR=/tmp/old-collector COUNTER=/tmp/old-counter bench/run.sh
 #       # another build of the filter, the collector or the counter than this tree's
+#   COLLECTOR_SCHED=normal bench/run.sh   # the collector shares the two cores with
+#       Envoy, wrk, the counter and Redis on equal terms. By default it runs at idle
+#       priority (SCHED_IDLE): on this one box it stands in for the machines it has in
+#       production, doing all its work on the CPU the others leave (a 9 ms-in-25 ms
+#       burner cost jwt alone 6-22% of its throughput at nice 19, nothing at
+#       SCHED_IDLE), and its CPU per request counts until it has caught up with each run
 #   PAUSE_COLLECTOR=1 bench/run.sh   # a diagnostic: the collector stopped (SIGSTOP)
 #       during each measured run but turnpike+events', as if it ran on other hardware,
 #       and resumed after: it reads the usage streams it missed, and the ledger check
@@ -56,6 +62,7 @@ WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-1}
 ALL_VARIANTS="bare jwt turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
+COLLECTOR_SCHED=${COLLECTOR_SCHED:-idle}
 run="$root/.run/bench"
 BENCH_NAME=bench
 BENCH_KILL_SIGNAL=TERM # Envoy, the counter and the collector shut down as in production
@@ -67,6 +74,13 @@ for v in $VARIANTS; do
   esac
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "ROUNDS: a whole number of rounds from 1 to 99, not '$ROUNDS'"
+case "$COLLECTOR_SCHED" in
+  idle)
+    command -v chrt >/dev/null || die "chrt missing (util-linux): needed for COLLECTOR_SCHED=idle, or set COLLECTOR_SCHED=normal"
+    collector_sched=(chrt --idle 0) ;;
+  normal) collector_sched=() ;;
+  *) die "COLLECTOR_SCHED: idle or normal, not '$COLLECTOR_SCHED'" ;;
+esac
 
 command -v wrk >/dev/null || die "wrk missing: run scripts/ensure-tools.sh"
 if [ -n "${ENVOY_VERSION:-}" ]; then
@@ -113,7 +127,7 @@ redis_pid=$!; pids+=($redis_pid)
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 # The collector consumes the counter's usage streams (every admitted request reaches
 # the ledger through them) and the counter re-seeds lost windows from it.
-"$collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
+${collector_sched[@]+"${collector_sched[@]}"} "$collector" --listen "127.0.0.1:$COLLECTOR_PORT" \
   --database "sqlite://$run/ledger.db" --redis "redis://127.0.0.1:$REDIS_PORT" \
   >"$run/collector.log" 2>&1 &
 collector_pid=$!; pids+=($collector_pid)
@@ -123,6 +137,21 @@ wait_http "http://127.0.0.1:$COLLECTOR_PORT/healthz"
   --ledger-url "http://127.0.0.1:$COLLECTOR_PORT" >"$run/counter.log" 2>&1 &
 counter_pid=$!; pids+=($counter_pid)
 wait_http "http://127.0.0.1:$COUNTER_PORT/healthz"
+
+# Usage-stream entries the collector has not committed yet (read and pending, or not
+# read yet); 0 once it has caught up.
+stream_backlog() {
+  streams 'XINFO GROUPS tp:{NNN}:log' | redis-cli -p "$REDIS_PORT" 2>/dev/null \
+    | awk 'prev == "pending" || prev == "lag" { n += $1 } { prev = $1 } END { print n + 0 }'
+}
+wait_collector_caught_up() {
+  local _
+  for _ in $(seq 1 600); do
+    [ "$(stream_backlog)" = 0 ] && return 0
+    sleep 0.2
+  done
+  say "WARNING: the collector has not caught up with the usage streams in 120 s ($(stream_backlog) entries left): its CPU per request below is short"
+}
 
 token=$("$dev" mint --tenant bench-tenant --ttl-secs 3600)
 results="$run/results.tsv"
@@ -203,6 +232,9 @@ for variant in $VARIANTS; do
   [ "$code" = 200 ] || die "$variant: a single request got $code, not 200 (see $run/envoy-$variant.log)"
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" ${wrk_script[@]+"${wrk_script[@]}"} \
     -H "Authorization: Bearer $token" "$url" >/dev/null
+  # The collector's CPU counts the measured run's entries only: it starts caught up
+  # with the warm-up's, and is read again once it has caught up with the run's.
+  wait_collector_caught_up
   e0=$(cpu_ticks $envoy_pid); c0=$(cpu_ticks $counter_pid); r0=$(cpu_ticks $redis_pid)
   l0=$(cpu_ticks $collector_pid)
   say "$variant$([ "$ROUNDS" = 1 ] || echo " (round $round of $ROUNDS)"): wrk -t1 -c$CONNECTIONS -d${DURATION}s${wrk_script[*]:+ ${wrk_script[*]#"$run"/}} (Envoy --concurrency $concurrency)"
@@ -223,6 +255,7 @@ for variant in $VARIANTS; do
   [ -z "$paused" ] || kill -CONT "$collector_pid"
   [ -z "$perf_pid" ] || wait "$perf_pid" || true
   e1=$(cpu_ticks $envoy_pid); c1=$(cpu_ticks $counter_pid); r1=$(cpu_ticks $redis_pid)
+  wait_collector_caught_up
   l1=$(cpu_ticks $collector_pid)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$counter_pid/status")
   python3 bench/summarize.py row "$round" "$variant" "$run/wrk-$variant.txt" \
@@ -252,6 +285,8 @@ done
 
 echo "Envoy $envoy_version (${envoy#"$root"/}), --concurrency 1$(case " $VARIANTS " in *" turnpike-leased-c2 "*) echo ' (turnpike-leased-c2: 2)' ;; esac); wrk -t1 -c$CONNECTIONS -d${DURATION}s$([ "$ROUNDS" = 1 ] || echo "; $ROUNDS rounds, medians")"
 python3 bench/summarize.py table "$results"
+[ "$COLLECTOR_SCHED" = normal ] \
+  || echo "the collector ran at idle priority (SCHED_IDLE; COLLECTOR_SCHED=normal to share the cores with Envoy on equal terms), standing in for its own machine; its CPU per request counts until it had caught up with each run"
 [ -z "${PAUSE_COLLECTOR:-}" ] \
   || echo "PAUSE_COLLECTOR: the collector was stopped during every measured run but turnpike+events' (its CPU reads 0): a diagnostic, not the figures of a machine that runs it"
 case " $VARIANTS " in
