@@ -431,7 +431,8 @@ impl LeaseBook {
     }
 
     /// Queue what each lease's admitted requests owe the counter, in chunks, and send
-    /// what is due (new reports, and failed ones whose backoff has passed).
+    /// what is due (new reports, and failed ones whose backoff has passed). On the
+    /// report tick only: a report per interval, not one per answer.
     fn send_reports(&mut self, plugin: &Plugin) {
         let due: Vec<(String, Vec<Record>)> = self
             .entries
@@ -465,6 +466,11 @@ impl LeaseBook {
                 }
             }
         }
+        self.send_due_reports(plugin);
+    }
+
+    /// Send the queued reports that are due, as far as calls may be out.
+    fn send_due_reports(&mut self, plugin: &Plugin) {
         let now = now_ns();
         while let Some(job) = self.reports.next_due(now) {
             let r = &job.item;
@@ -538,8 +544,9 @@ impl LeaseBook {
                 }
             }
         }
-        // The halves of a split report, and anything else due, without waiting a tick.
-        self.send_reports(plugin);
+        // The halves of a split report, and a report that waited for a free call,
+        // without waiting a tick (the records admitted since wait for theirs).
+        self.send_due_reports(plugin);
     }
 
     /// The answer to one of the book's calls.

@@ -186,6 +186,7 @@ async fn leased_but_unspent_requests_come_back_once_the_tenant_goes_quiet() {
         .start()
         .await;
     let token = stack.token("quiet");
+    let started = Instant::now();
     let load = Load::start(&stack.envoy.url("/v1/things"), &token, 32);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = load.stop().await;
@@ -215,6 +216,23 @@ async fn leased_but_unspent_requests_come_back_once_the_tenant_goes_quiet() {
     let ids: HashSet<String> = rows.keys().cloned().collect();
     assert_eq!(ids, report.admitted);
     assert!(rows.values().all(|r| r["counted"] == true));
+    // Reports go out once per report interval per worker while there is something to
+    // report, not once per answer: renewals, a close or two, and at most one report
+    // per interval of the load per worker (a quarter more for slow ticks' slack).
+    let metrics = stack.counter.metrics().await;
+    let calls: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("turnpike_counter_request_duration_seconds_count{endpoint=\"lease\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("the counter's lease call count");
+    let renewals = stack.envoy.filter_stat("lease_renewals").await;
+    let intervals = (stopped - started).as_millis() as u64 / 50 + 10;
+    assert!(
+        calls <= renewals + 2 * intervals * 5 / 4,
+        "{calls} lease calls ({renewals} renewals) for {intervals} report intervals of 2 workers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
