@@ -78,6 +78,46 @@ impl LeaseLimits {
         }
     }
 
+    /// Bytes for the other workers of this proxy (shared data): a worker whose lease
+    /// another one renewed has the grant's limits only from there. Lines: the policy,
+    /// the warning, then `room end name` per limit; text, since every part is a header
+    /// value already (names keep to printable ASCII in headers anyway).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(64 + self.limits.len() * 32);
+        let line = |out: &mut String, v: &str| {
+            out.extend(v.chars().filter(|c| *c != '\n'));
+            out.push('\n');
+        };
+        line(&mut out, self.policy.as_deref().unwrap_or(""));
+        line(&mut out, self.warning.as_deref().unwrap_or(""));
+        for (name, room, end) in &self.limits {
+            let _ = write!(out, "{room} {end} ");
+            line(&mut out, name);
+        }
+        out.into_bytes()
+    }
+
+    /// What [`Self::encode`] wrote; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<LeaseLimits> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut lines = text.split_terminator('\n');
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        let policy = some(lines.next()?);
+        let warning = some(lines.next()?);
+        let mut limits = Vec::new();
+        for l in lines {
+            let mut parts = l.splitn(3, ' ');
+            let room = parts.next()?.parse().ok()?;
+            let end = parts.next()?.parse().ok()?;
+            limits.push((parts.next()?.to_owned(), room, end));
+        }
+        Some(LeaseLimits {
+            policy,
+            limits,
+            warning,
+        })
+    }
+
     /// `RateLimit` for a request admitted from a lease with `balance` requests left:
     /// conservative, `r` is never more than the lease still holds (other proxies may
     /// hold the rest of a window's room).
@@ -252,5 +292,28 @@ mod tests {
         assert_eq!(retry_after_secs(&answer(None, limits)), 40);
         assert_eq!(retry_after_secs(&answer(Some(0), vec![])), 1);
         assert_eq!(retry_after_secs(&answer(None, vec![])), 1);
+    }
+
+    #[test]
+    fn lease_limits_go_to_the_other_workers_and_back_unchanged() {
+        let mut daily = limit("daily limit", 5000, 86_400, 4100, 3600);
+        daily.soft = Some(200);
+        daily.soft_crossed = true;
+        let limits = [daily, limit("per-second", 100, 1, 40, 1)];
+        let l = LeaseLimits::from_grant(&limits, 1_000_000);
+        let back = LeaseLimits::decode(&l.encode()).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(back.remaining(30, 1_000_500), l.remaining(30, 1_000_500));
+        let empty = LeaseLimits::default();
+        assert_eq!(LeaseLimits::decode(&empty.encode()).unwrap(), empty);
+        for bad in [
+            &b""[..],
+            b"p\n",
+            b"p\nw\nx 1 n\n",
+            b"p\nw\n1 2\n",
+            b"\xff\n\n",
+        ] {
+            assert_eq!(LeaseLimits::decode(bad), None, "{bad:?}");
+        }
     }
 }

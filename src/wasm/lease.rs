@@ -96,6 +96,8 @@ struct Entry {
     route: Rc<Route>,
     plan: Option<String>,
     limits: LeaseLimits,
+    /// The grant `limits` came from: its lease and `counter_granted_ms`.
+    limits_grant: (u64, u64),
     /// Requests to ask for at the next renewal (`None`: none due).
     renew: Option<u64>,
     /// The units this worker holds of the lease.
@@ -208,6 +210,7 @@ impl LeaseBook {
             route: route.clone(),
             plan: None,
             limits: LeaseLimits::default(),
+            limits_grant: (0, 0),
             renew: None,
             hold: Hold::default(),
             records: Vec::new(),
@@ -243,9 +246,19 @@ impl LeaseBook {
         };
         let ((spend, hold), _) =
             update(key, |state| state.take(now_ms, &config.tuning, &returning))?;
-        match self.entries.get_mut(key) {
-            Some(e) => e.hold = hold,
-            None => self.entry(key, tenant, route).hold = hold,
+        let e = match self.entries.get_mut(key) {
+            Some(e) => e,
+            None => self.entry(key, tenant, route),
+        };
+        e.hold = hold;
+        // Granted to another worker's renewal (or to ours, before this entry was
+        // made): its limits are in shared data. Once per grant, not per request.
+        let grant = (hold.lease, hold.counter_granted_ms);
+        if hold.lease != 0 && e.limits_grant != grant {
+            if let Some(limits) = read_limits(key, grant) {
+                e.limits = limits;
+                e.limits_grant = grant;
+            }
         }
         Some(Spent {
             admitted: spend.admitted,
@@ -588,11 +601,19 @@ impl LeaseBook {
                             .saturating_sub(a.time_ms)
                             .saturating_add(sent_ms)
                             .saturating_add(a.held_ms);
-                        let _ = update(&key, |state| {
+                        let updated = update(&key, |state| {
                             state.granted(a.lease, a.granted, expires, a.expires_ms, a.time_ms, now)
                         });
+                        let limits = LeaseLimits::from_grant(&a.limits, now);
+                        // For every worker of this proxy: the others spend from this
+                        // grant too, and answer with its RateLimit fields.
+                        let grant = updated.map(|(_, s)| (s.id, s.counter_granted_ms));
+                        if let Some(grant) = grant {
+                            write_limits(&key, grant, &limits);
+                        }
                         if let Some(entry) = self.entries.get_mut(&key) {
-                            entry.limits = LeaseLimits::from_grant(&a.limits, now);
+                            entry.limits = limits;
+                            entry.limits_grant = grant.unwrap_or((0, 0));
                         }
                         if a.granted == 0 {
                             count(metrics, |m| m.lease_empty_grants);
@@ -621,6 +642,34 @@ impl LeaseBook {
 fn plugin_batch_id(records: &[(String, u64)]) -> String {
     let first = records.first().map_or("empty", |(id, _)| id.as_str());
     format!("{first}-{}", records.len())
+}
+
+/// The shared-data key of the limits of the lease at `key`, with the grant they
+/// came with (lease id, then `counter_granted_ms`, 8 bytes each, little-endian).
+fn limits_key(key: &str) -> String {
+    format!("{key}/limits")
+}
+
+fn write_limits(key: &str, grant: (u64, u64), limits: &LeaseLimits) {
+    let mut bytes = Vec::with_capacity(16 + 128);
+    bytes.extend_from_slice(&grant.0.to_le_bytes());
+    bytes.extend_from_slice(&grant.1.to_le_bytes());
+    bytes.extend_from_slice(&limits.encode());
+    // Unconditional: one renewal of a lease is out at a time, and a reader takes only
+    // the limits of the grant its hold came from.
+    let _ = hostcalls::set_shared_data(&limits_key(key), Some(&bytes), None);
+}
+
+/// The limits of `grant` of the lease at `key`, if those are what shared data holds.
+fn read_limits(key: &str, grant: (u64, u64)) -> Option<LeaseLimits> {
+    let (bytes, _) = hostcalls::get_shared_data(&limits_key(key)).ok()?;
+    let bytes = bytes?;
+    let (lease, rest) = bytes.split_first_chunk::<8>()?;
+    let (granted_ms, rest) = rest.split_first_chunk::<8>()?;
+    if (u64::from_le_bytes(*lease), u64::from_le_bytes(*granted_ms)) != grant {
+        return None;
+    }
+    LeaseLimits::decode(rest)
 }
 
 fn read(key: &str) -> Option<LeaseState> {

@@ -326,17 +326,26 @@ async fn leased_answers_never_overstate_the_room_left_and_warn_past_the_soft_thr
     let mut patch = leased();
     patch["soft_warning_header"] = json!(WARNING);
     let stack = Stack::builder(DAILY_5000_SOFT_200)
+        .concurrency(2)
         .with_collector()
         .filter_patch(patch)
         .start()
         .await;
     let token = stack.token("told");
     // One client, one request at a time: after the n-th admitted request the tenant has
-    // used exactly n, whichever way each was decided.
+    // used exactly n, whichever way each was decided. A connection each, so both
+    // workers answer: one of them spends leases the other renewed.
     let mut admitted = 0u64;
     let mut warned_early = 0u64;
     for _ in 0..600 {
-        let reply = stack.get("/v1/things", Some(&token)).await;
+        let reply = stack
+            .send(
+                stack
+                    .request(reqwest::Method::GET, "/v1/things")
+                    .bearer_auth(&token)
+                    .header("connection", "close"),
+            )
+            .await;
         assert_eq!(reply.status, 200, "{reply:?}");
         admitted += 1;
         let policy = parse_list(reply.required_header("ratelimit-policy"));
