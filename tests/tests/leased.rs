@@ -388,64 +388,67 @@ async fn leased_answers_never_overstate_the_room_left_and_warn_past_the_soft_thr
     eprintln!("leased: {leased} of 600 requests decided from leases; {warned_early} warned before the 200th (their lease took units past it)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leased_5xx_goes_back_into_its_lease_and_is_never_billed() {
-    let stack = Stack::builder(DAILY_BIG)
-        .with_collector()
-        .filter_patch(leased())
-        .start()
-        .await;
-    let token = stack.token("flaky");
-    let mut ok = HashSet::new();
-    let mut failed = 0u64;
-    // Leases first, so that the 5xx answers below come from one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack.envoy.filter_stat("leased").await < 10 {
-        assert!(Instant::now() < deadline, "no lease in 10 s");
-        ok.insert(consume_id(&stack.get("/v1/things", Some(&token)).await));
-    }
-    let leased_before = stack.envoy.filter_stat("leased").await;
-    for i in 0..120 {
-        if i % 3 == 0 {
-            let reply = stack.get("/status/503", Some(&token)).await;
-            assert_eq!(reply.status, 503, "{reply:?}");
-            failed += 1;
-        } else {
-            let reply = stack.get("/v1/things", Some(&token)).await;
-            ok.insert(consume_id(&reply));
+turnpike_tests::on_each_topology! {
+    worker_threads = 4;
+    async fn a_leased_5xx_goes_back_into_its_lease_and_is_never_billed(topology) {
+        let stack = Stack::builder(DAILY_BIG)
+            .topology(topology)
+            .with_collector()
+            .filter_patch(leased())
+            .start()
+            .await;
+        let token = stack.token("flaky");
+        let mut ok = HashSet::new();
+        let mut failed = 0u64;
+        // Leases first, so that the 5xx answers below come from one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stack.envoy.filter_stat("leased").await < 10 {
+            assert!(Instant::now() < deadline, "no lease in 10 s");
+            ok.insert(consume_id(&stack.get("/v1/things", Some(&token)).await));
         }
+        let leased_before = stack.envoy.filter_stat("leased").await;
+        for i in 0..120 {
+            if i % 3 == 0 {
+                let reply = stack.get("/status/503", Some(&token)).await;
+                assert_eq!(reply.status, 503, "{reply:?}");
+                failed += 1;
+            } else {
+                let reply = stack.get("/v1/things", Some(&token)).await;
+                ok.insert(consume_id(&reply));
+            }
+        }
+        let from_leases = stack.envoy.filter_stat("leased").await - leased_before;
+        assert!(from_leases > 60, "{from_leases} of 120 decided from leases");
+        assert_eq!(stack.envoy.filter_stat("refunds").await, failed);
+        // Once the tenant is quiet its lease goes back: the windows then hold exactly the
+        // requests that were answered 2xx, and the ledger bills exactly those.
+        let served = ok.len() as u64;
+        eventually(
+            "the lease to go back with the 5xx answers in it",
+            Duration::from_secs(15),
+            || async { (daily_used(&stack, "flaky").await == served).then_some(()) },
+        )
+        .await;
+        let rows = eventually(
+            "the ledger to bill the 2xx answers",
+            Duration::from_secs(30),
+            || async {
+                let rows = billed(&stack, "flaky").await?;
+                (rows.len() as u64 == served).then_some(rows)
+            },
+        )
+        .await;
+        let ids: HashSet<String> = rows.keys().cloned().collect();
+        assert_eq!(ids, ok);
+        assert!(rows.values().all(|r| r["status"] == 200), "a 5xx billed");
+        // Nothing more arrives later.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(daily_used(&stack, "flaky").await, served);
+        assert_eq!(
+            billed(&stack, "flaky").await.map(|r| r.len() as u64),
+            Some(served)
+        );
     }
-    let from_leases = stack.envoy.filter_stat("leased").await - leased_before;
-    assert!(from_leases > 60, "{from_leases} of 120 decided from leases");
-    assert_eq!(stack.envoy.filter_stat("refunds").await, failed);
-    // Once the tenant is quiet its lease goes back: the windows then hold exactly the
-    // requests that were answered 2xx, and the ledger bills exactly those.
-    let served = ok.len() as u64;
-    eventually(
-        "the lease to go back with the 5xx answers in it",
-        Duration::from_secs(15),
-        || async { (daily_used(&stack, "flaky").await == served).then_some(()) },
-    )
-    .await;
-    let rows = eventually(
-        "the ledger to bill the 2xx answers",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "flaky").await?;
-            (rows.len() as u64 == served).then_some(rows)
-        },
-    )
-    .await;
-    let ids: HashSet<String> = rows.keys().cloned().collect();
-    assert_eq!(ids, ok);
-    assert!(rows.values().all(|r| r["status"] == 200), "a 5xx billed");
-    // Nothing more arrives later.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(daily_used(&stack, "flaky").await, served);
-    assert_eq!(
-        billed(&stack, "flaky").await.map(|r| r.len() as u64),
-        Some(served)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -613,48 +616,51 @@ async fn leased_and_exact_routes_of_one_tenant_share_its_limits_and_a_leased_cos
     assert_eq!(units, 5 * s);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn requests_admitted_from_a_lease_while_the_counter_is_away_are_billed_when_it_returns() {
-    let mut stack = Stack::builder(DAILY_BIG)
-        .with_collector()
-        .filter_patch(leased())
-        .start()
+turnpike_tests::on_each_topology! {
+    worker_threads = 4;
+    async fn requests_admitted_from_a_lease_while_the_counter_is_away_are_billed_when_it_returns(topology) {
+        let mut stack = Stack::builder(DAILY_BIG)
+            .topology(topology)
+            .with_collector()
+            .filter_patch(leased())
+            .start()
+            .await;
+        let token = stack.token("away");
+        let load = Load::start(&stack.envoy.url("/v1/things"), &token, 16);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Down for longer than the reports' interval many times over: the proxy keeps
+        // admitting from the lease it holds (and refuses once it runs out: fail_closed),
+        // and its reports of what it admitted wait for the counter.
+        stack.counter.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stack.counter.restart().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = load.stop().await;
+        let admitted = report.admitted.len() as u64;
+        assert!(admitted > 100, "{:?}", report.statuses);
+        let lost = stack.envoy.filter_stat("lease_records_lost").await;
+        assert_eq!(lost, 0, "admitted requests whose reports were given up");
+        let rows = eventually(
+            "the ledger to bill every admitted request",
+            Duration::from_secs(30),
+            || async {
+                let rows = billed(&stack, "away").await?;
+                (rows.len() as u64 >= admitted).then_some(rows)
+            },
+        )
         .await;
-    let token = stack.token("away");
-    let load = Load::start(&stack.envoy.url("/v1/things"), &token, 16);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Down for longer than the reports' interval many times over: the proxy keeps
-    // admitting from the lease it holds (and refuses once it runs out: fail_closed),
-    // and its reports of what it admitted wait for the counter.
-    stack.counter.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.counter.restart().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = load.stop().await;
-    let admitted = report.admitted.len() as u64;
-    assert!(admitted > 100, "{:?}", report.statuses);
-    let lost = stack.envoy.filter_stat("lease_records_lost").await;
-    assert_eq!(lost, 0, "admitted requests whose reports were given up");
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "away").await?;
-            (rows.len() as u64 >= admitted).then_some(rows)
-        },
-    )
-    .await;
-    let ids: HashSet<String> = rows.keys().cloned().collect();
-    assert_eq!(
-        ids, report.admitted,
-        "the ledger bills what was admitted, no more"
-    );
-    eventually(
-        "the windows to hold what was admitted once the lease is back",
-        Duration::from_secs(15),
-        || async { (daily_used(&stack, "away").await == admitted).then_some(()) },
-    )
-    .await;
+        let ids: HashSet<String> = rows.keys().cloned().collect();
+        assert_eq!(
+            ids, report.admitted,
+            "the ledger bills what was admitted, no more"
+        );
+        eventually(
+            "the windows to hold what was admitted once the lease is back",
+            Duration::from_secs(15),
+            || async { (daily_used(&stack, "away").await == admitted).then_some(()) },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
