@@ -447,18 +447,12 @@ impl LeaseBook {
     /// what is due (new reports, and failed ones whose backoff has passed). On the
     /// report tick only: a report per interval, not one per answer.
     fn send_reports(&mut self, plugin: &Plugin) {
-        let due: Vec<(String, Vec<Record>)> = self
-            .entries
-            .iter_mut()
-            .filter(|(_, e)| !e.records.is_empty())
-            .map(|(k, e)| (k.clone(), std::mem::take(&mut e.records)))
-            .collect();
-        for (key, records) in due {
-            let Some(entry) = self.entries.get(&key) else {
+        for entry in self.entries.values_mut() {
+            if entry.records.is_empty() {
                 continue;
-            };
+            }
             let mut by_lease: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
-            for r in records {
+            for r in std::mem::take(&mut entry.records) {
                 by_lease.entry(r.lease).or_default().push((r.id, r.at_ms));
             }
             for (lease, mut records) in by_lease {
