@@ -30,6 +30,30 @@ async fn billed(stack: &Stack, tenant: &str) -> Option<BTreeMap<String, Value>> 
     )
 }
 
+/// Wait until the ledger bills as many of `tenant`'s requests as were `admitted`, then
+/// require exactly those: every admitted request billed once, and nothing else.
+async fn billed_exactly(
+    stack: &Stack,
+    tenant: &str,
+    admitted: &HashSet<String>,
+) -> BTreeMap<String, Value> {
+    let rows = eventually(
+        "the ledger to bill every admitted request",
+        Duration::from_secs(30),
+        || async {
+            let rows = billed(stack, tenant).await?;
+            (rows.len() >= admitted.len()).then_some(rows)
+        },
+    )
+    .await;
+    let ids: HashSet<String> = rows.keys().cloned().collect();
+    assert_eq!(
+        &ids, admitted,
+        "the ledger bills what was admitted, no more"
+    );
+    rows
+}
+
 const DAILY_500: &str = r#"
 default_plan = "p"
 [plans.p]
@@ -88,17 +112,7 @@ async fn two_workers_and_two_envoys_never_admit_more_than_a_small_limit() {
     let leased = stack.envoy.filter_stat("leased").await + second.filter_stat("leased").await;
     assert!(leased > 0, "requests were admitted from leases");
     // Every admitted request is billed once, and nothing else is.
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "small").await?;
-            (rows.len() == admitted.len()).then_some(rows)
-        },
-    )
-    .await;
-    let ids: HashSet<String> = rows.keys().cloned().collect();
-    assert_eq!(ids, admitted);
+    billed_exactly(&stack, "small", &admitted).await;
 }
 
 const PER_SECOND_400: &str = r#"
@@ -129,15 +143,7 @@ async fn a_large_per_second_limit_is_never_exceeded_in_any_second() {
     for load in loads {
         admitted.extend(load.stop().await.admitted);
     }
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "fast").await?;
-            (rows.len() == admitted.len()).then_some(rows)
-        },
-    )
-    .await;
+    let rows = billed_exactly(&stack, "fast", &admitted).await;
     // Billing times are decision times on the counter's clock: count per second.
     let mut per_second: BTreeMap<String, u64> = BTreeMap::new();
     for row in rows.values() {
@@ -204,17 +210,7 @@ async fn leased_but_unspent_requests_come_back_once_the_tenant_goes_quiet() {
     let back_after = stopped.elapsed();
     eprintln!("leased: unspent requests came back {back_after:?} after the tenant went quiet (idle_return_ms = 1000)");
     assert!(back_after < Duration::from_secs(10), "took {back_after:?}");
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "quiet").await?;
-            (rows.len() as u64 == admitted).then_some(rows)
-        },
-    )
-    .await;
-    let ids: HashSet<String> = rows.keys().cloned().collect();
-    assert_eq!(ids, report.admitted);
+    let rows = billed_exactly(&stack, "quiet", &report.admitted).await;
     assert!(rows.values().all(|r| r["counted"] == true));
     // Reports go out once per report interval per worker while there is something to
     // report, not once per answer: renewals, a close or two, and at most one report
@@ -429,17 +425,7 @@ turnpike_tests::on_each_topology! {
             || async { (daily_used(&stack, "flaky").await == served).then_some(()) },
         )
         .await;
-        let rows = eventually(
-            "the ledger to bill the 2xx answers",
-            Duration::from_secs(30),
-            || async {
-                let rows = billed(&stack, "flaky").await?;
-                (rows.len() as u64 == served).then_some(rows)
-            },
-        )
-        .await;
-        let ids: HashSet<String> = rows.keys().cloned().collect();
-        assert_eq!(ids, ok);
+        let rows = billed_exactly(&stack, "flaky", &ok).await;
         assert!(rows.values().all(|r| r["status"] == 200), "a 5xx billed");
         // Nothing more arrives later.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -583,15 +569,8 @@ async fn leased_and_exact_routes_of_one_tenant_share_its_limits_and_a_leased_cos
         },
     )
     .await;
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "both").await?;
-            (rows.len() as u64 == s + o).then_some(rows)
-        },
-    )
-    .await;
+    let all: HashSet<String> = searches.union(&others).cloned().collect();
+    let rows = billed_exactly(&stack, "both", &all).await;
     let mut units = 0;
     for (id, row) in &rows {
         let search_units = row["meters"]
@@ -640,20 +619,7 @@ turnpike_tests::on_each_topology! {
         assert!(admitted > 100, "{:?}", report.statuses);
         let lost = stack.envoy.filter_stat("lease_records_lost").await;
         assert_eq!(lost, 0, "admitted requests whose reports were given up");
-        let rows = eventually(
-            "the ledger to bill every admitted request",
-            Duration::from_secs(30),
-            || async {
-                let rows = billed(&stack, "away").await?;
-                (rows.len() as u64 >= admitted).then_some(rows)
-            },
-        )
-        .await;
-        let ids: HashSet<String> = rows.keys().cloned().collect();
-        assert_eq!(
-            ids, report.admitted,
-            "the ledger bills what was admitted, no more"
-        );
+        billed_exactly(&stack, "away", &report.admitted).await;
         eventually(
             "the windows to hold what was admitted once the lease is back",
             Duration::from_secs(15),
@@ -683,20 +649,7 @@ async fn an_envoy_drained_of_traffic_and_stopped_reports_every_request_it_admitt
     stack.envoy.process().terminate(Duration::from_secs(10));
     let admitted = report.admitted.len() as u64;
     assert!(admitted > 100, "{:?}", report.statuses);
-    let rows = eventually(
-        "the ledger to bill every admitted request",
-        Duration::from_secs(30),
-        || async {
-            let rows = billed(&stack, "drained").await?;
-            (rows.len() as u64 >= admitted).then_some(rows)
-        },
-    )
-    .await;
-    let ids: HashSet<String> = rows.keys().cloned().collect();
-    assert_eq!(
-        ids, report.admitted,
-        "the ledger bills what was admitted, no more"
-    );
+    billed_exactly(&stack, "drained", &report.admitted).await;
     // Its leases come back (when they expire, or when its VMs stop): then the windows
     // hold exactly what is billed.
     eventually(

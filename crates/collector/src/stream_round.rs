@@ -327,24 +327,11 @@ mod tests {
     }
 
     fn leased(id: &str) -> Fact {
-        match counted(id) {
-            Fact::Counted {
-                id,
-                tenant,
-                time_ms,
-                plan,
-                meters,
-                ..
-            } => Fact::Counted {
-                id,
-                tenant,
-                time_ms,
-                plan,
-                meters,
-                lease: Some("7".to_owned()),
-            },
-            other => other,
+        let mut fact = counted(id);
+        if let Fact::Counted { lease, .. } = &mut fact {
+            *lease = Some("7".to_owned());
         }
+        fact
     }
 
     #[test]
