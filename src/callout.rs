@@ -137,6 +137,7 @@ pub fn lease_body(
     want: u64,
     lease: Option<u64>,
     close: bool,
+    report_ms: u64,
 ) -> Vec<u8> {
     use std::io::Write as _;
     let mut body = Vec::with_capacity(96 + tenant.len() + meters_json.len());
@@ -149,7 +150,10 @@ pub fn lease_body(
     body.extend_from_slice(br#"","meters":"#);
     body.extend_from_slice(meters_json.as_bytes());
     // Writing into a Vec cannot fail.
-    let _ = write!(body, r#","want":{want},"close":{close}"#);
+    let _ = write!(
+        body,
+        r#","want":{want},"close":{close},"report_ms":{report_ms}"#
+    );
     if let Some(id) = lease {
         let _ = write!(body, r#","lease":{id}"#);
     }
@@ -527,14 +531,15 @@ mod tests {
 
     #[test]
     fn lease_and_report_bodies_are_wire_requests() {
-        let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), false);
+        let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), false, 100);
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             (req.want, req.lease, req.close, req.plan.as_deref()),
             (40, Some(7), false, Some("pro"))
         );
+        assert_eq!(req.report_ms, Some(100));
         assert_eq!(req.meters.len(), 2);
-        let body = lease_body("acme", None, METERS, 0, Some(7), true);
+        let body = lease_body("acme", None, METERS, 0, Some(7), true, 100);
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
         assert!(req.close && req.plan.is_none());
         let records = vec![

@@ -399,6 +399,7 @@ impl LeaseBook {
                         0,
                         Some(lease),
                         true,
+                        interval,
                     );
                     if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
                         self.in_flight.insert(token, Call::Close);
@@ -429,6 +430,7 @@ impl LeaseBook {
             want,
             held,
             false,
+            u64::try_from(plugin.config.lease.report_interval.as_millis()).unwrap_or(u64::MAX),
         );
         if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
             let sent_ms = now_ms();

@@ -40,6 +40,12 @@ impl Load {
     /// `clients` loops of `GET url` with `token`, each on its own keep-alive
     /// connection, until stopped.
     pub fn start(url: &str, token: &str, clients: usize) -> Load {
+        Load::paced(url, token, clients, Duration::ZERO)
+    }
+
+    /// As [`Load::start`], each client pausing `pause` after every answer: a steady
+    /// rate instead of as fast as the proxy answers.
+    pub fn paced(url: &str, token: &str, clients: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|_| {
@@ -69,6 +75,9 @@ impl Load {
                                 report.errors += 1;
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
                         }
                     }
                     report

@@ -251,7 +251,7 @@ async fn an_envoy_killed_with_leases_out_gives_them_back_when_they_expire() {
     // The counter's sweeper closes the dead proxy's leases when they expire: then the
     // windows hold what the proxy reported spent. Wait for that, and for the ledger to
     // stop changing.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(25);
     let mut last = (0, u64::MAX, usize::MAX);
     let (used, rows) = loop {
         // The close count is read before the windows: a lease closed between the two
@@ -263,9 +263,10 @@ async fn an_envoy_killed_with_leases_out_gives_them_back_when_they_expire() {
         );
         let used = daily_used(&stack, "orphan").await;
         let rows = billed(&stack, "orphan").await.unwrap_or_default();
-        // Every lease granted before the kill has expired (--lease-max-secs 3) and
-        // been swept (every second) 5 s after it: only then can the reads settle.
-        let swept = killed.elapsed() > Duration::from_secs(5);
+        // Every lease granted before the kill has expired (--lease-max-secs 3), its
+        // report delay (4 s with reports every 50 ms) has passed and it has been swept
+        // (every second) 9 s after it: only then can the reads settle.
+        let swept = killed.elapsed() > Duration::from_secs(9);
         if closed > 0 && swept && last == (closed, used, rows.len()) {
             break (used, rows);
         }
@@ -658,4 +659,55 @@ async fn an_envoy_drained_of_traffic_and_stopped_reports_every_request_it_admitt
         || async { (daily_used(&stack, "drained").await == admitted).then_some(()) },
     )
     .await;
+}
+
+const PER_SECOND_AND_DAILY_1500: &str = r#"
+default_plan = "p"
+[plans.p]
+limits = [
+  { name = "per-second", meter = "requests", window = "second", max = 100000 },
+  { name = "daily", meter = "requests", window = "day", max = 1500 },
+]
+"#;
+
+/// A per-second limit's lease ends with its second, while requests are still being
+/// admitted from it: the last of them reach the counter after the second turned. The
+/// daily limit (which that lease also took from) must still never be exceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_ending_with_their_second_never_let_a_longer_window_go_over() {
+    let stack = Stack::builder(PER_SECOND_AND_DAILY_1500)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch({
+            let mut patch = leased();
+            patch["lease"]["report_interval_ms"] = json!(1000);
+            patch
+        })
+        .start()
+        .await;
+    let second = stack.another_envoy("envoy-2").await;
+    let token = stack.token("steady");
+    // About 600 requests a second: the daily limit is reached in its third second,
+    // every lease is spent until its second ends.
+    let pause = Duration::from_millis(50);
+    let loads = [
+        Load::paced(&stack.envoy.url("/v1/things"), &token, 16, pause),
+        Load::paced(&second.url("/v1/things"), &token, 16, pause),
+    ];
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut admitted = HashSet::new();
+    let mut denied = 0;
+    for load in loads {
+        let report = load.stop().await;
+        admitted.extend(report.admitted);
+        denied += report.statuses.get(&429).copied().unwrap_or(0);
+    }
+    assert!(denied > 0, "the load went past the daily limit");
+    assert!(
+        admitted.len() <= 1500,
+        "{} admitted against a daily limit of 1500",
+        admitted.len()
+    );
+    assert!(stack.envoy.filter_stat("leased").await + second.filter_stat("leased").await > 0);
+    billed_exactly(&stack, "steady", &admitted).await;
 }

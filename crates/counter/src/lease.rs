@@ -16,6 +16,9 @@ pub struct LeaseRecord {
     /// The window slots it took from, `suffix=cost;...` per request (see
     /// [`crate::ticket::Ticket::record_slots`]).
     pub slots: String,
+    /// Given up (by its proxy, or because its windows rolled over): never extended
+    /// again, closed by the sweeper once the report delay has passed.
+    pub retired: bool,
 }
 
 impl LeaseRecord {
@@ -27,6 +30,7 @@ impl LeaseRecord {
             spent: get("s").map_or(Some(0), |s| s.parse().ok())?,
             expires: get("e")?.parse().ok()?,
             slots: get("k")?.clone(),
+            retired: get("x").is_some(),
         })
     }
 }
@@ -50,6 +54,23 @@ pub fn wait_for_turn(
     let left_ms = end.saturating_mul(1000).saturating_sub(now_ms);
     (left_ms > 0 && left_ms <= TURN_WAIT_MS)
         .then(|| std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(0) + 1))
+}
+
+/// What a proxy that does not say how often it reports (`report_ms`) is taken to use.
+pub const DEFAULT_REPORT_MS: u64 = 1_000;
+
+/// The longest report interval a proxy may state.
+pub const MAX_REPORT_MS: u64 = 60_000;
+
+/// How long after a lease ends (or is given back) its unspent units stay out, seconds:
+/// requests admitted from it until then may still be on their way in a report, and
+/// a unit given back and then reported spent could be granted twice in between. Two
+/// report intervals (a report tick missed, a retry) and 3 s for requests still running
+/// at the lease's end; a request reported later still counts, charged to the windows
+/// current when its report arrives.
+pub fn return_delay_secs(report_ms: u64) -> i64 {
+    let ms = report_ms.min(MAX_REPORT_MS).saturating_mul(2) + 3_000;
+    i64::try_from(ms.div_ceil(1_000)).unwrap_or(i64::MAX)
 }
 
 /// How the counter sizes grants (the proxy asks for what it expects to spend soon).
@@ -104,6 +125,10 @@ mod tests {
         .collect();
         let r = LeaseRecord::from_fields(&fields).unwrap();
         assert_eq!((r.granted, r.spent, r.expires), (40, 12, 1700));
+        assert!(!r.retired);
+        let mut given_up = fields.clone();
+        given_up.push(("x".to_owned(), "1".to_owned()));
+        assert!(LeaseRecord::from_fields(&given_up).unwrap().retired);
         assert!(LeaseRecord::from_fields(&[]).is_none());
         assert_eq!(
             parse_index_member(&index_member("acme.eu", 7)),
@@ -113,12 +138,22 @@ mod tests {
     }
 
     #[test]
+    fn unspent_units_stay_out_for_two_report_intervals_and_3_s() {
+        assert_eq!(return_delay_secs(50), 4);
+        assert_eq!(return_delay_secs(100), 4);
+        assert_eq!(return_delay_secs(DEFAULT_REPORT_MS), 5);
+        assert_eq!(return_delay_secs(10_000), 23);
+        assert_eq!(return_delay_secs(u64::MAX), 123);
+    }
+
+    #[test]
     fn a_renewal_in_the_last_ms_of_a_window_bound_lease_waits_for_the_turn() {
         let record = LeaseRecord {
             granted: 10,
             spent: 0,
             expires: 1_700,
             slots: String::new(),
+            retired: false,
         };
         let ms = std::time::Duration::from_millis;
         // 4 ms before the window (and so the lease) ends: wait 5 ms.

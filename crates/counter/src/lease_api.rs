@@ -14,7 +14,9 @@ use turnpike_wire::{LeaseReport, LeaseReportResponse, LeaseRequest, LeaseRespons
 
 use crate::api::{ms_to_secs, seed_from_ledger, unauthorized, ApiError};
 use crate::keys::TenantKeys;
-use crate::lease::{parse_index_member, wait_for_turn};
+use crate::lease::{
+    parse_index_member, return_delay_secs, wait_for_turn, DEFAULT_REPORT_MS, MAX_REPORT_MS,
+};
 use crate::metrics::{Endpoint, Metrics};
 use crate::request::{self, RequestError};
 use crate::state::AppState;
@@ -62,6 +64,11 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
     if req.want > policy.max_want {
         return Err(RequestError::field("want", format!("must be <= {}", policy.max_want)).into());
     }
+    let report_ms = req.report_ms.unwrap_or(DEFAULT_REPORT_MS);
+    if report_ms > MAX_REPORT_MS {
+        return Err(RequestError::field("report_ms", format!("must be <= {MAX_REPORT_MS}")).into());
+    }
+    let delay = return_delay_secs(report_ms);
     let plans = state.plans.load_full();
     let plan = plans.resolve(&req.tenant, req.plan.as_deref());
     let meters = request::meters_text(&req.meters);
@@ -72,7 +79,8 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
         require_seed: state.ledger.is_some(),
     };
     // The lease the proxy holds: extended while its windows are the current ones;
-    // closed (unspent requests back to its windows) when asked or when they rolled on.
+    // given up when asked or when they rolled on (its unspent requests go back to its
+    // windows once its reports are in: `lease_retire.lua`).
     let mut id = None;
     let mut held_ms = 0;
     if let Some(held) = req.lease {
@@ -90,11 +98,10 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
                 }
             }
             if req.close || record.slots != current.record_slots() {
-                if let Some(closed) = state.store.close_lease(&req.tenant, held, &record).await? {
+                if state.store.retire_lease(&req.tenant, held, delay).await? {
                     Metrics::inc(&state.metrics.leases_closed);
-                    Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
                 }
-            } else {
+            } else if !record.retired {
                 id = Some(held);
             }
         }
@@ -120,7 +127,7 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
     for _ in 0..MAX_ROUNDS {
         match state
             .store
-            .lease(&call, &ticket, id, req.want, &policy)
+            .lease(&call, &ticket, id, req.want, &policy, delay)
             .await?
         {
             Leased::Granted {
@@ -149,14 +156,14 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
                 state.clock.learn(now_ms);
                 seed_from_ledger(state, &req.tenant, plan, ms_to_secs(now_ms), required).await?;
             }
-            // The windows rolled over between the check above and the script: the held
-            // lease's unspent units belong to windows that ended. Close it and lease
-            // anew, or its old units would be spent (and given back) in the new windows.
+            // The windows rolled over between the check above and the script (or the
+            // lease was given up): the held lease's unspent units belong to windows
+            // that ended. Give it up and lease anew, or its old units would be spent
+            // (and given back) in the new windows.
             Leased::HeldStale { now_ms } => {
                 state.clock.learn(now_ms);
-                if let Some(closed) = state.store.close_open_lease(&req.tenant, id).await? {
+                if state.store.retire_lease(&req.tenant, id, delay).await? {
                     Metrics::inc(&state.metrics.leases_closed);
-                    Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
                 }
                 id = fastrand::u64(1..u64::MAX >> 11);
             }
@@ -235,9 +242,10 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
     })
 }
 
-/// Close leases past their expiry whose proxy did not (it died, or lost its network):
-/// what they did not report spent goes back to the windows. Every counter replica runs
-/// this; closing is idempotent.
+/// Close leases whose report delay has passed since they ended or were given up: what
+/// their proxies did not report spent goes back to the windows. A lease never given up
+/// had a proxy that died or lost its network. Every counter replica runs this; closing
+/// is idempotent.
 pub async fn sweep_expired_leases(state: Arc<AppState>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -253,17 +261,33 @@ pub async fn sweep_expired_leases(state: Arc<AppState>, every: Duration) {
             let Some((tenant, id)) = parse_index_member(&member) else {
                 continue;
             };
-            match state.store.close_open_lease(tenant, id).await {
-                Ok(Some(closed)) => {
-                    Metrics::inc(&state.metrics.leases_expired);
+            let closed = match state.store.lease_record(tenant, id).await {
+                Ok(Some(record)) => state
+                    .store
+                    .close_lease(tenant, id, &record)
+                    .await
+                    .map(|closed| closed.map(|c| (c, record.retired))),
+                Ok(None) => state
+                    .store
+                    .close_lease_gone(tenant, id)
+                    .await
+                    .map(|()| None),
+                Err(err) => Err(err),
+            };
+            match closed {
+                Ok(Some((closed, given_up))) => {
                     Metrics::add(&state.metrics.lease_returned_requests, closed.returned);
+                    if given_up {
+                        continue;
+                    }
+                    Metrics::inc(&state.metrics.leases_expired);
                     tracing::info!(
                         tenant,
                         lease = id,
                         granted = closed.granted,
                         spent = closed.spent,
                         returned = closed.returned,
-                        "expired lease closed"
+                        "expired lease closed: its proxy never gave it back"
                     );
                 }
                 Ok(None) => {}

@@ -244,7 +244,7 @@ impl Metrics {
         counter(
             &mut out,
             "turnpike_counter_leases_closed_total",
-            "Leases closed, by who closed them.",
+            "Leases ended: given up by their proxy (or at the turn of their windows), or swept after expiry unreturned (their proxy went away).",
             &[
                 ("by=\"proxy\"", &self.leases_closed),
                 ("by=\"expiry\"", &self.leases_expired),
@@ -253,7 +253,7 @@ impl Metrics {
         counter(
             &mut out,
             "turnpike_counter_lease_returned_requests_total",
-            "Leased requests given back to their windows unspent.",
+            "Leased requests given back to their windows unspent (a report delay after their lease ended).",
             &[("", &self.lease_returned_requests)],
         );
         counter(

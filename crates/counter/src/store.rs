@@ -179,6 +179,7 @@ pub struct Store {
     settle_many: Script,
     lease: Script,
     lease_close: Script,
+    lease_retire: Script,
     lease_report: Script,
 }
 
@@ -261,6 +262,7 @@ impl Store {
                 include_str!("lua/lease.lua")
             )),
             lease_close: Script::new(include_str!("lua/lease_close.lua")),
+            lease_retire: Script::new(include_str!("lua/lease_retire.lua")),
             lease_report: Script::new(include_str!("lua/lease_report.lua")),
         })
     }
@@ -273,6 +275,7 @@ impl Store {
         id: u64,
         want: u64,
         policy: &crate::lease::LeasePolicy,
+        return_delay_secs: i64,
     ) -> Result<Leased, StoreError> {
         let keys = TenantKeys::new(call.tenant);
         let mut invoke = self.lease.prepare_invoke();
@@ -292,7 +295,8 @@ impl Store {
             .arg(id)
             .arg(call.tenant)
             .arg(call.meters)
-            .arg(ticket.record_slots());
+            .arg(ticket.record_slots())
+            .arg(return_delay_secs);
         for (slot, key) in ticket.slots.iter().zip(ticket.keys(&keys)) {
             invoke
                 .key(key)
@@ -348,16 +352,40 @@ impl Store {
         Ok(crate::lease::LeaseRecord::from_fields(&fields))
     }
 
-    /// Close lease `id` if it is still open (its record read first).
-    pub async fn close_open_lease(
+    /// Give lease `id` up: never extended again, its unspent units back to its windows
+    /// `return_delay_secs` from now (or from its end, if sooner), when the sweeper
+    /// closes it. `true` when this call gave it up.
+    pub async fn retire_lease(
         &self,
         tenant: &str,
         id: u64,
-    ) -> Result<Option<Closed>, StoreError> {
-        match self.lease_record(tenant, id).await? {
-            Some(record) => self.close_lease(tenant, id, &record).await,
-            None => Ok(None),
-        }
+        return_delay_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.lease_retire.prepare_invoke();
+        invoke
+            .key(keys.lease(id))
+            .key(keys.lease_index())
+            .arg(crate::lease::index_member(tenant, id))
+            .arg(return_delay_secs);
+        let mut conn = self.conn.clone();
+        let retired: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(retired == 1)
+    }
+
+    /// Drop lease `id` from its bucket's index when its record is gone (it outlived
+    /// its record: the sweeper was away that long), so the sweeper stops finding it.
+    pub async fn close_lease_gone(&self, tenant: &str, id: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .bounded(
+                redis::cmd("ZREM")
+                    .arg(TenantKeys::new(tenant).lease_index())
+                    .arg(crate::lease::index_member(tenant, id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Give back what lease `id` (whose `record` was just read) did not spend.

@@ -1,6 +1,6 @@
 //! Leases against a real Redis: grants never exceed a limit and shrink near it, the
-//! requests a lease admitted reach the usage stream, unspent requests come back when a
-//! lease is closed or expires, late reports are charged.
+//! requests a lease admitted reach the usage stream, unspent requests come back once a
+//! lease given back or expired can no longer be reported on, late reports are charged.
 
 mod common;
 
@@ -27,7 +27,9 @@ plan = "persecond"
 "#;
 
 async fn lease(api: &Api, tenant: &str, want: u64, held: Option<u64>, close: bool) -> Value {
-    let mut body = json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "want": want, "close": close});
+    // Reports every 100 ms: a lease's unspent units go back 4 s after it ends or is
+    // given back (two report intervals and 3 s, in whole seconds).
+    let mut body = json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "want": want, "close": close, "report_ms": 100});
     if let Some(id) = held {
         body["lease"] = json!(id);
     }
@@ -118,22 +120,48 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     );
 
     lease(&api, "acme", 0, Some(id), true).await;
+    // Given back, but requests its proxy admitted may still be on their way in a
+    // report: the unspent units stay out until the report delay has passed.
+    assert_eq!(daily_used(&api, "acme").await, 20);
+    let (status, _) = api
+        .post(
+            "/v1/lease/report",
+            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b2", "records": [["leased-3", now_ms + 3]]}),
+        )
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(
         daily_used(&api, "acme").await,
-        3,
-        "17 unspent requests came back"
+        20,
+        "reported after the lease was given back, before its units went back: spent from it, not charged again"
     );
+    // A renewal naming the lease given back does not extend it.
+    let renewed = lease(&api, "acme", 5, Some(id), false).await;
+    assert_ne!(renewed["lease"].as_u64(), Some(id), "{renewed}");
+    let renewed_id = renewed["lease"].as_u64().unwrap();
+    lease(&api, "acme", 0, Some(renewed_id), true).await;
+    eventually(
+        "the unspent requests to come back after the report delay",
+        Duration::from_secs(15),
+        || async { daily_used(&api, "acme").await == 4 },
+    )
+    .await;
     assert!(redis
         .keys(&tenant_keys("acme", &format!("lease:{id}")))
         .is_empty());
+    let (_, _, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics.contains("turnpike_counter_leases_closed_total{by=\"expiry\"} 0"),
+        "leases given back are not counted as expired: {metrics}"
+    );
 
-    // Reported after the close: charged to the windows, not given back twice.
+    // Reported after its units went back: charged to the windows, not given back twice.
     api.post(
         "/v1/lease/report",
-        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b2", "records": [["leased-late", now_ms]]}),
+        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b3", "records": [["leased-late", now_ms]]}),
     )
     .await;
-    assert_eq!(daily_used(&api, "acme").await, 4);
+    assert_eq!(daily_used(&api, "acme").await, 5);
 
     // A report is one entry (k=A) listing its requests as id:ms; none is a k=a.
     let entries = redis.stream_entries("acme");
@@ -152,6 +180,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
         reports,
         [
             vec!["leased-0", "leased-1", "leased-2"],
+            vec!["leased-3"],
             vec!["leased-late"]
         ],
         "{entries:?}"
@@ -169,9 +198,10 @@ async fn a_lease_its_proxy_never_closes_comes_back_when_it_expires() {
     let expires = granted["expires_ms"].as_u64().unwrap();
     assert!(expires <= granted["time_ms"].as_u64().unwrap() + 2_000);
     // The proxy died: nothing reported, nothing closed.
+    // Swept 4 s (the report delay) after it expired.
     eventually(
         "the expired lease to be swept",
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         || async { daily_used(&api, "acme").await == 0 },
     )
     .await;

@@ -270,9 +270,15 @@ pub struct LeaseRequest {
     /// are still the current ones, else closed and replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
-    /// Give `lease` back (its unspent requests return to the windows).
+    /// Give `lease` back (its unspent requests return to the windows once the
+    /// requests it admitted have been reported: see `report_ms`).
     #[serde(default)]
     pub close: bool,
+    /// How often the proxy reports the requests it admits from leases, ms: a lease
+    /// given back or ended keeps its unspent units out for two of these and 3 s more,
+    /// so a request still on its way in a report is never also given back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_ms: Option<u64>,
 }
 
 /// The counter's answer to a [`LeaseRequest`].

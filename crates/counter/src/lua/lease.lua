@@ -6,7 +6,8 @@
 -- KEYS[2]    the bucket's usage stream
 -- KEYS[3]    the tenant's seed marker (see consume.lua)
 -- KEYS[4]    the bucket's epoch (see consume.lua)
--- KEYS[5]    the bucket's lease index (zset: member "TENANT:ID", score = expiry)
+-- KEYS[5]    the bucket's lease index (zset: member "TENANT:ID", score = when the
+--            sweeper closes it: its expiry plus the report delay)
 -- KEYS[6..]  one window counter per selected limit
 -- ARGV[1]    requests wanted
 -- ARGV[2]    largest share of the room left in the tightest window one grant may take
@@ -17,22 +18,24 @@
 -- ARGV[8]    the lease's id (its index member is "TENANT:ID")
 -- ARGV[9]    tenant
 -- ARGV[10]   meters per request ("m=q,m=q"); ARGV[11] window slots per request
--- ARGV[12 + 4(i-1) ..] for window i: cost per request, max, start, end
+-- ARGV[12]   report delay, seconds: how long after the lease ends its proxy may still
+--            report requests it admitted; its unspent units go back only then
+-- ARGV[13 + 4(i-1) ..] for window i: cost per request, max, start, end
 -- Replies {code, now_ms, payload...}:
 --   1 {1, now_ms, granted, expires, used csv}   (granted may be 0: no room to lease)
 --   3 stale, 4 seed (as consume.lua)
 --   6 the lease exists but took from other windows (they rolled over since the caller
---     decided to extend it): never extend it across windows; close it, lease anew
+--     decided to extend it), or was given back: never extend it; lease anew
 
 local now, now_ms = redis_now()
 local n = #KEYS - 5
 
 local held = redis.call('HGET', KEYS[1], 'k')
-if held and held ~= ARGV[11] then
+if held and (held ~= ARGV[11] or redis.call('HEXISTS', KEYS[1], 'x') == 1) then
   return {6, now_ms}
 end
 
-local blocked = not_decidable(now, now_ms, 12, n, 4, ARGV[5], ARGV[6], ARGV[7], KEYS[3], KEYS[4])
+local blocked = not_decidable(now, now_ms, 13, n, 4, ARGV[5], ARGV[6], ARGV[7], KEYS[3], KEYS[4])
 if blocked then
   return blocked
 end
@@ -41,7 +44,7 @@ end
 local room = nil
 local used = {}
 for i = 1, n do
-  local base = 12 + 4 * (i - 1)
+  local base = 13 + 4 * (i - 1)
   local cost = tonumber(ARGV[base])
   local cur = tonumber(redis.call('GET', KEYS[i + 5]) or '0')
   used[i] = cur
@@ -63,7 +66,7 @@ local expires = now + tonumber(ARGV[3])
 local grace = tonumber(ARGV[4])
 local parts = {}
 for i = 1, n do
-  local base = 12 + 4 * (i - 1)
+  local base = 13 + 4 * (i - 1)
   local v = add_to_window(KEYS[i + 5], tonumber(ARGV[base]) * granted, tonumber(ARGV[base + 3]), now, grace)
   parts[i] = string.format('%d', v)
   -- A lease never outlives a window it took from: after the window ends its units
@@ -74,7 +77,8 @@ end
 
 redis.call('HINCRBY', KEYS[1], 'g', granted)
 redis.call('HSET', KEYS[1], 'e', expires, 'k', ARGV[11], 'm', ARGV[10])
-redis.call('EXPIRE', KEYS[1], expires - now + grace + 600)
-redis.call('ZADD', KEYS[5], expires, ARGV[9] .. ':' .. ARGV[8])
+local delay = tonumber(ARGV[12])
+redis.call('EXPIRE', KEYS[1], expires - now + delay + grace + 600)
+redis.call('ZADD', KEYS[5], expires + delay, ARGV[9] .. ':' .. ARGV[8])
 redis.call('XADD', KEYS[2], '*', 'k', 'g', 'l', ARGV[8], 't', ARGV[9], 'n', granted, 'm', ARGV[10])
 return {1, now_ms, granted, expires, table.concat(parts, ',')}
