@@ -129,14 +129,15 @@ pub fn meters_json(meters: &[(String, u64)]) -> String {
 }
 
 /// Body of `POST /v1/lease`: `want` more requests of a route on `lease` (or a new
-/// one), or with `close` give `lease` back. Same alphabet rules as [`consume_body`].
+/// one), or with `close` give `lease` back, `Some(n)` of its requests never taken by
+/// any worker (they go back at once). Same alphabet rules as [`consume_body`].
 pub fn lease_body(
     tenant: &str,
     plan: Option<&str>,
     meters_json: &str,
     want: u64,
     lease: Option<u64>,
-    close: bool,
+    close: Option<u64>,
     report_ms: u64,
 ) -> Vec<u8> {
     use std::io::Write as _;
@@ -150,10 +151,10 @@ pub fn lease_body(
     body.extend_from_slice(br#"","meters":"#);
     body.extend_from_slice(meters_json.as_bytes());
     // Writing into a Vec cannot fail.
-    let _ = write!(
-        body,
-        r#","want":{want},"close":{close},"report_ms":{report_ms}"#
-    );
+    let _ = write!(body, r#","want":{want},"report_ms":{report_ms}"#);
+    if let Some(unspent) = close {
+        let _ = write!(body, r#","close":true,"unspent":{unspent}"#);
+    }
     if let Some(id) = lease {
         let _ = write!(body, r#","lease":{id}"#);
     }
@@ -531,7 +532,7 @@ mod tests {
 
     #[test]
     fn lease_and_report_bodies_are_wire_requests() {
-        let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), false, 100);
+        let body = lease_body("acme", Some("pro"), METERS, 40, Some(7), None, 100);
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             (req.want, req.lease, req.close, req.plan.as_deref()),
@@ -539,9 +540,11 @@ mod tests {
         );
         assert_eq!(req.report_ms, Some(100));
         assert_eq!(req.meters.len(), 2);
-        let body = lease_body("acme", None, METERS, 0, Some(7), true, 100);
+        assert_eq!(req.unspent, None);
+        let body = lease_body("acme", None, METERS, 0, Some(7), Some(12), 100);
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
         assert!(req.close && req.plan.is_none());
+        assert_eq!(req.unspent, Some(12));
         let records = vec![
             ("a1".to_owned(), 0),
             ("a2".to_owned(), 6),

@@ -380,17 +380,19 @@ impl LeaseBook {
             // charged to the current windows (docs/guarantees.md). A quiet lease has
             // no live hold: holds take `last_spend_ms` forward and outlive it by less
             // than the idle return.
+            // What the lease still held when it was dropped no worker took and none
+            // will: the counter takes it back at once (the rest once reported).
             let close = update(&key, |state| {
                 if stopping || state.should_close(now, config.idle_return_ms) {
-                    let id = state.id;
+                    let (id, unspent) = (state.id, state.balance);
                     state.closed();
-                    (id != 0).then_some(id)
+                    (id != 0).then_some((id, unspent))
                 } else {
                     None
                 }
             })
-            .and_then(|(id, _)| id);
-            if let Some(lease) = close {
+            .and_then(|(close, _)| close);
+            if let Some((lease, unspent)) = close {
                 if let Some(entry) = self.entries.get(&key) {
                     let body = callout::lease_body(
                         &entry.tenant,
@@ -398,7 +400,7 @@ impl LeaseBook {
                         &entry.route.meters_json,
                         0,
                         Some(lease),
-                        true,
+                        Some(unspent),
                         interval,
                     );
                     if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
@@ -429,7 +431,7 @@ impl LeaseBook {
             &entry.route.meters_json,
             want,
             held,
-            false,
+            None,
             u64::try_from(plugin.config.lease.report_interval.as_millis()).unwrap_or(u64::MAX),
         );
         if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {

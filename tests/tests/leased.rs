@@ -209,7 +209,9 @@ async fn leased_but_unspent_requests_come_back_once_the_tenant_goes_quiet() {
     .await;
     let back_after = stopped.elapsed();
     eprintln!("leased: unspent requests came back {back_after:?} after the tenant went quiet (idle_return_ms = 1000)");
-    assert!(back_after < Duration::from_secs(10), "took {back_after:?}");
+    // What no worker took goes back when the proxy gives the lease up (idle return
+    // plus a tick), not a report delay (4 s here) later: the rest was reported by then.
+    assert!(back_after < Duration::from_secs(4), "took {back_after:?}");
     let rows = billed_exactly(&stack, "quiet", &report.admitted).await;
     assert!(rows.values().all(|r| r["counted"] == true));
     // Reports go out once per report interval per worker while there is something to

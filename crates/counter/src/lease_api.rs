@@ -98,9 +98,15 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
                 }
             }
             if req.close || record.slots != current.record_slots() {
-                if state.store.retire_lease(&req.tenant, held, delay).await? {
+                let untaken = req.close.then_some((req.unspent.unwrap_or(0), &record));
+                let retired = state
+                    .store
+                    .retire_lease(&req.tenant, held, delay, untaken)
+                    .await?;
+                if retired.now {
                     Metrics::inc(&state.metrics.leases_closed);
                 }
+                Metrics::add(&state.metrics.lease_returned_requests, retired.returned);
             } else if !record.retired {
                 id = Some(held);
             }
@@ -162,7 +168,12 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
             // (and given back) in the new windows.
             Leased::HeldStale { now_ms } => {
                 state.clock.learn(now_ms);
-                if state.store.retire_lease(&req.tenant, id, delay).await? {
+                if state
+                    .store
+                    .retire_lease(&req.tenant, id, delay, None)
+                    .await?
+                    .now
+                {
                     Metrics::inc(&state.metrics.leases_closed);
                 }
                 id = fastrand::u64(1..u64::MAX >> 11);
@@ -231,9 +242,9 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
     let n = req.records.len() as u64;
     match outcome {
         Reported::Spent => Metrics::add(&state.metrics.lease_reported_requests, n),
-        Reported::Late => {
+        Reported::Late(charged) => {
             Metrics::add(&state.metrics.lease_reported_requests, n);
-            Metrics::add(&state.metrics.lease_late_requests, n);
+            Metrics::add(&state.metrics.lease_late_requests, charged);
         }
         Reported::Again => Metrics::inc(&state.metrics.lease_repeated_reports),
     }

@@ -253,7 +253,7 @@ impl Metrics {
         counter(
             &mut out,
             "turnpike_counter_lease_returned_requests_total",
-            "Leased requests given back to their windows unspent (a report delay after their lease ended).",
+            "Leased requests given back to their windows unspent (those no worker took when the proxy gave the lease back, the rest a report delay after it ended).",
             &[("", &self.lease_returned_requests)],
         );
         counter(
@@ -265,7 +265,7 @@ impl Metrics {
         counter(
             &mut out,
             "turnpike_counter_lease_late_requests_total",
-            "Leased requests reported after their lease closed: charged to the current windows.",
+            "Leased requests reported after their lease closed, or beyond what it can account for: charged to the current windows.",
             &[("", &self.lease_late_requests)],
         );
         counter(

@@ -221,10 +221,20 @@ pub enum Settled {
 pub enum Reported {
     /// Counted spent from the open lease.
     Spent,
-    /// The lease was closed: charged to the current windows.
-    Late,
+    /// Charged to the current windows, this many of the records: all of them when the
+    /// lease was closed, those beyond what it can account for when it was not.
+    Late(u64),
     /// This report was received before: nothing changed.
     Again,
+}
+
+/// What giving a lease up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// This call gave it up (it was open and not given up before).
+    pub now: bool,
+    /// Requests given back to its windows at once.
+    pub returned: u64,
 }
 
 /// What closing a lease did.
@@ -354,23 +364,36 @@ impl Store {
 
     /// Give lease `id` up: never extended again, its unspent units back to its windows
     /// `return_delay_secs` from now (or from its end, if sooner), when the sweeper
-    /// closes it. `true` when this call gave it up.
+    /// closes it; but `untaken` of them (with the lease's `record`, just read: requests
+    /// its proxy says no worker took) at once, the first time it is said.
     pub async fn retire_lease(
         &self,
         tenant: &str,
         id: u64,
         return_delay_secs: i64,
-    ) -> Result<bool, StoreError> {
+        untaken: Option<(u64, &crate::lease::LeaseRecord)>,
+    ) -> Result<Retired, StoreError> {
         let keys = TenantKeys::new(tenant);
         let mut invoke = self.lease_retire.prepare_invoke();
         invoke
             .key(keys.lease(id))
             .key(keys.lease_index())
             .arg(crate::lease::index_member(tenant, id))
-            .arg(return_delay_secs);
+            .arg(return_delay_secs)
+            .arg(untaken.map_or(0, |(n, _)| n));
+        if let Some((_, record)) = untaken {
+            let slots = parse_record_slots(&record.slots)
+                .ok_or_else(|| StoreError::Reply(format!("lease slots {:?}", record.slots)))?;
+            for (suffix, cost) in &slots {
+                invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
+            }
+        }
         let mut conn = self.conn.clone();
-        let retired: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
-        Ok(retired == 1)
+        let (retired, returned): (i64, u64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(Retired {
+            now: retired == 1,
+            returned,
+        })
     }
 
     /// Drop lease `id` from its bucket's index when its record is gone (it outlived
@@ -454,10 +477,11 @@ impl Store {
         }
         invoke.arg(self.record_ttl_secs);
         let mut conn = self.conn.clone();
-        let (_recorded, outcome): (u64, i64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        let (_recorded, outcome, charged): (u64, i64, u64) =
+            self.bounded(invoke.invoke_async(&mut conn)).await?;
         Ok(match outcome {
             0 => Reported::Spent,
-            1 => Reported::Late,
+            1 => Reported::Late(charged),
             _ => Reported::Again,
         })
     }

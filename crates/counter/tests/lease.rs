@@ -188,6 +188,101 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     assert!(!entries.iter().any(|e| e["k"] == "a"), "{entries:?}");
 }
 
+async fn report(api: &Api, tenant: &str, id: u64, batch: &str, ids: std::ops::Range<u64>) {
+    let records: Vec<Value> = ids.map(|i| json!([format!("{batch}-{i}"), 0])).collect();
+    let (status, answer) = api
+        .post(
+            "/v1/lease/report",
+            json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": batch, "records": records}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+async fn give_back(api: &Api, tenant: &str, id: u64, unspent: u64) {
+    let body = json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "want": 0, "lease": id, "close": true, "unspent": unspent, "report_ms": 100});
+    let (status, answer) = api.post("/v1/lease", body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn what_no_worker_took_comes_back_at_once_and_what_was_taken_once_reported() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let id = lease(&api, "acme", 20, None, false).await["lease"]
+        .as_u64()
+        .unwrap();
+    report(&api, "acme", id, "b1", 0..3).await;
+    // The proxy dropped the lease with 12 never taken: 5 were taken and not reported yet.
+    give_back(&api, "acme", id, 12).await;
+    assert_eq!(
+        daily_used(&api, "acme").await,
+        8,
+        "the 12 untaken come back at once"
+    );
+    // Said again (a repeated call): given back once.
+    give_back(&api, "acme", id, 12).await;
+    assert_eq!(daily_used(&api, "acme").await, 8);
+    report(&api, "acme", id, "b2", 3..7).await;
+    assert_eq!(
+        daily_used(&api, "acme").await,
+        8,
+        "reported within what was taken: spent from the lease, not charged again"
+    );
+    // Three more, two beyond what the lease can account for (the proxy's count was
+    // wrong): they were admitted all the same, so those two are charged.
+    report(&api, "acme", id, "b3", 7..10).await;
+    assert_eq!(daily_used(&api, "acme").await, 10);
+    let (_, _, metrics) = api.get("/metrics").await;
+    assert!(
+        metrics.contains("turnpike_counter_lease_late_requests_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("turnpike_counter_lease_returned_requests_total 12\n"),
+        "{metrics}"
+    );
+    eventually(
+        "the lease to be closed after the report delay",
+        Duration::from_secs(15),
+        || async {
+            redis
+                .keys(&tenant_keys("acme", &format!("lease:{id}")))
+                .is_empty()
+        },
+    )
+    .await;
+    assert_eq!(
+        daily_used(&api, "acme").await,
+        10,
+        "nothing was left to give back"
+    );
+    let closed: Vec<_> = redis
+        .stream_entries("acme")
+        .into_iter()
+        .filter(|e| e["k"] == "x")
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(
+        (
+            closed[0]["g"].as_str(),
+            closed[0]["s"].as_str(),
+            closed[0]["r"].as_str()
+        ),
+        ("20", "10", "12"),
+        "{closed:?}"
+    );
+
+    // More said untaken than the lease has left: what it has left, no more.
+    let id = lease(&api, "beta", 10, None, false).await["lease"]
+        .as_u64()
+        .unwrap();
+    report(&api, "beta", id, "c1", 0..4).await;
+    give_back(&api, "beta", id, 50).await;
+    assert_eq!(daily_used(&api, "beta").await, 4);
+}
+
 #[tokio::test]
 async fn a_lease_its_proxy_never_closes_comes_back_when_it_expires() {
     let redis = Redis::start();

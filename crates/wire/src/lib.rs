@@ -270,10 +270,16 @@ pub struct LeaseRequest {
     /// are still the current ones, else closed and replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
-    /// Give `lease` back (its unspent requests return to the windows once the
-    /// requests it admitted have been reported: see `report_ms`).
+    /// Give `lease` back: `unspent` of its requests at once, the rest of what was
+    /// granted and not reported once the requests it admitted have been reported (see
+    /// `report_ms`).
     #[serde(default)]
     pub close: bool,
+    /// With `close`: requests of the lease no worker of the proxy took, and none ever
+    /// will (the proxy dropped the lease before counting them). They go back to the
+    /// windows at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unspent: Option<u64>,
     /// How often the proxy reports the requests it admits from leases, ms: a lease
     /// given back or ended keeps its unspent units out for two of these and 3 s more,
     /// so a request still on its way in a report is never also given back.

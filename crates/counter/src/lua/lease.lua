@@ -2,7 +2,8 @@
 -- window the route's meters count, exactly as that many consumes would take them, so a
 -- limit can only be under-used, never exceeded. The proxy spends the block locally.
 -- KEYS[1]    the lease record (hash: g granted, s spent reported, e expires (unix s),
---            k window slots "suffix=cost;..." per request, m meters per request)
+--            k window slots "suffix=cost;..." per request, m meters per request;
+--            later x given up, u given back when given up: lease_retire.lua)
 -- KEYS[2]    the bucket's usage stream
 -- KEYS[3]    the tenant's seed marker (see consume.lua)
 -- KEYS[4]    the bucket's epoch (see consume.lua)
