@@ -162,6 +162,23 @@ pub fn lease_body(
     body
 }
 
+/// Body of `POST /v1/lease/report` with no records: `running` requests admitted from
+/// `lease` (which ended) still run, so its units must stay out (a pin).
+pub fn pin_body(
+    tenant: &str,
+    plan: Option<&str>,
+    meters_json: &str,
+    lease: u64,
+    running: u64,
+    report_ms: u64,
+) -> Vec<u8> {
+    let mut body = report_body(tenant, plan, meters_json, lease, "pin", &[]);
+    body.pop(); // the closing brace
+    use std::io::Write as _;
+    let _ = write!(body, r#","running":{running},"report_ms":{report_ms}}}"#);
+    body
+}
+
 /// Body of `POST /v1/lease/report`: requests admitted from `lease`, as (consume id,
 /// decision time in unix ms on the counter's clock).
 pub fn report_body(
@@ -545,6 +562,12 @@ mod tests {
         let req: turnpike_wire::LeaseRequest = serde_json::from_slice(&body).unwrap();
         assert!(req.close && req.plan.is_none());
         assert_eq!(req.unspent, Some(12));
+        let body = pin_body("acme", Some("pro"), METERS, 7, 3, 100);
+        let pin: turnpike_wire::LeaseReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (pin.lease, pin.records.len(), pin.running, pin.report_ms),
+            (7, 0, Some(3), Some(100))
+        );
         let records = vec![
             ("a1".to_owned(), 0),
             ("a2".to_owned(), 6),

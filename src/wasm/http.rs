@@ -817,8 +817,13 @@ impl HttpContext for HttpFilter {
             // Admitted: settle what the upstream reported (or the policy says).
             Stage::Allowed if !self.refunded => self.settle(),
             // Admitted from a lease: the counter learns of it in the next report.
-            Stage::Leased => {
-                if let Some(l) = self.leased.take().filter(|l| !l.refunded) {
+            Stage::Leased => match self.leased.take() {
+                Some(l) if l.refunded => {
+                    if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
+                        book.refunded(&l.key, l.lease);
+                    }
+                }
+                Some(l) => {
                     let recorded = self.vm.leases.try_borrow_mut().is_ok_and(|mut book| {
                         book.record(
                             &l.key,
@@ -833,7 +838,8 @@ impl HttpContext for HttpFilter {
                         self.count(|m| m.lease_records_lost);
                     }
                 }
-            }
+                None => {}
+            },
             _ => {}
         }
         let (Some(plugin), Some(usage)) = (self.plugin.clone(), self.usage.take()) else {

@@ -104,6 +104,11 @@ struct Entry {
     hold: Hold,
     /// Requests admitted from the lease, waiting to be reported.
     records: Vec<Record>,
+    /// Requests admitted on this worker and still running, per lease: while a lease
+    /// that ended has some, the counter is told (a pin) not to give its units back.
+    /// A few entries at most (the current lease and ones that just ended): a scan,
+    /// not a hash, per request.
+    running: Vec<(u64, u32)>,
 }
 
 /// A request admitted from a lease, waiting to be reported.
@@ -120,6 +125,7 @@ enum Call {
         /// When it was sent (our clock): the grant happened after this.
         sent_ms: u64,
     },
+    /// A lease given back, or pinned: nothing to do with the answer.
     Close,
 }
 
@@ -214,6 +220,7 @@ impl LeaseBook {
             renew: None,
             hold: Hold::default(),
             records: Vec::new(),
+            running: Vec::new(),
         })
     }
 
@@ -232,6 +239,7 @@ impl LeaseBook {
         let returning = match self.entries.get_mut(key) {
             Some(e) => {
                 if e.hold.spend(now_ms) {
+                    started(&mut e.running, e.hold.lease);
                     return Some(Spent {
                         admitted: true,
                         renew: None,
@@ -251,6 +259,9 @@ impl LeaseBook {
             None => self.entry(key, tenant, route),
         };
         e.hold = hold;
+        if spend.admitted {
+            started(&mut e.running, hold.lease);
+        }
         // Granted to another worker's renewal (or to ours, before this entry was
         // made): its limits are in shared data. Once per grant, not per request.
         let grant = (hold.lease, hold.counter_granted_ms);
@@ -315,7 +326,8 @@ impl LeaseBook {
         }
     }
 
-    /// A request admitted from lease `lease` of `key` completed: report it.
+    /// A request admitted from lease `lease` of `key` completed: report it. `false`
+    /// when too many wait to be reported (it is lost).
     pub fn record(
         &mut self,
         key: &str,
@@ -325,16 +337,26 @@ impl LeaseBook {
         id: String,
         at_ms: u64,
     ) -> bool {
-        if self.pending_records >= MAX_PENDING_RECORDS {
+        let full = self.pending_records >= MAX_PENDING_RECORDS;
+        let e = match self.entries.get_mut(key) {
+            Some(e) => e,
+            None => self.entry(key, tenant, route),
+        };
+        finished(&mut e.running, lease);
+        if full {
             return false;
         }
-        let record = Record { lease, id, at_ms };
-        match self.entries.get_mut(key) {
-            Some(e) => e.records.push(record),
-            None => self.entry(key, tenant, route).records.push(record),
-        }
+        e.records.push(Record { lease, id, at_ms });
         self.pending_records += 1;
         true
+    }
+
+    /// A request admitted from lease `lease` of `key` completed and was given back into
+    /// it (upstream 5xx): nothing to report.
+    pub fn refunded(&mut self, key: &str, lease: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            finished(&mut e.running, lease);
+        }
     }
 
     pub fn idle(&self) -> bool {
@@ -382,7 +404,7 @@ impl LeaseBook {
             // than the idle return.
             // What the lease still held when it was dropped no worker took and none
             // will: the counter takes it back at once (the rest once reported).
-            let close = update(&key, |state| {
+            let updated = update(&key, |state| {
                 if stopping || state.should_close(now, config.idle_return_ms) {
                     let (id, unspent) = (state.id, state.balance);
                     state.closed();
@@ -390,9 +412,12 @@ impl LeaseBook {
                 } else {
                     None
                 }
-            })
-            .and_then(|(close, _)| close);
-            if let Some((lease, unspent)) = close {
+            });
+            let current = updated.as_ref().map_or(0, |(_, state)| state.id);
+            if !stopping {
+                self.send_pins(plugin, &key, current, interval);
+            }
+            if let Some((lease, unspent)) = updated.and_then(|(close, _)| close) {
                 if let Some(entry) = self.entries.get(&key) {
                     let body = callout::lease_body(
                         &entry.tenant,
@@ -412,9 +437,39 @@ impl LeaseBook {
         self.send_reports(plugin);
         // Forget leases with nothing pending that no longer hold anything.
         self.entries.retain(|key, e| {
-            e.renew.is_some() || !e.records.is_empty() || read(key).is_some_and(|s| s.id != 0)
+            e.renew.is_some()
+                || !e.records.is_empty()
+                || !e.running.is_empty()
+                || read(key).is_some_and(|s| s.id != 0)
         });
         beat
+    }
+
+    /// Leases of `key` other than the `current` one that requests admitted on this
+    /// worker still run on: the counter keeps their units out another report delay
+    /// (it would give them back once the lease ended and the delay passed, and these
+    /// requests, reported when they complete, would then be charged to windows that
+    /// may have no room). Every report interval while they run; not retried.
+    fn send_pins(&mut self, plugin: &Plugin, key: &str, current: u64, interval: u64) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        for &(lease, running) in &entry.running {
+            if lease == current || lease == 0 {
+                continue;
+            }
+            let body = callout::pin_body(
+                &entry.tenant,
+                entry.plan.as_deref(),
+                &entry.route.meters_json,
+                lease,
+                u64::from(running),
+                interval,
+            );
+            if let Some(token) = dispatch(plugin, counter_paths::LEASE_REPORT, &body) {
+                self.in_flight.insert(token, Call::Close);
+            }
+        }
     }
 
     fn send_renewal(&mut self, plugin: &Plugin, metrics: Option<&Metrics>, key: &str) {
@@ -637,6 +692,22 @@ impl LeaseBook {
 
 /// A report's id: its first consume id (unique: consume ids are) and its length, so
 /// a retry of the same report has the same id.
+/// One more request of `lease` is running.
+fn started(running: &mut Vec<(u64, u32)>, lease: u64) {
+    match running.iter_mut().find(|(l, _)| *l == lease) {
+        Some((_, n)) => *n = n.saturating_add(1),
+        None => running.push((lease, 1)),
+    }
+}
+
+/// One request of `lease` that was running is no longer.
+fn finished(running: &mut Vec<(u64, u32)>, lease: u64) {
+    if let Some((_, n)) = running.iter_mut().find(|(l, _)| *l == lease) {
+        *n = n.saturating_sub(1);
+    }
+    running.retain(|(_, n)| *n > 0);
+}
+
 fn plugin_batch_id(records: &[(String, u64)]) -> String {
     let first = records.first().map_or("empty", |(id, _)| id.as_str());
     format!("{first}-{}", records.len())

@@ -713,3 +713,81 @@ async fn leases_ending_with_their_second_never_let_a_longer_window_go_over() {
     assert!(stack.envoy.filter_stat("leased").await + second.filter_stat("leased").await > 0);
     billed_exactly(&stack, "steady", &admitted).await;
 }
+
+const PER_SECOND_AND_DAILY_300: &str = r#"
+default_plan = "p"
+[plans.p]
+limits = [
+  { name = "per-second", meter = "requests", window = "second", max = 100000 },
+  { name = "daily", meter = "requests", window = "day", max = 300 },
+]
+"#;
+
+/// Requests that run for seconds, admitted from a per-second lease: the lease ends
+/// with its second, and they are reported only when they complete, seconds after the
+/// report delay. Their units must stay out until then, or the day's last units would be
+/// granted to other requests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_running_long_after_their_lease_ended_never_let_a_window_go_over() {
+    let stack = Stack::builder(PER_SECOND_AND_DAILY_300)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("slow");
+    // 40 requests that take 7 s each (the report delay here is 4 s), one every 25 ms:
+    // after the first, most are admitted from leases.
+    let slow_url = stack.envoy.url("/status/200?delay_ms=7000");
+    let slow: Vec<_> = (0..40u64)
+        .map(|i| {
+            let (url, token) = (slow_url.clone(), token.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(25 * i)).await;
+                let http = turnpike_tests::http::client();
+                match http.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(e) => panic!("slow request: {e}"),
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Then as many quick requests as the day allows, until after the slow ones end.
+    let quick = Load::paced(
+        &stack.envoy.url("/v1/things"),
+        &token,
+        8,
+        Duration::from_millis(50),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let quick = quick.stop().await;
+    let mut slow_admitted = 0;
+    for task in slow {
+        if task.await.unwrap_or_else(|e| panic!("slow request: {e}")) == 200 {
+            slow_admitted += 1;
+        }
+    }
+    let admitted = slow_admitted + quick.admitted.len();
+    let from_leases = stack.envoy.filter_stat("leased").await;
+    eprintln!(
+        "leased: {slow_admitted} slow and {} quick requests admitted against a daily limit of 300 ({from_leases} from leases)",
+        quick.admitted.len()
+    );
+    assert!(
+        slow_admitted > 0 && quick.statuses.contains_key(&429),
+        "{:?}",
+        quick.statuses
+    );
+    assert!(
+        admitted <= 300,
+        "{admitted} admitted against a daily limit of 300"
+    );
+    // And the windows hold exactly what was admitted once everything is reported.
+    eventually(
+        "the windows to hold what was admitted",
+        Duration::from_secs(20),
+        || async { (stack.counter.used("slow", "daily").await == admitted as u64).then_some(()) },
+    )
+    .await;
+}

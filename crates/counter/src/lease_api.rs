@@ -224,6 +224,19 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
         request::check_id_at(&format!("records[{i}]"), id)?;
     }
     request::check_id_at("batch", &req.batch)?;
+    let report_ms = req.report_ms.unwrap_or(DEFAULT_REPORT_MS);
+    if report_ms > MAX_REPORT_MS {
+        return Err(RequestError::field("report_ms", format!("must be <= {MAX_REPORT_MS}")).into());
+    }
+    if req.running.is_some_and(|n| n > 0) {
+        let delay = return_delay_secs(report_ms);
+        if state.store.pin_lease(&req.tenant, req.lease, delay).await? {
+            Metrics::inc(&state.metrics.lease_pins);
+        }
+    }
+    if req.records.is_empty() {
+        return Ok(LeaseReportResponse { recorded: 0 });
+    }
     let plans = state.plans.load_full();
     let plan = plans.resolve(&req.tenant, req.plan.as_deref());
     let ticket = Ticket::for_request(plan, &req.meters, state.clock.now_secs());

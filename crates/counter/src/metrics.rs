@@ -87,6 +87,7 @@ pub struct Metrics {
     pub lease_reported_requests: AtomicU64,
     pub lease_late_requests: AtomicU64,
     pub lease_repeated_reports: AtomicU64,
+    pub lease_pins: AtomicU64,
     pub settles_applied: AtomicU64,
     pub settles_noop: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -267,6 +268,12 @@ impl Metrics {
             "turnpike_counter_lease_late_requests_total",
             "Leased requests reported after their lease closed, or beyond what it can account for: charged to the current windows.",
             &[("", &self.lease_late_requests)],
+        );
+        counter(
+            &mut out,
+            "turnpike_counter_lease_pins_total",
+            "Leases kept out another report delay because requests admitted from them were still running on their proxy.",
+            &[("", &self.lease_pins)],
         );
         counter(
             &mut out,

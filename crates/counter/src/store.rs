@@ -180,6 +180,7 @@ pub struct Store {
     lease: Script,
     lease_close: Script,
     lease_retire: Script,
+    lease_pin: Script,
     lease_report: Script,
 }
 
@@ -273,6 +274,7 @@ impl Store {
             )),
             lease_close: Script::new(include_str!("lua/lease_close.lua")),
             lease_retire: Script::new(include_str!("lua/lease_retire.lua")),
+            lease_pin: Script::new(include_str!("lua/lease_pin.lua")),
             lease_report: Script::new(include_str!("lua/lease_report.lua")),
         })
     }
@@ -394,6 +396,27 @@ impl Store {
             now: retired == 1,
             returned,
         })
+    }
+
+    /// Keep lease `id`'s units out `return_delay_secs` from now (or longer): requests
+    /// its proxy admitted from it still run. `false` when it is closed already.
+    pub async fn pin_lease(
+        &self,
+        tenant: &str,
+        id: u64,
+        return_delay_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let keys = TenantKeys::new(tenant);
+        let mut invoke = self.lease_pin.prepare_invoke();
+        invoke
+            .key(keys.lease(id))
+            .key(keys.lease_index())
+            .arg(crate::lease::index_member(tenant, id))
+            .arg(return_delay_secs)
+            .arg(EXPIRE_GRACE_SECS);
+        let mut conn = self.conn.clone();
+        let pinned: i64 = self.bounded(invoke.invoke_async(&mut conn)).await?;
+        Ok(pinned == 1)
     }
 
     /// Drop lease `id` from its bucket's index when its record is gone (it outlived

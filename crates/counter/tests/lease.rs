@@ -284,6 +284,49 @@ async fn what_no_worker_took_comes_back_at_once_and_what_was_taken_once_reported
 }
 
 #[tokio::test]
+async fn a_lease_whose_requests_still_run_stays_out_until_they_are_reported() {
+    let redis = Redis::start();
+    let counter = Counter::start_with(&redis, PLANS, &["--lease-max-secs", "2"]);
+    let api = Api::new(&counter);
+    let id = lease(&api, "acme", 30, None, false).await["lease"]
+        .as_u64()
+        .unwrap();
+    report(&api, "acme", id, "b1", 0..5).await;
+    let pin = json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "pin", "records": [], "running": 2, "report_ms": 100});
+    // Unpinned, it would be closed 6 s from now (2 s to its end and a 4 s delay).
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(9) {
+        let (status, answer) = api.post("/v1/lease/report", pin.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            daily_used(&api, "acme").await,
+            30,
+            "given back while its requests ran ({:?} in)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // They complete and are reported: spent from the lease, not charged.
+    report(&api, "acme", id, "b2", 5..7).await;
+    assert_eq!(daily_used(&api, "acme").await, 30);
+    eventually(
+        "the lease to come back once no longer pinned",
+        Duration::from_secs(15),
+        || async { daily_used(&api, "acme").await == 7 },
+    )
+    .await;
+    let (_, _, metrics) = api.get("/metrics").await;
+    assert!(
+        !metrics.contains("turnpike_counter_lease_pins_total 0\n"),
+        "{metrics}"
+    );
+    // A pin for a lease closed already changes nothing.
+    let (status, _) = api.post("/v1/lease/report", pin).await;
+    assert_eq!(status, 200);
+    assert_eq!(daily_used(&api, "acme").await, 7);
+}
+
+#[tokio::test]
 async fn a_lease_its_proxy_never_closes_comes_back_when_it_expires() {
     let redis = Redis::start();
     let counter = Counter::start_with(&redis, PLANS, &["--lease-max-secs", "2"]);

@@ -352,6 +352,14 @@ pub struct LeaseReport {
     pub batch: String,
     /// (consume id, decision time in unix ms on the counter's clock) per request.
     pub records: Vec<(String, u64)>,
+    /// Requests admitted from `lease` still running on the proxy (they are reported
+    /// when they complete): a lease that ended keeps its units out for another report
+    /// delay, so none of them is given back before they are reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
+    /// The proxy's report interval, ms (as in [`LeaseRequest`]): sizes that delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_ms: Option<u64>,
 }
 
 /// The counter's answer to a [`LeaseReport`].
