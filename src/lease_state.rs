@@ -361,9 +361,65 @@ impl LeaseState {
     }
 }
 
+/// Requests one worker admitted from leases and that are still running, per lease.
+/// They are reported when they complete; until then a lease that ended must not be
+/// closed on the counter (its units given back), so the worker pins it. A few leases at
+/// most (the current one and ones that just ended): a scan, not a hash, per request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Running(Vec<(u64, u32)>);
+
+impl Running {
+    /// One more request of `lease` is running.
+    pub fn started(&mut self, lease: u64) {
+        match self.0.iter_mut().find(|(l, _)| *l == lease) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.0.push((lease, 1)),
+        }
+    }
+
+    /// A request of `lease` completed (reported or refunded).
+    pub fn finished(&mut self, lease: u64) {
+        if let Some((_, n)) = self.0.iter_mut().find(|(l, _)| *l == lease) {
+            *n = n.saturating_sub(1);
+        }
+        self.0.retain(|(_, n)| *n > 0);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Leases other than `current` with requests running, and how many: those to pin.
+    pub fn to_pin(&self, current: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.0
+            .iter()
+            .copied()
+            .filter(move |(lease, _)| *lease != current && *lease != 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_requests_pin_only_leases_that_are_no_longer_current() {
+        let mut running = Running::default();
+        running.started(7);
+        running.started(7);
+        running.started(8);
+        assert_eq!(running.to_pin(8).collect::<Vec<_>>(), [(7, 2)]);
+        assert_eq!(running.to_pin(0).count(), 2);
+        running.finished(7);
+        running.finished(9); // never started here: nothing to undo
+        assert_eq!(running.to_pin(8).collect::<Vec<_>>(), [(7, 1)]);
+        running.finished(7);
+        assert_eq!(running.to_pin(8).count(), 0);
+        running.finished(8);
+        assert!(running.is_empty());
+        running.finished(8);
+        assert!(running.is_empty());
+    }
 
     const TUNING: LeaseTuning = LeaseTuning {
         target_ms: 100,

@@ -18,7 +18,7 @@ use super::root::Plugin;
 use crate::callout;
 use crate::config::LeaseConfig;
 use crate::events::Jitter;
-use crate::lease_state::{Hold, LeaseState};
+use crate::lease_state::{Hold, LeaseState, Running};
 use crate::ratelimit::LeaseLimits;
 use crate::retry_queue::{Failed, RetryQueue};
 use crate::routes::Route;
@@ -106,9 +106,7 @@ struct Entry {
     records: Vec<Record>,
     /// Requests admitted on this worker and still running, per lease: while a lease
     /// that ended has some, the counter is told (a pin) not to give its units back.
-    /// A few entries at most (the current lease and ones that just ended): a scan,
-    /// not a hash, per request.
-    running: Vec<(u64, u32)>,
+    running: Running,
 }
 
 /// A request admitted from a lease, waiting to be reported.
@@ -220,7 +218,7 @@ impl LeaseBook {
             renew: None,
             hold: Hold::default(),
             records: Vec::new(),
-            running: Vec::new(),
+            running: Running::default(),
         })
     }
 
@@ -239,7 +237,7 @@ impl LeaseBook {
         let returning = match self.entries.get_mut(key) {
             Some(e) => {
                 if e.hold.spend(now_ms) {
-                    started(&mut e.running, e.hold.lease);
+                    e.running.started(e.hold.lease);
                     return Some(Spent {
                         admitted: true,
                         renew: None,
@@ -260,7 +258,7 @@ impl LeaseBook {
         };
         e.hold = hold;
         if spend.admitted {
-            started(&mut e.running, hold.lease);
+            e.running.started(hold.lease);
         }
         // Granted to another worker's renewal (or to ours, before this entry was
         // made): its limits are in shared data. Once per grant, not per request.
@@ -342,7 +340,7 @@ impl LeaseBook {
             Some(e) => e,
             None => self.entry(key, tenant, route),
         };
-        finished(&mut e.running, lease);
+        e.running.finished(lease);
         if full {
             return false;
         }
@@ -355,7 +353,7 @@ impl LeaseBook {
     /// it (upstream 5xx): nothing to report.
     pub fn refunded(&mut self, key: &str, lease: u64) {
         if let Some(e) = self.entries.get_mut(key) {
-            finished(&mut e.running, lease);
+            e.running.finished(lease);
         }
     }
 
@@ -454,10 +452,7 @@ impl LeaseBook {
         let Some(entry) = self.entries.get(key) else {
             return;
         };
-        for &(lease, running) in &entry.running {
-            if lease == current || lease == 0 {
-                continue;
-            }
+        for (lease, running) in entry.running.to_pin(current) {
             let body = callout::pin_body(
                 &entry.tenant,
                 entry.plan.as_deref(),
@@ -692,22 +687,6 @@ impl LeaseBook {
 
 /// A report's id: its first consume id (unique: consume ids are) and its length, so
 /// a retry of the same report has the same id.
-/// One more request of `lease` is running.
-fn started(running: &mut Vec<(u64, u32)>, lease: u64) {
-    match running.iter_mut().find(|(l, _)| *l == lease) {
-        Some((_, n)) => *n = n.saturating_add(1),
-        None => running.push((lease, 1)),
-    }
-}
-
-/// One request of `lease` that was running is no longer.
-fn finished(running: &mut Vec<(u64, u32)>, lease: u64) {
-    if let Some((_, n)) = running.iter_mut().find(|(l, _)| *l == lease) {
-        *n = n.saturating_sub(1);
-    }
-    running.retain(|(_, n)| *n > 0);
-}
-
 fn plugin_batch_id(records: &[(String, u64)]) -> String {
     let first = records.first().map_or("empty", |(id, _)| id.as_str());
     format!("{first}-{}", records.len())
