@@ -64,11 +64,7 @@ async fn lease_inner(state: &AppState, body: &[u8]) -> Result<LeaseResponse, Api
     if req.want > policy.max_want {
         return Err(RequestError::field("want", format!("must be <= {}", policy.max_want)).into());
     }
-    let report_ms = req.report_ms.unwrap_or(DEFAULT_REPORT_MS);
-    if report_ms > MAX_REPORT_MS {
-        return Err(RequestError::field("report_ms", format!("must be <= {MAX_REPORT_MS}")).into());
-    }
-    let delay = return_delay_secs(report_ms);
+    let delay = report_delay(req.report_ms)?;
     let plans = state.plans.load_full();
     let plan = plans.resolve(&req.tenant, req.plan.as_deref());
     let meters = request::meters_text(&req.meters);
@@ -224,15 +220,11 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
         request::check_id_at(&format!("records[{i}]"), id)?;
     }
     request::check_id_at("batch", &req.batch)?;
-    let report_ms = req.report_ms.unwrap_or(DEFAULT_REPORT_MS);
-    if report_ms > MAX_REPORT_MS {
-        return Err(RequestError::field("report_ms", format!("must be <= {MAX_REPORT_MS}")).into());
-    }
-    if req.running.is_some_and(|n| n > 0) {
-        let delay = return_delay_secs(report_ms);
-        if state.store.pin_lease(&req.tenant, req.lease, delay).await? {
-            Metrics::inc(&state.metrics.lease_pins);
-        }
+    let delay = report_delay(req.report_ms)?;
+    if req.running.is_some_and(|n| n > 0)
+        && state.store.pin_lease(&req.tenant, req.lease, delay).await?
+    {
+        Metrics::inc(&state.metrics.lease_pins);
     }
     if req.records.is_empty() {
         return Ok(LeaseReportResponse { recorded: 0 });
@@ -264,6 +256,19 @@ async fn report_inner(state: &AppState, body: &[u8]) -> Result<LeaseReportRespon
     Ok(LeaseReportResponse {
         recorded: req.records.len() as u64,
     })
+}
+
+/// The report delay of a proxy that reports every `report_ms` (checked; the default
+/// when it does not say), seconds.
+fn report_delay(report_ms: Option<u64>) -> Result<i64, RequestError> {
+    let report_ms = report_ms.unwrap_or(DEFAULT_REPORT_MS);
+    if report_ms > MAX_REPORT_MS {
+        return Err(RequestError::field(
+            "report_ms",
+            format!("must be <= {MAX_REPORT_MS}"),
+        ));
+    }
+    Ok(return_delay_secs(report_ms))
 }
 
 /// Close leases whose report delay has passed since they ended or were given up: what

@@ -264,7 +264,10 @@ impl Store {
                 include_str!("lua/windows.lua"),
                 include_str!("lua/consume_many.lua")
             )),
-            refund: Script::new(include_str!("lua/refund.lua")),
+            refund: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/refund.lua")
+            )),
             seed: Script::new(include_str!("lua/seed.lua")),
             settle: Script::new(include_str!("lua/settle.lua")),
             settle_many: Script::new(include_str!("lua/settle_many.lua")),
@@ -272,8 +275,14 @@ impl Store {
                 include_str!("lua/windows.lua"),
                 include_str!("lua/lease.lua")
             )),
-            lease_close: Script::new(include_str!("lua/lease_close.lua")),
-            lease_retire: Script::new(include_str!("lua/lease_retire.lua")),
+            lease_close: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/lease_close.lua")
+            )),
+            lease_retire: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/lease_retire.lua")
+            )),
             lease_pin: Script::new(include_str!("lua/lease_pin.lua")),
             lease_report: Script::new(include_str!("lua/lease_report.lua")),
         })
@@ -384,11 +393,7 @@ impl Store {
             .arg(return_delay_secs)
             .arg(untaken.map_or(0, |(n, _)| n));
         if let Some((_, record)) = untaken {
-            let slots = parse_record_slots(&record.slots)
-                .ok_or_else(|| StoreError::Reply(format!("lease slots {:?}", record.slots)))?;
-            for (suffix, cost) in &slots {
-                invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
-            }
+            add_lease_windows(&mut invoke, &keys, record)?;
         }
         let mut conn = self.conn.clone();
         let (retired, returned): (i64, u64) = self.bounded(invoke.invoke_async(&mut conn)).await?;
@@ -450,11 +455,7 @@ impl Store {
             .arg(crate::lease::index_member(tenant, id))
             .arg(id)
             .arg(tenant);
-        let slots = parse_record_slots(&record.slots)
-            .ok_or_else(|| StoreError::Reply(format!("lease slots {:?}", record.slots)))?;
-        for (suffix, cost) in &slots {
-            invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
-        }
+        add_lease_windows(&mut invoke, &keys, record)?;
         let mut conn = self.conn.clone();
         let (closed, granted, spent, returned): (i64, u64, u64, u64) =
             self.bounded(invoke.invoke_async(&mut conn)).await?;
@@ -862,6 +863,21 @@ impl Store {
             _ => Ok(health),
         }
     }
+}
+
+/// The windows a lease took from (its `record`'s slots) as the script's next keys,
+/// each with its cost a request as the next argument.
+fn add_lease_windows(
+    invoke: &mut redis::ScriptInvocation<'_>,
+    keys: &TenantKeys,
+    record: &crate::lease::LeaseRecord,
+) -> Result<(), StoreError> {
+    let slots = parse_record_slots(&record.slots)
+        .ok_or_else(|| StoreError::Reply(format!("lease slots {:?}", record.slots)))?;
+    for (suffix, cost) in &slots {
+        invoke.key(keys.window_from_suffix(suffix)).arg(*cost);
+    }
+    Ok(())
 }
 
 fn cluster_down(info: &turnpike_redis::ClusterInfo) -> StoreError {

@@ -20,20 +20,7 @@ local s = tonumber(f[1] or '0')
 local early = tonumber(f[2] or '0')
 local unspent = g - s - early
 if unspent < 0 then unspent = 0 end
-if unspent > 0 then
-  for i = 4, #KEYS do
-    local give = tonumber(ARGV[i]) * unspent
-    local cur = redis.call('GET', KEYS[i])
-    -- A window that is gone ended: nothing to give back to.
-    if cur and give > 0 then
-      if tonumber(cur) > give then
-        redis.call('DECRBY', KEYS[i], give)
-      else
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-      end
-    end
-  end
-end
+return_to_windows(4, 0, unspent)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'k', 'x', 'l', ARGV[2], 't', ARGV[3], 'g', g, 's', s, 'r', unspent + early)

@@ -25,18 +25,7 @@ if untaken > 0 and redis.call('HEXISTS', KEYS[1], 'u') == 0 then
   local f = redis.call('HMGET', KEYS[1], 'g', 's')
   back = math.min(untaken, tonumber(f[1] or '0') - tonumber(f[2] or '0'))
   if back < 0 then back = 0 end
-  for i = 3, #KEYS do
-    local give = tonumber(ARGV[i + 1]) * back
-    local cur = redis.call('GET', KEYS[i])
-    -- A window that is gone ended: nothing to give back to.
-    if cur and give > 0 then
-      if tonumber(cur) > give then
-        redis.call('DECRBY', KEYS[i], give)
-      else
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-      end
-    end
-  end
+  return_to_windows(3, 1, back)
   redis.call('HSET', KEYS[1], 'u', back)
 end
 local retired = redis.call('HSETNX', KEYS[1], 'x', '1')

@@ -27,18 +27,7 @@ if state ~= 'A' and state ~= 'S' then
   return 0
 end
 
-for i = 3, #KEYS do
-  local cost = tonumber(ARGV[i + 2])
-  local cur = redis.call('GET', KEYS[i])
-  -- A counter that is gone belongs to a finished window: nothing to give back.
-  if cur and cost > 0 then
-    if tonumber(cur) > cost then
-      redis.call('DECRBY', KEYS[i], cost)
-    else
-      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-    end
-  end
-end
+return_to_windows(3, 2, 1)
 
 -- SETRANGE keeps the record's TTL.
 redis.call('SETRANGE', KEYS[1], 0, 'R')

@@ -1,5 +1,6 @@
--- Shared by consume.lua, consume_many.lua and lease.lua: the counter loads each of
--- them with this file in front (Redis scripts cannot call one another).
+-- Shared by consume.lua, consume_many.lua, lease.lua, lease_close.lua,
+-- lease_retire.lua and refund.lua: the counter loads each of them with this file in
+-- front (Redis scripts cannot call one another).
 
 -- Redis's clock (TIME), so every counter replica agrees on which window "now" is in:
 -- unix seconds and unix ms.
@@ -68,3 +69,19 @@ local function add_to_window(key, take, ends, now, grace)
   return v
 end
 
+-- Gives `n` requests back to the window counters KEYS[first..], ARGV[i + offset]
+-- units a request for KEYS[i]: never below 0, each counter keeping its expiry. A
+-- counter that is gone belongs to a window that ended: nothing to give back to.
+local function return_to_windows(first, offset, n)
+  for i = first, #KEYS do
+    local give = tonumber(ARGV[i + offset]) * n
+    local cur = redis.call('GET', KEYS[i])
+    if cur and give > 0 then
+      if tonumber(cur) > give then
+        redis.call('DECRBY', KEYS[i], give)
+      else
+        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+      end
+    end
+  end
+end
