@@ -275,6 +275,13 @@ pub struct LeaseConfig {
     pub idle_return_ms: u64,
 }
 
+impl LeaseConfig {
+    /// `report_interval` in ms, as the counter is told it (it sizes the report delay).
+    pub fn report_interval_ms(&self) -> u64 {
+        u64::try_from(self.report_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaultRoute {

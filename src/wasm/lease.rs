@@ -391,7 +391,7 @@ impl LeaseBook {
             return beat;
         }
         let config = &plugin.config.lease;
-        let interval = u64::try_from(config.report_interval.as_millis()).unwrap_or(u64::MAX);
+        let interval = config.report_interval_ms();
         self.next_report_ms = now.saturating_add(interval);
         let keys: Vec<String> = self.entries.keys().cloned().collect();
         for key in keys {
@@ -482,7 +482,7 @@ impl LeaseBook {
             want,
             held,
             None,
-            u64::try_from(plugin.config.lease.report_interval.as_millis()).unwrap_or(u64::MAX),
+            plugin.config.lease.report_interval_ms(),
         );
         if let Some(token) = dispatch(plugin, counter_paths::LEASE, &body) {
             let sent_ms = now_ms();
