@@ -13,6 +13,7 @@ use turnpike_wire::counter_paths;
 
 use super::http::{call_response_body, call_response_status, counter_headers, HttpFilter};
 use super::metrics::Metrics;
+use super::now_ns;
 use super::root::{Plugin, Vm};
 use crate::callout::{self, CounterError};
 
@@ -175,6 +176,9 @@ fn decide_members(
     members: Vec<Member>,
     outcomes: Vec<Result<callout::ConsumeAnswer<'_>, CounterError>>,
 ) {
+    // Per batch, not per member: one clock read, one hostcall for `allowed`.
+    let now = now_ns();
+    vm.batch_admits.set(Some(0));
     for (member, outcome) in members.into_iter().zip(outcomes) {
         // Gone (the client went away): its on_log already gave the consume back.
         let Some(filter) = member.filter.upgrade() else {
@@ -184,8 +188,12 @@ fn decide_members(
             continue;
         }
         if let Ok(mut filter) = filter.try_borrow_mut() {
-            filter.batch_decided(plugin, outcome);
+            filter.batch_decided(plugin, outcome, now);
         };
+    }
+    let allowed = vm.batch_admits.take().unwrap_or(0);
+    if let (Some(m), n @ 1..) = (&vm.metrics, usize::try_from(allowed).unwrap_or(usize::MAX)) {
+        Metrics::add(m.allowed, n);
     }
     let _ = hostcalls::set_effective_context(vm.root_id);
 }

@@ -392,7 +392,10 @@ impl HttpFilter {
     fn apply(&mut self, plugin: &Plugin, verdict: Verdict) -> Action {
         match verdict {
             Verdict::Allow { headers, plan } => {
-                self.count(|m| m.allowed);
+                match self.vm.batch_admits.get() {
+                    Some(n) => self.vm.batch_admits.set(Some(n.saturating_add(1))),
+                    None => self.count(|m| m.allowed),
+                }
                 if let Some(u) = &mut self.usage {
                     u.decision = Decision::Allowed;
                     u.plan = Some(plan);
@@ -544,7 +547,7 @@ impl HttpFilter {
             }
             Ok(body) => callout::parse_compact_answer(status.as_deref(), body.as_deref()),
         };
-        self.decided(plugin, started_ns, outcome);
+        self.decided(plugin, started_ns, outcome, now_ns());
         self.alone_done();
     }
 
@@ -560,14 +563,15 @@ impl HttpFilter {
     }
 
     /// The answer to this request's consume in a batch (the root context made this the
-    /// effective context).
+    /// effective context), which arrived at `now_ns`.
     pub fn batch_decided(
         &mut self,
         plugin: &Plugin,
         outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
+        now_ns: u64,
     ) {
         if let Stage::Queued { started_ns } = self.stage {
-            self.decided(plugin, started_ns, outcome);
+            self.decided(plugin, started_ns, outcome, now_ns);
         }
     }
 
@@ -576,11 +580,12 @@ impl HttpFilter {
         plugin: &Plugin,
         started_ns: u64,
         outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
+        now_ns: u64,
     ) {
         if let Some(m) = &self.vm.metrics {
             Metrics::record(
                 m.callout_latency_ms,
-                now_ns().saturating_sub(started_ns) / 1_000_000,
+                now_ns.saturating_sub(started_ns) / 1_000_000,
             );
         }
         if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {

@@ -82,6 +82,9 @@ pub struct Vm {
     /// Requests admitted from leases not yet added to the `allowed` and `leased`
     /// stats (the root adds them on its tick).
     pub leased_admits: Cell<u64>,
+    /// While the root hands a batch its answers: the members allowed so far, added
+    /// to `allowed` in one hostcall when the batch is done (`None`: not in a batch).
+    pub batch_admits: Cell<Option<u64>>,
     /// Consume calls in flight and the requests waiting to go in the next batch.
     pub consumes: RefCell<Coalescer<Member>>,
     /// The shared queue that wakes this worker's root context to send a batch.
@@ -128,6 +131,7 @@ impl Root {
                 refunds_woken: Cell::new(false),
                 leases: RefCell::new(super::lease::LeaseBook::new()),
                 leased_admits: Cell::new(0),
+                batch_admits: Cell::new(None),
                 consumes: RefCell::new(Coalescer::new(1, 1)),
                 wake_queue: Cell::new(None),
                 batches_refused: Cell::new(false),
