@@ -66,8 +66,10 @@ IMAGES ?= counter collector filter
 images:
 	scripts/build-images.sh $(IMAGES)
 
+# Three rounds: on a shared machine one slow minute should move a median, not decide
+# a ratio (ROUNDS=1 make bench for a quick look).
 bench: tools
-	bench/run.sh
+	ROUNDS=$${ROUNDS:-3} bench/run.sh
 
 # The anomaly detector on its synthetic labelled benchmark: recall, false alarms, NAB
 # score, replay throughput (docs/anomaly-detection.md).
