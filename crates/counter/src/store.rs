@@ -269,7 +269,10 @@ impl Store {
                 include_str!("lua/refund.lua")
             )),
             seed: Script::new(include_str!("lua/seed.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
+            settle: Script::new(concat!(
+                include_str!("lua/windows.lua"),
+                include_str!("lua/settle.lua")
+            )),
             settle_many: Script::new(include_str!("lua/settle_many.lua")),
             lease: Script::new(concat!(
                 include_str!("lua/windows.lua"),

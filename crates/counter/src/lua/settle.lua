@@ -26,15 +26,7 @@ for i = 3, #KEYS do
   if delta > 0 then
     redis.call('INCRBY', KEYS[i], delta)
   elseif delta < 0 then
-    local cur = redis.call('GET', KEYS[i])
-    -- A counter that is gone belongs to a finished window: nothing to give back.
-    if cur then
-      if tonumber(cur) > -delta then
-        redis.call('DECRBY', KEYS[i], -delta)
-      else
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-      end
-    end
+    give_back_to_window(KEYS[i], -delta)
   end
 end
 local time = string.match(rec, '^A|(%d+)|')

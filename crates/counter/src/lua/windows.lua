@@ -1,6 +1,6 @@
 -- Shared by consume.lua, consume_many.lua, lease.lua, lease_close.lua,
--- lease_retire.lua and refund.lua: the counter loads each of them with this file in
--- front (Redis scripts cannot call one another).
+-- lease_retire.lua, refund.lua and settle.lua: the counter loads each of them with
+-- this file in front (Redis scripts cannot call one another).
 
 -- Redis's clock (TIME), so every counter replica agrees on which window "now" is in:
 -- unix seconds and unix ms.
@@ -69,19 +69,23 @@ local function add_to_window(key, take, ends, now, grace)
   return v
 end
 
+-- Gives `give` units back to the window counter `key`: never below 0, keeping its
+-- expiry. A counter that is gone belongs to a window that ended: nothing to give back.
+local function give_back_to_window(key, give)
+  local cur = redis.call('GET', key)
+  if cur and give > 0 then
+    if tonumber(cur) > give then
+      redis.call('DECRBY', key, give)
+    else
+      redis.call('SET', key, 0, 'KEEPTTL')
+    end
+  end
+end
+
 -- Gives `n` requests back to the window counters KEYS[first..], ARGV[i + offset]
--- units a request for KEYS[i]: never below 0, each counter keeping its expiry. A
--- counter that is gone belongs to a window that ended: nothing to give back to.
+-- units a request for KEYS[i] (give_back_to_window).
 local function return_to_windows(first, offset, n)
   for i = first, #KEYS do
-    local give = tonumber(ARGV[i + offset]) * n
-    local cur = redis.call('GET', KEYS[i])
-    if cur and give > 0 then
-      if tonumber(cur) > give then
-        redis.call('DECRBY', KEYS[i], give)
-      else
-        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
-      end
-    end
+    give_back_to_window(KEYS[i], tonumber(ARGV[i + offset]) * n)
   end
 end
