@@ -138,5 +138,14 @@ if [ ${#failures[@]} -gt 0 ]; then
   echo
   echo "failed:"
   for f in "${failures[@]}"; do echo "  $f"; done
+  # What each failed test printed (its panic, its stderr), so a CI log that keeps only
+  # this output still says why; the whole run is in the per-version log.
+  for v in "${versions[@]}"; do
+    log="$logs/$v.log"
+    grep -q '^failures:$' "$log" || continue
+    echo
+    echo "== Envoy $v: what the failed tests printed (from ${log#"$root"/}, at most 400 lines)"
+    awk '/^failures:$/ { on = 1 } on { print } /^test result:/ { on = 0 }' "$log" | head -n 400
+  done
 fi
 exit "$any_failed"

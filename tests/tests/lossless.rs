@@ -387,33 +387,53 @@ async fn clients_gone_while_their_consumes_wait_in_a_batch_are_refunded_and_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
-    // The refund may take up to 2 s: the client gives up well inside that wait.
+    // The refund of the 5xx waits for a counter that hangs; the client goes away during
+    // that wait. The callout timeout is far longer than anything below takes, so on a
+    // loaded machine the wait is still on when the client goes: each step waits for
+    // what it needs to have happened, none for a fixed time (a fixed 7 s client timeout
+    // once fired before the upstream had even answered, on a CI machine running other
+    // tests alongside).
     let mut stack = Stack::builder(SMALL)
         .with_collector()
-        .filter_patch(json!({ "counter": { "timeout_ms": 2000 } }))
+        .filter_patch(json!({ "counter": { "timeout_ms": 30000 } }))
         .start()
         .await;
     let token = stack.token("impatient");
     assert_eq!(stack.get("/v1/things", Some(&token)).await.status, 200);
 
-    // The upstream answers 500 after 6 s; meanwhile the counter hangs, so the refund
-    // of the 5xx waits (up to 2 s), and the client gives up 1 s into that wait.
-    // Seconds apart, so a slow machine does not reorder them: the counter is paused
-    // well before the 5xx, even when other tests load the machine (with 3 s, a CI run
-    // on a loaded machine once paused it after the refund had gone through).
+    // The upstream answers 500 seconds after the request is admitted, so the counter
+    // is paused well before that answer comes and asks it for the refund.
     let request = stack
         .request(reqwest::Method::GET, "/status/500?delay_ms=6000")
         .bearer_auth(&token)
         .send();
-    let waiting = tokio::spawn(tokio::time::timeout(Duration::from_millis(7000), request));
+    let waiting = tokio::spawn(request);
     waiting_at_envoy(&stack, 1).await;
-    eventually("the 5xx to be admitted", Duration::from_secs(2), || async {
-        (used(&stack, "impatient", "daily").await == 2).then_some(())
-    })
+    eventually(
+        "the 5xx to be admitted",
+        Duration::from_secs(10),
+        || async { (used(&stack, "impatient", "daily").await == 2).then_some(()) },
+    )
     .await;
     stack.counter.process().pause();
-    let outcome = waiting.await.expect("task");
-    assert!(outcome.is_err(), "the client should have given up first");
+    eventually(
+        "the upstream's 500 at Envoy",
+        Duration::from_secs(30),
+        || async {
+            let answered = stack.envoy.stat("cluster.upstream.upstream_rq_5xx").await;
+            (answered == 1).then_some(())
+        },
+    )
+    .await;
+    // The filter holds the 500 until the paused counter answers the refund.
+    if waiting.is_finished() {
+        let answer = waiting.await.expect("task").map(|r| r.status());
+        panic!("the client has its answer before the refund was answered: {answer:?}");
+    }
+    // The client goes away.
+    waiting.abort();
+    assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
+    waiting_at_envoy(&stack, 0).await;
     stack.counter.process().resume();
 
     eventually("the refund to land", Duration::from_secs(30), || async {
