@@ -390,9 +390,10 @@ async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
     // The refund of the 5xx waits for a counter that hangs; the client goes away during
     // that wait. The callout timeout is far longer than anything below takes, so on a
     // loaded machine the wait is still on when the client goes: each step waits for
-    // what it needs to have happened, none for a fixed time (a fixed 7 s client timeout
-    // once fired before the upstream had even answered, on a CI machine running other
-    // tests alongside).
+    // what it needs to have happened, none for a fixed time. (With fixed times, a 6 s
+    // upstream and a client giving up after 7 s, the test failed once in CI alongside
+    // the binary's other tests; its output was not kept, and the 1 s margin is the
+    // likely cause.)
     let mut stack = Stack::builder(SMALL)
         .with_collector()
         .filter_patch(json!({ "counter": { "timeout_ms": 30000 } }))
