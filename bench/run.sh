@@ -269,7 +269,7 @@ for variant in $VARIANTS; do
   # What the filter did (decisions from leases, settlements), to check the variant
   # measured what it says.
   case "$variant" in
-    turnpike-leased*) stats='allowed|denied|leased|lease_renewals|lease_empty_grants|lease_records_lost|counter_errors' ;;
+    turnpike-leased*) stats='allowed|denied|leased|lease_renewals|lease_waits|lease_empty_grants|lease_records_lost|counter_errors' ;;
     turnpike-settle) stats='allowed|denied|consume_batches|consumes_batched|settlements|settle_missing|settle_malformed|counter_errors' ;;
     turnpike|turnpike+events) stats='allowed|denied|consume_batches|consumes_batched|counter_errors' ;;
     *) stats= ;;

@@ -733,6 +733,11 @@ fn compile_lease(
             // Less than the counter's TURN_WAIT_MS (10) less a tick (2 ms): the ask
             // reaches the counter when it holds asks for the window to turn.
             turn_lead_ms: 8,
+            // The successor of a lease that ended with its second comes a few ms
+            // after the turn (the counter holds the ask until then, then a round
+            // trip): requests wait for it rather than each cost an exact consume.
+            // Bounded so that a counter slow to answer costs them little more.
+            renewal_wait_ms: 30,
         },
         report_interval: Duration::from_millis(raw.report_interval_ms),
         idle_return_ms: raw.idle_return_ms,

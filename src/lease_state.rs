@@ -37,6 +37,10 @@ pub struct LeaseState {
     /// (a per-second limit's second), which no renewal can move. Asking again before
     /// it would only add units that go back unspent: ask when the lease ends instead.
     pub end_fixed: bool,
+    /// A renewal was asked for and has not been answered (until `renewing_until_ms`):
+    /// a request that finds the lease spent can wait for it instead of being decided
+    /// exactly. Encoded with `end_fixed` in one word.
+    pub renewal_out: bool,
 }
 
 /// How a lease is spent and renewed.
@@ -61,6 +65,10 @@ pub struct LeaseTuning {
     /// it ends; the counter holds an ask that arrives in a window's last milliseconds
     /// until the window turns, so the successor is granted as the second turns.
     pub turn_lead_ms: u64,
+    /// The most a request that found the lease spent waits for a renewal on its way
+    /// (the successor of a lease that ended with its second, usually) before it is
+    /// decided exactly.
+    pub renewal_wait_ms: u64,
 }
 
 /// Units one worker took from the shared lease, spent locally: no hostcall per request.
@@ -135,6 +143,11 @@ pub struct Spend {
     /// Ask the counter for more: this worker won the right to (the state now says a
     /// renewal is on its way). The number is how many requests to ask for.
     pub renew: Option<u64>,
+    /// Not admitted, but a renewal of a lease that had units is on its way: the
+    /// request may wait for it (until `renewal_wait_ms` from now) rather than cost an
+    /// exact consume. A tenant's first lease, and one after an empty grant (near the
+    /// limit), are not waited for.
+    pub wait: bool,
 }
 
 impl LeaseState {
@@ -150,7 +163,7 @@ impl LeaseState {
             self.last_spend_ms,
             self.last_grant,
             self.counter_end_ms,
-            u64::from(self.end_fixed),
+            u64::from(self.end_fixed) | (u64::from(self.renewal_out) << 1),
             self.counter_granted_ms,
         ];
         for (chunk, value) in out.chunks_exact_mut(8).zip(fields) {
@@ -171,6 +184,8 @@ impl LeaseState {
         let (id, expires_ms, balance, renewing_until_ms, rate_second) =
             (next()?, next()?, next()?, next()?, next()?);
         let counts = next()?;
+        let (last_spend_ms, last_grant, counter_end_ms, flags) =
+            (next()?, next()?, next()?, next()?);
         Some(LeaseState {
             id,
             expires_ms,
@@ -179,10 +194,11 @@ impl LeaseState {
             rate_second,
             count: u32::try_from(counts & 0xffff_ffff).unwrap_or(u32::MAX),
             prev_count: u32::try_from(counts >> 32).unwrap_or(u32::MAX),
-            last_spend_ms: next()?,
-            last_grant: next()?,
-            counter_end_ms: next()?,
-            end_fixed: next()? != 0,
+            last_spend_ms,
+            last_grant,
+            counter_end_ms,
+            end_fixed: flags & 1 != 0,
+            renewal_out: flags & 2 != 0,
             counter_granted_ms: next()?,
         })
     }
@@ -274,9 +290,30 @@ impl LeaseState {
         };
         let renew = (low && self.renewing_until_ms <= now_ms).then(|| {
             self.renewing_until_ms = now_ms.saturating_add(tuning.renew_timeout_ms);
+            self.renewal_out = true;
             self.want(now_ms, tuning)
         });
-        (Spend { admitted, renew }, hold)
+        let wait = !admitted && self.last_grant > 0 && self.renewal_on_its_way(now_ms);
+        (
+            Spend {
+                admitted,
+                renew,
+                wait,
+            },
+            hold,
+        )
+    }
+
+    /// Whether a renewal was asked for and may still be answered.
+    pub fn renewal_on_its_way(&self, now_ms: u64) -> bool {
+        self.renewal_out && self.renewing_until_ms > now_ms
+    }
+
+    /// The renewal was not sent, or failed: let another go out after a short pause,
+    /// and let nobody wait for this one.
+    pub fn renewal_failed(&mut self, now_ms: u64) {
+        self.renewing_until_ms = now_ms + 250;
+        self.renewal_out = false;
     }
 
     /// A worker's hold comes back: its unspent units into the lease if it is still
@@ -343,6 +380,7 @@ impl LeaseState {
         // Nothing granted (too little room: exact consumes decide): do not ask again
         // at once; a grant clears the way for the next renewal.
         self.renewing_until_ms = if granted == 0 { now_ms + 250 } else { 0 };
+        self.renewal_out = false;
     }
 
     /// Whether this lease should go back: it ended, or the tenant went quiet.
@@ -429,6 +467,7 @@ mod tests {
         hold_span_ms: 0,
         hold_valid_ms: 20,
         turn_lead_ms: 8,
+        renewal_wait_ms: 30,
     };
 
     #[test]
@@ -445,9 +484,15 @@ mod tests {
             last_grant: 9,
             counter_end_ms: 10,
             end_fixed: true,
+            renewal_out: true,
             counter_granted_ms: 11,
         };
         assert_eq!(LeaseState::decode(&s.encode()), Some(s));
+        let only_out = LeaseState {
+            end_fixed: false,
+            ..s
+        };
+        assert_eq!(LeaseState::decode(&only_out.encode()), Some(only_out));
         assert_eq!(LeaseState::decode(&[0; ENCODED_LEN - 1]), None);
         assert_eq!(LeaseState::decode(b""), None);
     }
@@ -481,6 +526,37 @@ mod tests {
         s.granted(Some(7), 5, 60_000, 60_000, 10_030, 10_030);
         assert_eq!(s.balance, 5);
         assert!(s.spend(10_031, &TUNING).admitted);
+    }
+
+    #[test]
+    fn a_request_waits_only_for_a_renewal_on_its_way_of_a_lease_that_had_units() {
+        // A tenant's first lease: decided exactly, not waited for.
+        let mut s = LeaseState::default();
+        let first = s.spend(10_000, &TUNING);
+        assert!(first.renew.is_some() && !first.wait);
+        assert!(!s.spend(10_001, &TUNING).wait);
+        // Spent dry with a renewal out: wait, until the renewal is answered...
+        s.granted(Some(7), 2, 60_000, 60_000, 10_010, 10_010);
+        assert!(s.spend(10_011, &TUNING).renew.is_some());
+        assert!(s.spend(10_012, &TUNING).admitted);
+        assert!(s.spend(10_013, &TUNING).wait);
+        s.granted(Some(7), 0, 60_000, 60_000, 10_020, 10_020);
+        // ...which granted nothing (near the limit): exact, no waiting, backing off.
+        let near = s.spend(10_021, &TUNING);
+        assert!(!near.admitted && !near.wait && near.renew.is_none());
+        // A renewal that failed (or was never sent) is not waited for either.
+        let mut t = LeaseState::default();
+        t.granted(Some(8), 1, 60_000, 60_000, 10_000, 10_000);
+        assert!(t.spend(10_001, &TUNING).renew.is_some());
+        assert!(t.spend(10_002, &TUNING).wait);
+        t.renewal_failed(10_003);
+        assert!(!t.spend(10_004, &TUNING).wait);
+        // Nor one past its timeout.
+        let mut u = LeaseState::default();
+        u.granted(Some(9), 1, 60_000, 60_000, 10_000, 10_000);
+        assert!(u.spend(10_001, &TUNING).renew.is_some());
+        assert!(u.renewal_on_its_way(10_400));
+        assert!(!u.renewal_on_its_way(10_501));
     }
 
     #[test]
@@ -545,7 +621,9 @@ mod tests {
         let ended = s.spend(10_995, &TUNING);
         assert!(!ended.admitted);
         assert_eq!(ended.renew, None);
+        assert!(ended.wait, "the successor is on its way: wait for it");
         s.granted(Some(2), 50, 12_000, 12_000, 11_010, 11_010);
+        assert!(s.spend(11_011, &TUNING).admitted);
         assert!(
             !s.end_fixed,
             "a new lease: its end is not known to be fixed"

@@ -13,6 +13,7 @@ use turnpike_wire::{counter_paths, Decision};
 
 use super::consumes::{self, Member};
 use super::lease;
+use super::lease_wait;
 use super::metrics::Metrics;
 use super::now_ns;
 use super::root::{Plugin, Refund, Vm};
@@ -54,6 +55,8 @@ enum Stage {
     Leased,
     /// Request headers paused until the body holds the reservation (a JSON field).
     AwaitingBody,
+    /// Request paused until its lease's renewal is answered (`lease_wait`).
+    AwaitingLease,
 }
 
 /// A consume that waits for the request body to know its reservation.
@@ -123,6 +126,17 @@ struct Usage {
     refunded: bool,
     /// Admitted from this lease (leased mode).
     lease: Option<u64>,
+}
+
+/// What the tenant's lease did for a request.
+enum LeaseSpend {
+    Admitted,
+    /// Its renewal is on its way: wait for it, until then (unix ms, our clock).
+    Wait {
+        until_ms: u64,
+    },
+    /// Decide it with the counter.
+    Exact,
 }
 
 /// The request headers the filter needs, from one hostcall.
@@ -197,9 +211,31 @@ impl HttpFilter {
                 &plugin.missing_tenant_body,
             );
         };
-        if route.mode == Mode::Leased && self.spend_lease(plugin, tenant, &route, &head) {
-            return Action::Continue;
+        let method = report_method(&head.method);
+        if route.mode == Mode::Leased {
+            match self.spend_lease(plugin, tenant, &route, method) {
+                LeaseSpend::Admitted => return Action::Continue,
+                LeaseSpend::Wait { until_ms } => {
+                    if self.wait_for_lease(tenant, &route, method, until_ms) {
+                        return Action::Pause;
+                    }
+                }
+                LeaseSpend::Exact => {}
+            }
         }
+        self.exactly(plugin, tenant, route, method, false)
+    }
+
+    /// Decide the request with the counter (`queue`: in the next batch, sent by the
+    /// root context, never alone from this context).
+    fn exactly(
+        &mut self,
+        plugin: &Plugin,
+        tenant: &str,
+        route: Rc<Route>,
+        method: &'static str,
+        queue: bool,
+    ) -> Action {
         let plan_raw = plugin
             .config
             .tenant
@@ -211,7 +247,6 @@ impl HttpFilter {
         self.id = self.vm.minter.mint();
         self.tenant = tenant.to_owned();
         self.route = Some(route.clone());
-        let method = report_method(&head.method);
         if !route.usage.is_empty() {
             if route.reserves_from_body() && !self.bodyless {
                 // The reservation is in the body: wait for it (bounded), then consume.
@@ -232,7 +267,60 @@ impl HttpFilter {
             }
             self.reserved = reservations(&route, None);
         }
-        self.consume(plugin, route, plan, method)
+        self.consume(plugin, route, plan, method, queue)
+    }
+
+    /// Wait for the lease's renewal (`lease_wait`), at most until `until_ms`; `false`
+    /// if it cannot (then it is decided exactly).
+    fn wait_for_lease(
+        &mut self,
+        tenant: &str,
+        route: &Rc<Route>,
+        method: &'static str,
+        until_ms: u64,
+    ) -> bool {
+        let waiter = lease_wait::Waiter {
+            key: lease::shared_key(tenant, &route.name),
+            context_id: self.context_id,
+            filter: self.me.clone(),
+            until_ms,
+        };
+        let Ok(mut waiters) = self.vm.lease_waiters.try_borrow_mut() else {
+            return false;
+        };
+        waiters.push(waiter);
+        drop(waiters);
+        self.count(|m| m.lease_waits);
+        self.tenant = tenant.to_owned();
+        self.pending = Some(Pending {
+            route: route.clone(),
+            plan: None,
+            method,
+        });
+        self.stage = Stage::AwaitingLease;
+        true
+    }
+
+    /// Let go by `lease_wait` (this is the effective context): admit from the lease if
+    /// it can now, else decide exactly.
+    pub fn lease_waited(&mut self, plugin: &Plugin) {
+        if self.stage != Stage::AwaitingLease {
+            return;
+        }
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let tenant = std::mem::take(&mut self.tenant);
+        self.stage = Stage::Idle;
+        let action = match self.spend_lease(plugin, &tenant, &p.route, p.method) {
+            LeaseSpend::Admitted => Action::Continue,
+            LeaseSpend::Wait { .. } | LeaseSpend::Exact => {
+                self.exactly(plugin, &tenant, p.route, p.method, true)
+            }
+        };
+        if action == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
     }
 
     /// Dispatch the consume: the route's fixed costs and its reservations.
@@ -242,6 +330,7 @@ impl HttpFilter {
         route: Rc<Route>,
         plan: Option<&str>,
         method: &'static str,
+        queue: bool,
     ) -> Action {
         let meters_json = if self.reserved.is_empty() {
             route.meters_json.clone()
@@ -252,11 +341,14 @@ impl HttpFilter {
         };
         let body = callout::consume_body(&self.id, &self.tenant, plan, &meters_json);
         let counter = &plugin.config.counter;
-        let arrival = self
-            .vm
-            .consumes
-            .try_borrow()
-            .map_or(Arrival::Alone, |c| c.arrive());
+        let arrival = if queue {
+            Arrival::Queue
+        } else {
+            self.vm
+                .consumes
+                .try_borrow()
+                .map_or(Arrival::Alone, |c| c.arrive())
+        };
         let dispatched = match arrival {
             Arrival::Alone => hostcalls::dispatch_http_call(
                 &counter.cluster,
@@ -314,23 +406,23 @@ impl HttpFilter {
     }
 
     /// Admit the request from the tenant's lease on this route if it holds any; ask
-    /// for more when it runs low (the root context sends it). `false`: decide exactly.
+    /// for more when it runs low (the root context sends it).
     fn spend_lease(
         &mut self,
         plugin: &Plugin,
         tenant: &str,
         route: &Rc<Route>,
-        head: &RequestHead,
-    ) -> bool {
+        method: &'static str,
+    ) -> LeaseSpend {
         let key = lease::shared_key(tenant, &route.name);
         // One clock read for the whole decision: each hostcall costs about a µs.
         let started_ns = now_ns();
         let now = started_ns / 1_000_000;
         let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
-            return false;
+            return LeaseSpend::Exact;
         };
         let Some(spend) = book.spend(&key, tenant, route, &plugin.config.lease, now) else {
-            return false;
+            return LeaseSpend::Exact;
         };
         if let Some(want) = spend.renew {
             let plan_raw = plugin
@@ -343,7 +435,13 @@ impl HttpFilter {
             book.renew(&key, tenant, route, plan, want);
         }
         if !spend.admitted {
-            return false;
+            return if spend.wait {
+                LeaseSpend::Wait {
+                    until_ms: now.saturating_add(plugin.config.lease.tuning.renewal_wait_ms),
+                }
+            } else {
+                LeaseSpend::Exact
+            };
         }
         let decided_ms = spend.decided_ms;
         let (policy, remaining, warning) = book.headers(&key, spend.remaining, now);
@@ -367,7 +465,7 @@ impl HttpFilter {
             self.usage = Some(Usage {
                 decision: Decision::Allowed,
                 route: route.clone(),
-                method: report_method(&head.method),
+                method,
                 plan: None,
                 started_ns,
                 decided_ms: Some(decided_ms),
@@ -385,7 +483,7 @@ impl HttpFilter {
         });
         self.stage = Stage::Leased;
         self.set_upstream_headers();
-        true
+        LeaseSpend::Admitted
     }
 
     /// Act on a verdict. `Continue` means the request goes on to the upstream.
@@ -788,6 +886,11 @@ impl HttpContext for HttpFilter {
         match self.stage {
             // The client went away while the consume was in flight: whatever the
             // counter decides, give it back; the request never ran.
+            // Gone while it waited for its lease: nothing was taken for it.
+            Stage::AwaitingLease => {
+                self.count(|m| m.cancelled);
+                lease_wait::forget(&self.vm, self.context_id);
+            }
             Stage::Consuming { .. } | Stage::Queued { .. } => {
                 self.count(|m| m.cancelled);
                 let id = self.context_id;
@@ -943,7 +1046,9 @@ impl HttpContext for HttpFilter {
             // Where Envoy hands over the body of a request whose headers are paused
             // (allow_on_headers_stop_iteration), going on here would send the request
             // upstream before the counter has decided: hold it too.
-            Stage::Consuming { .. } | Stage::Queued { .. } => return Action::Pause,
+            Stage::Consuming { .. } | Stage::Queued { .. } | Stage::AwaitingLease => {
+                return Action::Pause
+            }
             _ => return Action::Continue,
         }
         let Some(plugin) = self.plugin.clone() else {
@@ -970,6 +1075,7 @@ impl HttpContext for HttpFilter {
             pending.route,
             pending.plan.as_deref(),
             pending.method,
+            false,
         ) {
             // Decided at once (a failed dispatch under fail_open): go on.
             Action::Continue => {

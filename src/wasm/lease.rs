@@ -88,6 +88,9 @@ pub struct Spent {
     /// When an admitted request is billed: unix ms on the counter's clock, inside the
     /// lease's windows.
     pub decided_ms: u64,
+    /// Not admitted, but the lease's renewal is on its way: the request may wait for
+    /// it (`lease_state::Spend::wait`).
+    pub wait: bool,
 }
 
 /// What a worker knows about a lease it spent from.
@@ -244,6 +247,7 @@ impl LeaseBook {
                         lease: e.hold.lease,
                         remaining: e.hold.remaining(),
                         decided_ms: e.hold.billed_at(estimate_ms),
+                        wait: false,
                     });
                 }
                 e.hold
@@ -275,6 +279,7 @@ impl LeaseBook {
             lease: hold.lease,
             remaining: hold.remaining(),
             decided_ms: hold.billed_at(estimate_ms),
+            wait: spend.wait,
         })
     }
 
@@ -494,6 +499,9 @@ impl LeaseBook {
                 },
             );
             count(metrics, |m| m.lease_renewals);
+        } else {
+            // Nobody waits for a renewal that did not go out.
+            let _ = update(key, |state| state.renewal_failed(now_ms()));
         }
     }
 
@@ -669,7 +677,7 @@ impl LeaseBook {
                     }
                     Err(e) => {
                         // Let another renewal go out after a short pause.
-                        let _ = update(&key, |state| state.renewing_until_ms = now + 250);
+                        let _ = update(&key, |state| state.renewal_failed(now));
                         self.log(format!("lease renewal failed: {}", e.describe()));
                     }
                 }
@@ -720,7 +728,7 @@ fn read_limits(key: &str, grant: (u64, u64)) -> Option<LeaseLimits> {
     LeaseLimits::decode(rest)
 }
 
-fn read(key: &str) -> Option<LeaseState> {
+pub(super) fn read(key: &str) -> Option<LeaseState> {
     let (bytes, _) = hostcalls::get_shared_data(key).ok()?;
     bytes.as_deref().and_then(LeaseState::decode)
 }

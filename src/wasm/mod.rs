@@ -6,6 +6,7 @@ mod consumes;
 mod flusher;
 mod http;
 mod lease;
+mod lease_wait;
 mod metrics;
 mod root;
 

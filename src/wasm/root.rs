@@ -82,6 +82,8 @@ pub struct Vm {
     /// Requests admitted from leases not yet added to the `allowed` and `leased`
     /// stats (the root adds them on its tick).
     pub leased_admits: Cell<u64>,
+    /// Requests paused until their lease's renewal is answered.
+    pub lease_waiters: RefCell<Vec<super::lease_wait::Waiter>>,
     /// While the root hands a batch its answers: the members allowed so far, added
     /// to `allowed` in one hostcall when the batch is done (`None`: not in a batch).
     pub batch_admits: Cell<Option<u64>>,
@@ -131,6 +133,7 @@ impl Root {
                 refunds_woken: Cell::new(false),
                 leases: RefCell::new(super::lease::LeaseBook::new()),
                 leased_admits: Cell::new(0),
+                lease_waiters: RefCell::new(Vec::new()),
                 batch_admits: Cell::new(None),
                 consumes: RefCell::new(Coalescer::new(1, 1)),
                 wake_queue: Cell::new(None),
@@ -160,6 +163,8 @@ impl Root {
             self.vm.leases.try_borrow_mut().is_ok_and(|mut book| {
                 book.tick(&plugin, self.vm.metrics.as_ref(), now, self.stopping)
             });
+        // Another worker's renewal may have come, or a wait run out.
+        super::lease_wait::release(&self.vm, &plugin, now, self.stopping);
         // Envoy's stats lag by up to HOLD_RETURN_MS: a hostcall per stat per 2 ms tick
         // would cost more than the stats are worth.
         if beat {
@@ -431,10 +436,11 @@ impl Context for Root {
                 consumes::send_batches(&self.vm, &plugin);
             }
         } else if lease_call {
-            if let (Some(plugin), Ok(mut book)) =
-                (self.plugin.clone(), self.vm.leases.try_borrow_mut())
-            {
-                book.answered(token, body, &plugin, self.vm.metrics.as_ref());
+            if let Some(plugin) = self.plugin.clone() {
+                if let Ok(mut book) = self.vm.leases.try_borrow_mut() {
+                    book.answered(token, body, &plugin, self.vm.metrics.as_ref());
+                }
+                super::lease_wait::release(&self.vm, &plugin, super::lease::now_ms(), false);
             }
         } else if self.refund_answered(token, body).is_some() {
             self.send_refunds();

@@ -167,8 +167,14 @@ async fn a_large_per_second_limit_is_never_exceeded_in_any_second() {
         let state = limit_state(&stack, "fast", &rows).await;
         panic!("more than 400 admitted in a second: {per_second:?}\n{state}");
     }
-    // Sharper: a lease of a per-second limit is taken from one second, so every
-    // request spent from it is billed in that second, whichever worker spent it.
+    each_lease_billed_in_one_second(&rows);
+    assert!(stack.envoy.filter_stat("leased").await > 0);
+}
+
+/// A lease of a per-second limit is taken from one second, so every request spent
+/// from it is billed in that second, whichever worker spent it (and however long it
+/// waited for the lease).
+fn each_lease_billed_in_one_second(rows: &BTreeMap<String, Value>) {
     let mut lease_seconds: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for row in rows.values() {
         if let (Some(lease), Some(second)) = (
@@ -181,7 +187,112 @@ async fn a_large_per_second_limit_is_never_exceeded_in_any_second() {
     assert!(!lease_seconds.is_empty(), "no leased request billed");
     let split: Vec<_> = lease_seconds.iter().filter(|(_, s)| s.len() > 1).collect();
     assert!(split.is_empty(), "leases billed across seconds: {split:?}");
-    assert!(stack.envoy.filter_stat("leased").await > 0);
+}
+
+const PER_SECOND_BIG: &str = r#"
+default_plan = "p"
+[plans.p]
+limits = [
+  { name = "per-second", meter = "requests", window = "second", max = 1000000 },
+  { name = "daily", meter = "requests", window = "day", max = 100000000 },
+]
+"#;
+
+/// A per-second lease ends with its second, and its successor (asked for just before)
+/// comes a round trip after the turn: the requests in between wait for it instead of
+/// each costing an exact consume, and are admitted from it, billed in its second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_at_the_turn_of_a_second_wait_for_the_next_lease_and_are_billed_in_it() {
+    let stack = Stack::builder(PER_SECOND_BIG)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("turns");
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, 32);
+    // Every turn of a second makes requests wait: a few turns are enough.
+    eventually(
+        "requests that waited for a lease at the turn of a second",
+        Duration::from_secs(30),
+        || async {
+            let waits = stack.envoy.filter_stat("lease_waits").await;
+            (waits >= 20).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+    assert_eq!(
+        (
+            report.statuses.keys().copied().collect::<Vec<_>>(),
+            report.errors
+        ),
+        (vec![200], 0),
+        "every request admitted, none left waiting: {:?}",
+        report.statuses
+    );
+    let (allowed, leased) = (
+        stack.envoy.filter_stat("allowed").await,
+        stack.envoy.filter_stat("leased").await,
+    );
+    eprintln!(
+        "turns: {} admitted, {leased} from leases, {} waited for one",
+        report.admitted.len(),
+        stack.envoy.filter_stat("lease_waits").await
+    );
+    assert!(leased > 0 && leased <= allowed);
+    let rows = billed_exactly(&stack, "turns", &report.admitted).await;
+    each_lease_billed_in_one_second(&rows);
+}
+
+/// The counter hangs while a per-second lease turns: its successor never comes, and
+/// the requests waiting for it are decided exactly instead (here: refused, fail_closed,
+/// once the counter's callouts time out), not held. Nothing admitted goes unbilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_waiting_for_a_lease_that_does_not_come_are_decided_exactly() {
+    let mut stack = Stack::builder(PER_SECOND_BIG)
+        .concurrency(2)
+        .with_collector()
+        .filter_patch(leased())
+        .start()
+        .await;
+    let token = stack.token("hung");
+    let load = Load::start(&stack.envoy.url("/v1/things"), &token, 16);
+    eventually(
+        "requests admitted from leases",
+        Duration::from_secs(30),
+        || async { (stack.envoy.filter_stat("leased").await > 0).then_some(()) },
+    )
+    .await;
+    let waits_before = stack.envoy.filter_stat("lease_waits").await;
+    stack.counter.process().pause();
+    // Past the turn of a second, and many times the counter's timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waits_during = stack.envoy.filter_stat("lease_waits").await - waits_before;
+    stack.counter.process().resume();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+    assert!(
+        waits_during > 0,
+        "no request waited for the lease while the counter hung"
+    );
+    assert_eq!(
+        report.errors, 0,
+        "requests left unanswered: {:?}",
+        report.statuses
+    );
+    assert!(
+        report.statuses.keys().all(|s| *s == 200 || *s == 503),
+        "{:?}",
+        report.statuses
+    );
+    assert!(
+        report.statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the counter hung: requests it could not decide were refused (fail_closed): {:?}",
+        report.statuses
+    );
+    billed_exactly(&stack, "hung", &report.admitted).await;
 }
 
 /// What the counter holds about `tenant`'s per-second windows and the leases the
