@@ -21,6 +21,7 @@ pub mod config;
 pub mod consume_id;
 pub mod decision;
 pub mod events;
+pub mod header_pairs;
 pub mod lease_state;
 pub mod log_budget;
 pub mod path;

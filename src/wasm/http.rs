@@ -8,7 +8,7 @@ use std::rc::{Rc, Weak};
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType, Status};
 use turnpike_wire::{counter_paths, Decision};
 
 use super::consumes::{self, Member};
@@ -23,6 +23,7 @@ use crate::coalesce::Arrival;
 use crate::config::Mode;
 use crate::decision::{decide, Verdict};
 use crate::events::{encode_event, report_method, Pushed, UsageRecord, NO_RESPONSE_STATUS};
+use crate::header_pairs;
 use crate::problem;
 use crate::ratelimit::RateLimitHeaders;
 use crate::reserved;
@@ -1184,26 +1185,60 @@ pub(super) fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a
 /// `:path` (as bytes: HTTP/2 lets any octet in, and reading it as a String would trap
 /// the VM on one that is not UTF-8) and `:method` from one read of every request
 /// header, dropping every client-sent `turnpike-*` header on the way: one hostcall for
-/// all three, plus one per reserved name found (usually none).
+/// all three, plus one per reserved name found (usually none). The map is read in
+/// place (`header_pairs`), not copied header by header.
 fn read_head_and_strip_reserved() -> RequestHead {
     let mut head = RequestHead {
         path: Vec::new(),
         method: String::new(),
     };
-    let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+    let Some(headers) = serialized_request_headers() else {
         return head;
     };
-    for (name, value) in &headers {
-        match name.as_str() {
-            ":path" => head.path.clone_from(value),
-            ":method" => head.method = String::from_utf8_lossy(value).into_owned(),
-            _ => {}
+    let mut names = Vec::new();
+    for (name, value) in header_pairs::pairs(&headers) {
+        match name {
+            b":path" => head.path = value.to_vec(),
+            b":method" => head.method = String::from_utf8_lossy(value).into_owned(),
+            _ => {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    if reserved::is_reserved(name) {
+                        names.push(name);
+                    }
+                }
+            }
         }
     }
-    for name in reserved::distinct_reserved(headers.iter().map(|(n, _)| n.as_str())) {
+    for name in reserved::distinct_reserved(names.into_iter()) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
     head
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The request headers as the host serializes them, in one buffer. The SDK's
+/// `get_map_bytes` makes the same call, then copies every header out (and traps the
+/// VM on a status it does not expect); this keeps the buffer.
+fn serialized_request_headers() -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through the VM's
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of that capacity, leaked by the SDK),
+    // which `from_raw_parts` takes back ownership of, as the SDK's own readers do.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+            _ => None,
+        }
+    }
 }
 
 fn property(path: Vec<&str>) -> Option<Vec<u8>> {
