@@ -410,12 +410,20 @@ async fn a_client_gone_while_a_5xx_waits_for_its_refund_is_not_billed() {
         .send();
     let waiting = tokio::spawn(request);
     waiting_at_envoy(&stack, 1).await;
+    // Admitted and on its way upstream: the filter has the counter's answer. (Waiting
+    // for the counter's count instead, the test once paused the counter after Redis
+    // had counted the consume but before its answer left, and the request never went
+    // upstream: the upstream's 500 never came.)
     eventually(
-        "the 5xx to be admitted",
+        "the 5xx request to reach the upstream",
         Duration::from_secs(10),
-        || async { (used(&stack, "impatient", "daily").await == 2).then_some(()) },
+        || async {
+            let sent = stack.envoy.stat("cluster.upstream.upstream_rq_total").await;
+            (sent == 2).then_some(())
+        },
     )
     .await;
+    assert_eq!(used(&stack, "impatient", "daily").await, 2);
     stack.counter.process().pause();
     eventually(
         "the upstream's 500 at Envoy",
