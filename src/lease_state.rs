@@ -5,6 +5,9 @@
 //! milliseconds of traffic in one compare-and-swap and spends that with no hostcall.
 //! Pure: encoding and the decisions; the glue is `wasm::lease`.
 
+/// After an empty grant or a failed renewal, no renewal is asked for this long.
+const RENEWAL_PAUSE_MS: u64 = 250;
+
 /// Encoded size of a [`LeaseState`].
 pub const ENCODED_LEN: usize = 88;
 
@@ -312,7 +315,7 @@ impl LeaseState {
     /// The renewal was not sent, or failed: let another go out after a short pause,
     /// and let nobody wait for this one.
     pub fn renewal_failed(&mut self, now_ms: u64) {
-        self.renewing_until_ms = now_ms + 250;
+        self.renewing_until_ms = now_ms + RENEWAL_PAUSE_MS;
         self.renewal_out = false;
     }
 
@@ -379,7 +382,11 @@ impl LeaseState {
         self.last_grant = granted;
         // Nothing granted (too little room: exact consumes decide): do not ask again
         // at once; a grant clears the way for the next renewal.
-        self.renewing_until_ms = if granted == 0 { now_ms + 250 } else { 0 };
+        self.renewing_until_ms = if granted == 0 {
+            now_ms + RENEWAL_PAUSE_MS
+        } else {
+            0
+        };
         self.renewal_out = false;
     }
 

@@ -885,13 +885,13 @@ impl Context for HttpFilter {
 impl HttpContext for HttpFilter {
     fn on_log(&mut self) {
         match self.stage {
-            // The client went away while the consume was in flight: whatever the
-            // counter decides, give it back; the request never ran.
             // Gone while it waited for its lease: nothing was taken for it.
             Stage::AwaitingLease => {
                 self.count(|m| m.cancelled);
                 lease_wait::forget(&self.vm, self.context_id);
             }
+            // The client went away while the consume was in flight: whatever the
+            // counter decides, give it back; the request never ran.
             Stage::Consuming { .. } | Stage::Queued { .. } => {
                 self.count(|m| m.cancelled);
                 let id = self.context_id;
@@ -1195,21 +1195,15 @@ fn read_head_and_strip_reserved() -> RequestHead {
     let Some(headers) = serialized_request_headers() else {
         return head;
     };
-    let mut names = Vec::new();
     for (name, value) in header_pairs::pairs(&headers) {
         match name {
             b":path" => head.path = value.to_vec(),
             b":method" => head.method = String::from_utf8_lossy(value).into_owned(),
-            _ => {
-                if let Ok(name) = std::str::from_utf8(name) {
-                    if reserved::is_reserved(name) {
-                        names.push(name);
-                    }
-                }
-            }
+            _ => {}
         }
     }
-    for name in reserved::distinct_reserved(names.into_iter()) {
+    let names = header_pairs::pairs(&headers).filter_map(|(n, _)| std::str::from_utf8(n).ok());
+    for name in reserved::distinct_reserved(names) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
     head
