@@ -21,6 +21,11 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// How many requests were answered with `status`.
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+
     fn merge(&mut self, other: LoadReport) {
         self.admitted.extend(other.admitted);
         for (status, n) in other.statuses {

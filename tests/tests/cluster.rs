@@ -103,7 +103,7 @@ async fn settled_usage(stack: &Stack, tenants: &[&str]) -> BTreeMap<String, u64>
 }
 
 fn admitted(report: &LoadReport) -> u64 {
-    report.statuses.get(&200).copied().unwrap_or(0)
+    report.count(200)
 }
 
 /// One probe request a tick through Envoy, from the SIGKILL until the first answer
@@ -442,7 +442,7 @@ async fn three_counters_with_one_killed_mid_traffic_admit_exactly_what_they_coun
         report.statuses
     );
     assert!(
-        report.statuses.get(&503).copied().unwrap_or(0) > 0,
+        report.count(503) > 0,
         "the killed counter's share failed closed: {:?}",
         report.statuses
     );
