@@ -46,6 +46,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p turnpike --target wasm32-wasip1 -- -D warnings
+	$(CARGO) fmt --manifest-path bench/floor/Cargo.toml -- --check
+	$(CARGO) clippy --manifest-path bench/floor/Cargo.toml --target wasm32-wasip1 \
+		--target-dir $(TARGET_DIR)/floor -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,6 +2,11 @@
 # Turnpike benchmark: the same Envoy, in the same run, with and without metering.
 #   bare      Envoy, direct_response, no filter
 #   jwt       + jwt_authn (what users run before Turnpike anyway)
+#   floor     + a minimal proxy-wasm filter doing per request only what any filter
+#             spending a shared lease must (bench/floor/src/lib.rs: a property read, a
+#             header read, a shared-data compare-and-swap, two request and two response
+#             headers, a record in memory), no counter: the floor leased mode is
+#             measured against, on the machine at hand
 #   turnpike  + jwt_authn + the Turnpike filter, exact mode: one consume per request,
 #             batched with the others waiting while the worker's calls are out
 #             (usage events off)
@@ -60,7 +65,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-1}
-ALL_VARIANTS="bare jwt turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
+ALL_VARIANTS="bare jwt floor turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 COLLECTOR_SCHED=${COLLECTOR_SCHED:-idle}
 run="$root/.run/bench"
@@ -108,6 +113,13 @@ make --no-print-directory wasm >/dev/null
 cargo build -q --release -p turnpike-counter -p turnpike-collector -p turnpike-devtools
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 wasm=${WASM:-"$target/wasm32-wasip1/wasm/turnpike.wasm"}
+floor_wasm=
+case " $VARIANTS " in
+  *" floor "*)
+    cargo build -q --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml \
+      --target-dir "$target/floor"
+    floor_wasm="$target/floor/wasm32-wasip1/release/turnpike_bench_floor.wasm" ;;
+esac
 dev="$target/release/turnpike-dev"
 collector=${COLLECTOR:-"$target/release/turnpike-collector"}
 [ -x "$collector" ] || die "COLLECTOR: $collector is not an executable"
@@ -196,8 +208,10 @@ LUA
 for round in $(seq 1 "$ROUNDS"); do
 for variant in $VARIANTS; do
   LISTEN_PORT=$(free_port); ADMIN_PORT=$(free_port)
-  concurrency=1; path=/v1/items/1; wrk_script=(); curl_body=()
+  concurrency=1; path=/v1/items/1; wrk_script=(); curl_body=(); variant_wasm=$wasm
   case "$variant" in
+    # The floor reads no config: Turnpike's, rendered as for `turnpike`, is ignored.
+    floor) patch='{"collector":null}'; base=turnpike; variant_wasm=$floor_wasm ;;
     turnpike+events) patch=${PATCH:-}; base=turnpike ;;
     turnpike-leased|turnpike-leased-c2)
       patch=$LEASED_PATCH; base=turnpike
@@ -215,7 +229,7 @@ for variant in $VARIANTS; do
   "$dev" render-envoy --template envoy/envoy.yaml.tmpl --filter-config envoy/filter-config.json \
     --set ADMIN_ADDRESS=127.0.0.1 --set ADMIN_PORT="$ADMIN_PORT" \
     --set LISTEN_ADDRESS=127.0.0.1 --set LISTEN_PORT="$LISTEN_PORT" \
-    --set JWKS_PATH="$root/config/demo/jwks.json" --set WASM_PATH="$wasm" \
+    --set JWKS_PATH="$root/config/demo/jwks.json" --set WASM_PATH="$variant_wasm" \
     --set UPSTREAM_HOST=127.0.0.1 --set UPSTREAM_PORT=1 \
     --set COUNTER_HOST=127.0.0.1 --set COUNTER_PORT="$COUNTER_PORT" \
     --set COLLECTOR_HOST=127.0.0.1 --set COLLECTOR_PORT="$COLLECTOR_PORT" \

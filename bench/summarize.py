@@ -3,7 +3,8 @@
 
 `row` appends one variant's measurement of one round to the results file; `table`
 prints one row per variant (the median of its rounds) and each metered variant's
-ratios against `bare` and `jwt`, taken within each round (a noisy minute hits a whole
+ratios against `bare` and `jwt` (and leased mode's against `floor`, the minimal
+proxy-wasm filter of bench/floor), taken within each round (a noisy minute hits a whole
 round) and summarised by their median and, with several rounds, their range.
 """
 import re
@@ -83,9 +84,11 @@ def table(path):
     for r in [header, *rows.values()]:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)))
     print()
-    # Every metered variant, in the order it ran, against the two baselines.
-    for name in [n for n in rows if n.startswith("turnpike")]:
-        for base in ("bare", "jwt"):
+    # Every metered variant (and the floor), in the order it ran, against the two
+    # baselines; leased mode against the floor too, when it ran.
+    for name in [n for n in rows if n.startswith("turnpike") or n == "floor"]:
+        bases = ("bare", "jwt", "floor") if name.startswith("turnpike-leased") else ("bare", "jwt")
+        for base in bases:
             pairs = [(t, runs[base][rnd]) for rnd, t in runs[name].items() if rnd in runs.get(base, {})]
             if not pairs:
                 continue
@@ -99,7 +102,8 @@ def table(path):
                 f"({spread([float(t[ENVOY]) - float(b[ENVOY]) for t, b in pairs], us)})"
             )
         t = rows[name]
-        print(f"{name}: counter RSS after the run {int(t[RSS + 1]) / 1024:.1f} MiB")
+        if t[RSS + 1] != "-":
+            print(f"{name}: counter RSS after the run {int(t[RSS + 1]) / 1024:.1f} MiB")
         if t[NON2XX + 1] != "0":
             print(f"WARNING: {t[NON2XX + 1]} non-2xx answers in the {name} run{'s' if len(runs[name]) > 1 else ''}")
 
