@@ -69,7 +69,7 @@ struct Pending {
 
 /// A request admitted from a lease: what its report needs.
 struct LeasedRequest {
-    key: String,
+    key: Rc<str>,
     lease: u64,
     route: Rc<Route>,
     /// Decision time on the counter's clock, unix ms.
@@ -140,10 +140,12 @@ enum LeaseSpend {
     Exact,
 }
 
-/// The request headers the filter needs, from one hostcall.
-struct RequestHead {
-    path: Vec<u8>,
-    method: String,
+/// The request headers the filter needs, from one hostcall, borrowed from its buffer.
+#[derive(Default)]
+struct RequestHead<'a> {
+    path: &'a [u8],
+    /// Empty if not UTF-8 (no route's method matches it; reported as another method).
+    method: &'a str,
 }
 
 impl HttpFilter {
@@ -189,11 +191,11 @@ impl HttpFilter {
         }
     }
 
-    fn start(&mut self, plugin: &Plugin, head: RequestHead) -> Action {
+    fn start(&mut self, plugin: &Plugin, head: RequestHead<'_>) -> Action {
         let (matched, _) = plugin
             .config
             .matcher
-            .classify_lazy(&mut || head.method.clone(), &head.path);
+            .classify_lazy(&mut || head.method.to_owned(), head.path);
         let route = match matched {
             Matched::Unmetered => {
                 self.count(|m| m.exempt);
@@ -212,7 +214,7 @@ impl HttpFilter {
                 &plugin.missing_tenant_body,
             );
         };
-        let method = report_method(&head.method);
+        let method = report_method(head.method);
         if route.mode == Mode::Leased {
             match self.spend_lease(plugin, tenant, &route, method) {
                 LeaseSpend::Admitted => return Action::Continue,
@@ -415,16 +417,16 @@ impl HttpFilter {
         route: &Rc<Route>,
         method: &'static str,
     ) -> LeaseSpend {
-        let key = lease::shared_key(tenant, &route.name);
         // One clock read for the whole decision: each hostcall costs about a µs.
         let started_ns = now_ns();
         let now = started_ns / 1_000_000;
         let Ok(mut book) = self.vm.leases.try_borrow_mut() else {
             return LeaseSpend::Exact;
         };
-        let Some(spend) = book.spend(&key, tenant, route, &plugin.config.lease, now) else {
+        let Some(spend) = book.spend(tenant, route, &plugin.config.lease, now) else {
             return LeaseSpend::Exact;
         };
+        let key = spend.key;
         if let Some(want) = spend.renew {
             let plan_raw = plugin
                 .config
@@ -933,15 +935,14 @@ impl HttpContext for HttpFilter {
                     }
                 }
                 Some(l) => {
+                    // The usage event below needs the id too; else it moves.
+                    let id = if self.usage.is_some() {
+                        self.id.clone()
+                    } else {
+                        std::mem::take(&mut self.id)
+                    };
                     let recorded = self.vm.leases.try_borrow_mut().is_ok_and(|mut book| {
-                        book.record(
-                            &l.key,
-                            &self.tenant,
-                            &l.route,
-                            l.lease,
-                            self.id.clone(),
-                            l.decided_ms,
-                        )
+                        book.record(&l.key, &self.tenant, &l.route, l.lease, id, l.decided_ms)
                     });
                     if !recorded {
                         self.count(|m| m.lease_records_lost);
@@ -959,7 +960,8 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // First, whatever follows: only the filter sets turnpike-* headers.
-        let head = read_head_and_strip_reserved();
+        let headers = serialized_request_headers();
+        let head = read_head_and_strip_reserved(headers.as_deref().unwrap_or_default());
         self.bodyless = end_of_stream;
         match self.plugin.clone() {
             Some(plugin) => self.start(&plugin, head),
@@ -1187,22 +1189,16 @@ pub(super) fn counter_headers<'a>(plugin: &'a Plugin, path: &'a str) -> Vec<(&'a
 /// header, dropping every client-sent `turnpike-*` header on the way: one hostcall for
 /// all three, plus one per reserved name found (usually none). The map is read in
 /// place (`header_pairs`), not copied header by header.
-fn read_head_and_strip_reserved() -> RequestHead {
-    let mut head = RequestHead {
-        path: Vec::new(),
-        method: String::new(),
-    };
-    let Some(headers) = serialized_request_headers() else {
-        return head;
-    };
-    for (name, value) in header_pairs::pairs(&headers) {
+fn read_head_and_strip_reserved(headers: &[u8]) -> RequestHead<'_> {
+    let mut head = RequestHead::default();
+    for (name, value) in header_pairs::pairs(headers) {
         match name {
-            b":path" => head.path = value.to_vec(),
-            b":method" => head.method = String::from_utf8_lossy(value).into_owned(),
+            b":path" => head.path = value,
+            b":method" => head.method = std::str::from_utf8(value).unwrap_or_default(),
             _ => {}
         }
     }
-    let names = header_pairs::pairs(&headers).filter_map(|(n, _)| std::str::from_utf8(n).ok());
+    let names = header_pairs::pairs(headers).filter_map(|(n, _)| std::str::from_utf8(n).ok());
     for name in reserved::distinct_reserved(names) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }

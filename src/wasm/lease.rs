@@ -6,6 +6,11 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+// The SDK's own map (foldhash), already in the .wasm: a lease is looked up twice a
+// request by a key of ~30 bytes, which SipHash takes several times longer to hash.
+// Keys are verified tenant ids, which the operator issues, not the client.
+use hashbrown::HashMap as FastMap;
+
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
@@ -52,7 +57,18 @@ pub const HOLD_RETURN_MS: u64 = 10;
 
 /// The shared-data key of a tenant's lease on a route.
 pub fn shared_key(tenant: &str, route: &str) -> String {
-    format!("turnpike/lease/{tenant}/{route}")
+    let mut key = String::new();
+    write_shared_key(&mut key, tenant, route);
+    key
+}
+
+/// [`shared_key`] into `out` (cleared first): per request, into a buffer kept for it.
+fn write_shared_key(out: &mut String, tenant: &str, route: &str) {
+    out.clear();
+    out.push_str("turnpike/lease/");
+    out.push_str(tenant);
+    out.push('/');
+    out.push_str(route);
 }
 
 pub fn now_ms() -> u64 {
@@ -83,6 +99,8 @@ pub fn update<R>(
 
 /// What a request got from its tenant's lease.
 pub struct Spent {
+    /// The lease's shared key (the book's own copy, shared, not copied per request).
+    pub key: Rc<str>,
     /// Admitted (else: decide it with an exact consume).
     pub admitted: bool,
     /// Ask the counter for this many more (this worker won the right to).
@@ -150,7 +168,9 @@ struct Report {
 
 /// Per worker: the leases it spent from and what it owes the counter about them.
 pub struct LeaseBook {
-    entries: HashMap<String, Entry>,
+    entries: FastMap<Rc<str>, Entry>,
+    /// The key of the request being decided, built here rather than allocated.
+    key_buf: String,
     pending_records: usize,
     /// Keys with a renewal to ask for, in the order requests asked.
     renewals_due: Vec<String>,
@@ -172,7 +192,8 @@ pub struct LeaseBook {
 impl LeaseBook {
     pub fn new() -> Self {
         LeaseBook {
-            entries: HashMap::new(),
+            entries: FastMap::new(),
+            key_buf: String::new(),
             pending_records: 0,
             renewals_due: Vec::new(),
             next_report_ms: 0,
@@ -221,7 +242,7 @@ impl LeaseBook {
     /// The entry of `key`, made if missing. Per-request callers look it up with
     /// `get_mut` first: this copies the key.
     fn entry(&mut self, key: &str, tenant: &str, route: &Rc<Route>) -> &mut Entry {
-        self.entries.entry(key.to_owned()).or_insert_with(|| Entry {
+        self.entries.entry_ref(key).or_insert_with(|| Entry {
             tenant: tenant.to_owned(),
             route: route.clone(),
             plan: None,
@@ -234,10 +255,24 @@ impl LeaseBook {
         })
     }
 
-    /// One request for the lease of `key`: admitted from this worker's hold when it
-    /// has a unit (no hostcall), else from the shared lease, taking a new hold in the
-    /// same compare-and-swap. `None` when the host refused the shared data.
+    /// One request for `tenant`'s lease on `route`: admitted from this worker's hold
+    /// when it has a unit (no hostcall), else from the shared lease, taking a new hold
+    /// in the same compare-and-swap. `None` when the host refused the shared data.
     pub fn spend(
+        &mut self,
+        tenant: &str,
+        route: &Rc<Route>,
+        config: &LeaseConfig,
+        now_ms: u64,
+    ) -> Option<Spent> {
+        let mut key = std::mem::take(&mut self.key_buf);
+        write_shared_key(&mut key, tenant, &route.name);
+        let spent = self.spend_key(&key, tenant, route, config, now_ms);
+        self.key_buf = key;
+        spent
+    }
+
+    fn spend_key(
         &mut self,
         key: &str,
         tenant: &str,
@@ -246,11 +281,12 @@ impl LeaseBook {
         now_ms: u64,
     ) -> Option<Spent> {
         let estimate_ms = self.counter_time_ms(now_ms);
-        let returning = match self.entries.get_mut(key) {
-            Some(e) => {
+        let returning = match self.entries.get_key_value_mut(key) {
+            Some((k, e)) => {
                 if e.hold.spend(now_ms) {
                     e.running.started(e.hold.lease);
                     return Some(Spent {
+                        key: k.clone(),
                         admitted: true,
                         renew: None,
                         lease: e.hold.lease,
@@ -265,10 +301,10 @@ impl LeaseBook {
         };
         let ((spend, hold), _) =
             update(key, |state| state.take(now_ms, &config.tuning, &returning))?;
-        let e = match self.entries.get_mut(key) {
-            Some(e) => e,
-            None => self.entry(key, tenant, route),
-        };
+        if !self.entries.contains_key(key) {
+            self.entry(key, tenant, route);
+        }
+        let (k, e) = self.entries.get_key_value_mut(key)?;
         e.hold = hold;
         if spend.admitted {
             e.running.started(hold.lease);
@@ -283,6 +319,7 @@ impl LeaseBook {
             }
         }
         Some(Spent {
+            key: k.clone(),
             admitted: spend.admitted,
             renew: spend.renew,
             lease: hold.lease,
@@ -412,7 +449,7 @@ impl LeaseBook {
         let config = &plugin.config.lease;
         let interval = config.report_interval_ms();
         self.next_report_ms = now.saturating_add(interval);
-        let keys: Vec<String> = self.entries.keys().cloned().collect();
+        let keys: Vec<Rc<str>> = self.entries.keys().cloned().collect();
         for key in keys {
             // On stopping, another worker of this Envoy may still hold units of the
             // lease for up to `hold_valid_ms`: what it admits is reported late and
@@ -684,7 +721,7 @@ impl LeaseBook {
                         if let Some(grant) = grant {
                             write_limits(&key, grant, &limits);
                         }
-                        if let Some(entry) = self.entries.get_mut(&key) {
+                        if let Some(entry) = self.entries.get_mut(key.as_str()) {
                             entry.limits = limits;
                             entry.limits_grant = grant.unwrap_or((0, 0));
                         }
