@@ -239,8 +239,7 @@ impl LeaseBook {
         }
     }
 
-    /// The entry of `key`, made if missing. Per-request callers look it up with
-    /// `get_mut` first: this copies the key.
+    /// The entry of `key`, made if missing (copying the key then).
     fn entry(&mut self, key: &str, tenant: &str, route: &Rc<Route>) -> &mut Entry {
         self.entries.entry_ref(key).or_insert_with(|| Entry {
             tenant: tenant.to_owned(),
