@@ -210,26 +210,11 @@ pub fn report_body(
         body.extend_from_slice(b"[\"");
         body.extend_from_slice(id.as_bytes());
         body.extend_from_slice(b"\",");
-        push_decimal(&mut body, *at_ms);
+        crate::decimal::push_bytes(&mut body, *at_ms);
         body.push(b']');
     }
     body.extend_from_slice(b"]}");
     body
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    // u64::MAX has 20 digits; filled from the right.
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(digits.len() - len..).unwrap_or(&[]));
 }
 
 /// The parts of a `LeaseResponse` the filter uses.

@@ -19,6 +19,7 @@ pub mod claims;
 pub mod coalesce;
 pub mod config;
 pub mod consume_id;
+pub mod decimal;
 pub mod decision;
 pub mod events;
 pub mod header_pairs;

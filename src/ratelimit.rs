@@ -30,17 +30,19 @@ impl RateLimitHeaders {
                 policy.push_str(", ");
                 remaining.push_str(", ");
             }
-            // Writing to a String cannot fail.
             push_sf_string(&mut policy, &l.name);
-            let _ = write!(policy, ";q={};w={}", l.max, l.window_secs);
+            push_params(&mut policy, &[(";q=", l.max), (";w=", l.window_secs)]);
             push_sf_string(&mut remaining, &l.name);
-            let _ = write!(remaining, ";r={};t={}", l.remaining, l.reset);
+            push_params(&mut remaining, &[(";r=", l.remaining), (";t=", l.reset)]);
             if let (true, Some(soft)) = (l.soft_crossed, l.soft) {
                 if !warning.is_empty() {
                     warning.push_str(", ");
                 }
                 push_sf_string(&mut warning, &l.name);
-                let _ = write!(warning, ";used={};soft={soft};max={}", l.used, l.max);
+                push_params(
+                    &mut warning,
+                    &[(";used=", l.used), (";soft=", soft), (";max=", l.max)],
+                );
             }
         }
         Self {
@@ -132,7 +134,7 @@ impl LeaseLimits {
             }
             push_sf_string(&mut out, name);
             let secs = end.saturating_sub(now_ms).div_ceil(1000).max(1);
-            let _ = write!(out, ";r={};t={secs}", balance.min(*room));
+            push_params(&mut out, &[(";r=", balance.min(*room)), (";t=", secs)]);
         }
         Some(out)
     }
@@ -153,6 +155,14 @@ pub fn retry_after_secs(answer: &ConsumeAnswer<'_>) -> u64 {
         })
         .unwrap_or(1)
         .max(1)
+}
+
+/// Integer parameters of a list member (`;r=59;t=42`), per request: no `write!`.
+fn push_params(out: &mut String, params: &[(&str, u64)]) {
+    for (prefix, n) in params {
+        out.push_str(prefix);
+        crate::decimal::push_str(out, *n);
+    }
 }
 
 /// An RFC 8941 sf-string. Names come from the counter, so escape `"` and `\` and drop
