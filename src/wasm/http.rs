@@ -12,7 +12,6 @@ use proxy_wasm::types::{Action, BufferType, MapType, Status};
 use turnpike_wire::{counter_paths, Decision};
 
 use super::consumes::{self, Member};
-use super::lease;
 use super::lease_wait;
 use super::metrics::Metrics;
 use super::now_ns;
@@ -134,6 +133,8 @@ enum LeaseSpend {
     Admitted,
     /// Its renewal is on its way: wait for it, until then (unix ms, our clock).
     Wait {
+        /// The lease's shared key.
+        key: Rc<str>,
         until_ms: u64,
     },
     /// Decide it with the counter.
@@ -218,8 +219,8 @@ impl HttpFilter {
         if route.mode == Mode::Leased {
             match self.spend_lease(plugin, tenant, &route, method) {
                 LeaseSpend::Admitted => return Action::Continue,
-                LeaseSpend::Wait { until_ms } => {
-                    if self.wait_for_lease(tenant, &route, method, until_ms) {
+                LeaseSpend::Wait { key, until_ms } => {
+                    if self.wait_for_lease(key, tenant, &route, method, until_ms) {
                         return Action::Pause;
                     }
                 }
@@ -273,17 +274,18 @@ impl HttpFilter {
         self.consume(plugin, route, plan, method, queue)
     }
 
-    /// Wait for the lease's renewal (`lease_wait`), at most until `until_ms`; `false`
-    /// if it cannot (then it is decided exactly).
+    /// Wait for the renewal of the lease at `key` (`lease_wait`), at most until `until_ms`;
+    /// `false` if it cannot (then it is decided exactly).
     fn wait_for_lease(
         &mut self,
+        key: Rc<str>,
         tenant: &str,
         route: &Rc<Route>,
         method: &'static str,
         until_ms: u64,
     ) -> bool {
         let waiter = lease_wait::Waiter {
-            key: lease::shared_key(tenant, &route.name),
+            key,
             context_id: self.context_id,
             filter: self.me.clone(),
             until_ms,
@@ -440,6 +442,7 @@ impl HttpFilter {
         if !spend.admitted {
             return if spend.wait {
                 LeaseSpend::Wait {
+                    key,
                     until_ms: now.saturating_add(plugin.config.lease.tuning.renewal_wait_ms),
                 }
             } else {

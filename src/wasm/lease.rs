@@ -55,14 +55,8 @@ const REPORT_REDISPATCH_MS: u64 = 100;
 /// Envoy): a hold is a few milliseconds of traffic that another worker may need.
 pub const HOLD_RETURN_MS: u64 = 10;
 
-/// The shared-data key of a tenant's lease on a route.
-pub fn shared_key(tenant: &str, route: &str) -> String {
-    let mut key = String::new();
-    write_shared_key(&mut key, tenant, route);
-    key
-}
-
-/// [`shared_key`] into `out` (cleared first): per request, into a buffer kept for it.
+/// The shared-data key of `tenant`'s lease on `route`, into `out` (cleared first): per
+/// request, into a buffer the book keeps for it.
 fn write_shared_key(out: &mut String, tenant: &str, route: &str) {
     out.clear();
     out.push_str("turnpike/lease/");

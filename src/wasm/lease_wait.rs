@@ -8,7 +8,7 @@
 //! context first), as a batch's members are.
 
 use std::cell::RefCell;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 
 use proxy_wasm::hostcalls;
 
@@ -19,7 +19,8 @@ use super::root::{Plugin, Vm};
 
 /// A paused request and the lease it waits for.
 pub struct Waiter {
-    pub key: String,
+    /// The lease's shared key (the lease book's, shared).
+    pub key: Rc<str>,
     pub context_id: u32,
     pub filter: Weak<RefCell<HttpFilter>>,
     /// It waits no longer than this (unix ms, our clock).
