@@ -511,18 +511,17 @@ async fn redis_restarted_empty_mid_month_brings_the_month_back_from_the_ledger()
     );
 }
 
-/// The consume time of `id` in the counter's usage stream (its entry id's ms).
+/// The decision time of `id` in the counter's usage stream: its entry's `ts` (the
+/// entry's id is when Redis appended it).
 fn stream_time_ms(stack: &Stack, tenant: &str, id: &str) -> Option<i64> {
     let key = turnpike_plans::keys::TenantKeys::new(tenant).stream();
     let out = stack.redis.cli(&["XRANGE", &key, "-", "+"]);
     let lines: Vec<&str> = out.lines().collect();
-    // --raw prints each entry as its id, then field, value, field, value...
+    // --raw prints each entry as its id, then field, value, field, value...; ts comes
+    // after the consume id (field i) in its entry.
     let at = lines.iter().position(|l| *l == id)?;
-    lines[..at]
-        .iter()
-        .rev()
-        .find(|l| l.contains('-') && l.split('-').all(|p| p.parse::<u64>().is_ok()))
-        .and_then(|entry| entry.split('-').next()?.parse().ok())
+    let ts = lines[at..].iter().position(|l| *l == "ts")?;
+    lines.get(at + ts + 1)?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! refund scripts) as ledger facts. Pure: no Redis here.
 //!
 //! ```text
-//! k=a i=<consume id> t=<tenant> p=<plan> m=requests=1,search_units=5   admitted
+//! k=a i=<consume id> t=<tenant> p=<plan> m=requests=1,search_units=5 ts=<unix ms>
+//!                                      admitted, decided at ts
 //! k=r i=<consume id> t=<tenant>                                          refunded
 //! k=c i=<consume id> t=<tenant>                                          cancelled
 //! k=s i=<consume id> t=<tenant> m=requests=1,tokens=850                  settled
@@ -15,8 +16,10 @@
 //! k=g l=<lease> t=<tenant> n=<requests> m=...                            lease granted
 //! k=x l=<lease> t=<tenant> g=.. s=.. r=..                                lease closed
 //! ```
-//! The entry's stream id is `<unix ms>-<seq>` on Redis's clock: the consume's time
-//! (a leased request carries its own decision time in `ts`, on the same clock).
+//! The entry's stream id is `<unix ms>-<seq>` on Redis's clock, taken when the script
+//! appends it, which can be later than when it decided (Redis paused in between): an
+//! admission's time is its `ts`, the decision time on the same clock, and the id only
+//! for entries written without one (by counters before `ts`).
 
 use turnpike_plans::ids;
 
@@ -195,6 +198,33 @@ mod tests {
                 lease: None,
             })
         );
+    }
+
+    #[test]
+    fn an_admission_is_billed_at_its_decision_time_not_its_entry_id() {
+        // Decided at 23:59:59.990 on the last day of a month, appended after Redis was
+        // paused for 150 ms: the id is in the next month, the decision is not.
+        let f = fields(&[
+            ("k", "a"),
+            ("i", "c1"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+            ("ts", "1798761599990"),
+        ]);
+        let Ok(Some(Fact::Counted { time_ms, lease, .. })) = parse("1798761600140-0", &f) else {
+            panic!("not counted");
+        };
+        assert_eq!((time_ms, lease), (1_798_761_599_990, None));
+        let bad = fields(&[
+            ("k", "a"),
+            ("i", "c1"),
+            ("t", "acme"),
+            ("p", "pro"),
+            ("m", "requests=1"),
+            ("ts", "soon"),
+        ]);
+        assert!(parse("1-0", &bad).is_err_and(|e| e.contains("ts") || e.contains("soon")));
     }
 
     #[test]

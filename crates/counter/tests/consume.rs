@@ -191,6 +191,43 @@ async fn the_same_consume_id_twice_is_counted_once_with_the_same_answer() {
     assert_eq!(redis.get(&daily_key("acme", "requests")), Some(5));
 }
 
+/// The usage stream bills an admission at the time its windows counted it: the entry
+/// carries the decision time (`ts`), the one in its idempotency record. Its stream id
+/// is when Redis appended it, later than the decision if Redis paused in between, and
+/// possibly in the next second or month.
+#[tokio::test]
+async fn an_admission_is_streamed_with_its_decision_time() {
+    let (redis, _counter, api) = start();
+    for id in ["s1", "s2", "s3"] {
+        let (_, answer) = api.consume(id, "stamp", &[("requests", 1)]).await;
+        assert_eq!(answer["allowed"], true, "{answer}");
+    }
+    let entries = redis.stream_entries("stamp");
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    for entry in entries {
+        assert_eq!(entry["k"], "a", "{entry:?}");
+        let id = &entry["i"];
+        let keys = redis.keys(&tenant_keys("stamp", &format!("id:{id}")));
+        let [record_key] = keys.as_slice() else {
+            panic!("no single record of {id}: {keys:?}");
+        };
+        let record: String = redis::cmd("GET")
+            .arg(record_key)
+            .query(&mut redis.conn())
+            .expect("GET");
+        let decided = record.split('|').nth(1).expect("A|T|...");
+        let ts = entry
+            .get("ts")
+            .unwrap_or_else(|| panic!("no ts in {entry:?}"));
+        assert_eq!(ts, decided, "{entry:?} against {record}");
+        let appended: u64 = entry["stream_id"]
+            .split_once('-')
+            .and_then(|(ms, _)| ms.parse().ok())
+            .expect("<ms>-<seq>");
+        assert!(appended >= ts.parse::<u64>().expect("unix ms"), "{entry:?}");
+    }
+}
+
 #[tokio::test]
 async fn refund_gives_back_exactly_once() {
     let (redis, _counter, api) = start();

@@ -81,5 +81,10 @@ for i = 1, n do
   parts[i] = string.format('%d', v)
 end
 redis.call('SET', KEYS[1], 'A|' .. now_ms .. '|' .. ARGV[8] .. '|' .. ARGV[9], 'EX', ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'k', 'a', 'i', ARGV[5], 't', ARGV[6], 'p', ARGV[7], 'm', ARGV[8])
+-- The decision time goes with the entry (ts): the entry's id is Redis's clock at the
+-- XADD, not at the TIME above, and a script that Redis paused in between (a stall, a
+-- descheduled VM) would otherwise be billed in a later second, or month, than the
+-- windows it counted in.
+redis.call('XADD', KEYS[2], '*', 'k', 'a', 'i', ARGV[5], 't', ARGV[6], 'p', ARGV[7], 'm', ARGV[8],
+  'ts', string.format('%d', now_ms))
 return {1, now_ms, table.concat(parts, ',')}
