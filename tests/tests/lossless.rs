@@ -518,9 +518,12 @@ fn stream_time_ms(stack: &Stack, tenant: &str, id: &str) -> Option<i64> {
     let out = stack.redis.cli(&["XRANGE", &key, "-", "+"]);
     let lines: Vec<&str> = out.lines().collect();
     // --raw prints each entry as its id, then field, value, field, value...; ts comes
-    // after the consume id (field i) in its entry.
+    // after the consume id (field i) in its entry, before the next entry's k.
     let at = lines.iter().position(|l| *l == id)?;
-    let ts = lines[at..].iter().position(|l| *l == "ts")?;
+    let ts = lines[at..]
+        .iter()
+        .take_while(|l| **l != "k")
+        .position(|l| *l == "ts")?;
     lines.get(at + ts + 1)?.parse().ok()
 }
 
