@@ -622,10 +622,10 @@ impl Store {
         for (slot, key) in windows.slots.iter().zip(windows.keys(&keys)) {
             invoke.key(key).arg(slot.max).arg(slot.start).arg(slot.end);
         }
-        for one in consumes {
+        let (shapes, shape_of) = shapes(consumes);
+        invoke.arg(shapes.len());
+        for one in shapes {
             invoke
-                .key(keys.record(one.call.id))
-                .arg(one.call.id)
                 .arg(one.call.meters)
                 .arg(one.ticket.record_slots())
                 .arg(one.ticket.slots.len());
@@ -633,6 +633,12 @@ impl Store {
                 // Lua counts from 1.
                 invoke.arg(index + 1).arg(slot.cost);
             }
+        }
+        for (one, shape) in consumes.iter().zip(shape_of) {
+            invoke
+                .key(keys.record(one.call.id))
+                .arg(one.call.id)
+                .arg(shape + 1);
         }
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = self.bounded(invoke.invoke_async(&mut conn)).await?;
@@ -928,6 +934,28 @@ fn parse_consume_reply(reply: &[Value], slots: usize) -> Result<Consumed, StoreE
     }
 }
 
+/// The distinct shapes of `consumes` (meters, slots and windows: what their records and
+/// checks are made of), in the order first seen, and each consume's shape among them.
+/// consume_many.lua reads each shape once: a batch's consumes mostly share one.
+fn shapes<'c, 'a>(consumes: &'c [ManyCall<'a>]) -> (Vec<&'c ManyCall<'a>>, Vec<usize>) {
+    let mut shapes: Vec<&ManyCall<'_>> = Vec::new();
+    let shape_of = consumes
+        .iter()
+        .map(|one| {
+            let same = |s: &&ManyCall<'_>| {
+                s.call.meters == one.call.meters
+                    && s.windows == one.windows
+                    && s.ticket.slots == one.ticket.slots
+            };
+            shapes.iter().position(same).unwrap_or_else(|| {
+                shapes.push(one);
+                shapes.len() - 1
+            })
+        })
+        .collect();
+    (shapes, shape_of)
+}
+
 /// consume_many.lua's reply: one [`Consumed`] per consume, in order. The script
 /// answers with each window's value as found and each consume's outcome; the used
 /// values an answer shows are worked out here, in order, as the script applied them.
@@ -1028,6 +1056,40 @@ mod tests {
                 .enumerate()
                 .map(|(i, &c)| slot(&format!("m{i}"), c))
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn consumes_of_one_shape_send_it_once_and_any_difference_makes_another() {
+        let (one, same, costlier) = (ticket(&[1, 2]), ticket(&[1, 2]), ticket(&[1, 3]));
+        let many = |meters, ticket, windows| ManyCall {
+            call: ConsumeCall {
+                tenant: "t",
+                id: "x",
+                meters,
+                require_seed: false,
+            },
+            ticket,
+            windows,
+        };
+        let calls = [
+            many("m0=1,m1=2", &one, &[0, 1][..]),
+            many("m0=1,m1=2", &same, &[0, 1][..]),
+            many("m0=1,m1=3", &costlier, &[0, 1][..]),
+            many("m0=1,m1=2", &one, &[1, 0][..]),
+            many("m0=1,m1=2,x=1", &one, &[0, 1][..]),
+            many("m0=1,m1=2", &same, &[0, 1][..]),
+            many("m0=1,m1=3", &costlier, &[0, 1][..]),
+        ];
+        let (shapes, shape_of) = shapes(&calls);
+        assert_eq!(shape_of, [0, 0, 1, 2, 3, 0, 1]);
+        assert_eq!(shapes.len(), 4);
+        for (call, shape) in calls.iter().zip(&shape_of) {
+            let s = shapes[*shape];
+            assert_eq!(
+                (s.call.meters, s.windows, s.ticket.record_slots()),
+                (call.call.meters, call.windows, call.ticket.record_slots())
+            );
         }
     }
 

@@ -6,6 +6,10 @@
 -- to ARGV[9] consumes with the same meters, as a lease report's (`k=A`, each record
 -- `id:ms`, without a lease). A busy proxy's batch costs Redis one script instead of
 -- one per consume, and the collector an entry per hundred.
+-- A batch's consumes mostly share a shape (meters, record slots, windows and costs:
+-- one route, one plan): each shape is sent and read once, and a consume names its
+-- own. Redis then turns two arguments a consume into Lua strings instead of ten, and
+-- builds each shape's record value once.
 -- KEYS[1]    the bucket's usage stream
 -- KEYS[2]    the tenant's seed marker for this billing month and plan
 -- KEYS[3]    the bucket's epoch (see consume.lua)
@@ -19,8 +23,10 @@
 -- ARGV[8]    n, the number of windows
 -- ARGV[9]    consumes per stream entry, at most
 -- ARGV[10 + 3(i-1) ..] for window i: max, start, end (unix seconds)
--- then for each consume: id, meters ("m=q,m=q"), record slots, k, and k pairs
---            (window index, cost): its own windows, in its ticket's order
+-- then g, the number of shapes, and for each shape: meters ("m=q,m=q"), record
+--            slots, k, and k pairs (window index, cost): its windows, in its
+--            ticket's order
+-- then for each consume: id, its shape's index (from 1)
 --
 -- Replies {3, now_ms} (stale) and {4, now_ms, required} (seed) as consume.lua, for all
 -- of them; otherwise {1, now_ms, {each window's value as found}, {each consume's
@@ -47,13 +53,32 @@ for i = 1, n do
 end
 
 local ttl, tenant, plan = ARGV[1], ARGV[5], ARGV[6]
-local allowed_record = 'A|' .. now_ms .. '|'
+local shapes = {}
+local a = 10 + 3 * n
+local g = tonumber(ARGV[a])
+a = a + 1
+for s = 1, g do
+  local k = tonumber(ARGV[a + 2])
+  local index, cost = {}, {}
+  for x = 1, k do
+    index[x] = tonumber(ARGV[a + 1 + 2 * x])
+    cost[x] = tonumber(ARGV[a + 2 + 2 * x])
+  end
+  shapes[s] = {
+    meters = ARGV[a],
+    record = 'A|' .. now_ms .. '|' .. ARGV[a] .. '|' .. ARGV[a + 1],
+    k = k,
+    index = index,
+    cost = cost,
+  }
+  a = a + 3 + 2 * k
+end
+
 local replies = {}
 -- The allowed consumes' ids by their meters, the meters in the order first seen.
 local joined, meters_seen = {}, {}
-local a = 10 + 3 * n
 for j = 1, m do
-  local k = tonumber(ARGV[a + 3])
+  local shape = shapes[tonumber(ARGV[a + 1])]
   local record_key = KEYS[3 + n + j]
   -- A record written by an earlier consume of this call (the same id twice) is found
   -- here too: the second is a replay, as it would be one call later.
@@ -65,24 +90,23 @@ for j = 1, m do
       replies[j] = rec
     end
   else
-    -- ARGV[a + 2 + 2x], ARGV[a + 3 + 2x]: window index and cost of its x-th window.
+    local index, cost = shape.index, shape.cost
     local fits = true
-    for b = a + 4, a + 2 + 2 * k, 2 do
-      local i = tonumber(ARGV[b])
-      if used[i] + tonumber(ARGV[b + 1]) > max[i] then
+    for x = 1, shape.k do
+      local i = index[x]
+      if used[i] + cost[x] > max[i] then
         fits = false
         break
       end
     end
     if fits then
-      for b = a + 4, a + 2 + 2 * k, 2 do
-        local i = tonumber(ARGV[b])
-        local cost = tonumber(ARGV[b + 1])
-        used[i] = used[i] + cost
-        taken[i] = taken[i] + cost
+      for x = 1, shape.k do
+        local i = index[x]
+        used[i] = used[i] + cost[x]
+        taken[i] = taken[i] + cost[x]
       end
-      local meters = ARGV[a + 1]
-      redis.call('SET', record_key, allowed_record .. meters .. '|' .. ARGV[a + 2], 'EX', ttl)
+      redis.call('SET', record_key, shape.record, 'EX', ttl)
+      local meters = shape.meters
       local ids = joined[meters]
       if not ids then
         ids = {}
@@ -95,7 +119,7 @@ for j = 1, m do
       replies[j] = 0
     end
   end
-  a = a + 4 + 2 * k
+  a = a + 2
 end
 
 local grace = tonumber(ARGV[7])
