@@ -28,7 +28,8 @@ pub struct Coalescer<M> {
     waiting: VecDeque<M>,
     /// Calls out: requests calling alone and batches.
     in_flight: usize,
-    batches: Vec<(u32, Vec<M>)>,
+    /// Batches out: token, members, and when it was sent (the caller's clock).
+    batches: Vec<(u32, Vec<M>, u64)>,
     /// A wake-up of the root context is on its way: no need for another.
     wake_pending: bool,
     batch_max: usize,
@@ -106,8 +107,8 @@ impl<M> Coalescer<M> {
         Some(self.waiting.drain(..n).collect())
     }
 
-    pub fn batch_sent(&mut self, token: u32, members: Vec<M>) {
-        self.batches.push((token, members));
+    pub fn batch_sent(&mut self, token: u32, members: Vec<M>, sent_at: u64) {
+        self.batches.push((token, members, sent_at));
     }
 
     /// The batch could not be sent: its members are the caller's to fail.
@@ -116,14 +117,16 @@ impl<M> Coalescer<M> {
     }
 
     pub fn owns(&self, token: u32) -> bool {
-        self.batches.iter().any(|(t, _)| *t == token)
+        self.batches.iter().any(|(t, ..)| *t == token)
     }
 
-    /// The members of an answered batch, in the order they were sent.
-    pub fn batch_done(&mut self, token: u32) -> Option<Vec<M>> {
-        let at = self.batches.iter().position(|(t, _)| *t == token)?;
+    /// The members of an answered batch, in the order they were sent, and when it was
+    /// sent.
+    pub fn batch_done(&mut self, token: u32) -> Option<(Vec<M>, u64)> {
+        let at = self.batches.iter().position(|(t, ..)| *t == token)?;
         self.in_flight = self.in_flight.saturating_sub(1);
-        Some(self.batches.swap_remove(at).1)
+        let (_, members, sent_at) = self.batches.swap_remove(at);
+        Some((members, sent_at))
     }
 
     /// Take a waiting request out of the queue (it went away before it was sent):
@@ -160,7 +163,7 @@ mod tests {
         c.woken();
         // A second call may go out: the two waiting go together.
         assert_eq!(c.next_batch(), Some(vec![1, 2]));
-        c.batch_sent(7, vec![1, 2]);
+        c.batch_sent(7, vec![1, 2], 100);
         assert_eq!(c.next_batch(), None);
         // Two calls out, the limit: more wait without a wake-up.
         assert!(!c.enqueue(3));
@@ -169,11 +172,11 @@ mod tests {
         assert!(c.alone_done());
         c.woken();
         assert_eq!(c.next_batch(), Some(vec![3]));
-        c.batch_sent(8, vec![3]);
+        c.batch_sent(8, vec![3], 105);
         assert!(c.owns(7) && c.owns(8) && !c.owns(9));
-        assert_eq!(c.batch_done(7), Some(vec![1, 2]));
+        assert_eq!(c.batch_done(7), Some((vec![1, 2], 100)));
         assert_eq!(c.batch_done(7), None);
-        assert_eq!(c.batch_done(8), Some(vec![3]));
+        assert_eq!(c.batch_done(8), Some((vec![3], 105)));
         assert!(c.idle());
         assert_eq!(c.arrive(), Arrival::Alone);
     }
@@ -188,7 +191,7 @@ mod tests {
         assert_eq!(c.next_batch(), None, "one call out is the limit");
         c.alone_done();
         assert_eq!(c.next_batch(), Some(vec![0, 1, 2]));
-        c.batch_sent(1, vec![0, 1, 2]);
+        c.batch_sent(1, vec![0, 1, 2], 0);
         assert_eq!(c.next_batch(), None);
         c.batch_done(1);
         assert_eq!(c.next_batch(), Some(vec![3, 4]));

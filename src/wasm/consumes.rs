@@ -102,6 +102,9 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
             )
         };
         let counter = &plugin.config.counter;
+        // The call's round trip is its members' callout latency: one clock read a
+        // batch, none a member.
+        let sent_ns = now_ns();
         let dispatched = hostcalls::dispatch_http_call(
             &counter.cluster,
             counter_headers(plugin, path),
@@ -118,7 +121,7 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
                     Metrics::inc(m.consume_batches);
                     Metrics::add(m.consumes_batched, n);
                 }
-                c.batch_sent(token, members);
+                c.batch_sent(token, members, sent_ns);
             }
             Err(_) => {
                 c.batch_not_sent();
@@ -132,7 +135,7 @@ pub fn send_batches(vm: &Vm, plugin: &Plugin) {
 
 /// `true` when `token` was a batch: its members have their answers.
 pub fn batch_answered(vm: &Vm, plugin: &Plugin, token: u32, body_size: usize) -> bool {
-    let Some(members) = vm
+    let Some((members, sent_ns)) = vm
         .consumes
         .try_borrow_mut()
         .ok()
@@ -140,6 +143,12 @@ pub fn batch_answered(vm: &Vm, plugin: &Plugin, token: u32, body_size: usize) ->
     else {
         return false;
     };
+    if let Some(m) = &vm.metrics {
+        Metrics::record(
+            m.callout_latency_ms,
+            now_ns().saturating_sub(sent_ns) / 1_000_000,
+        );
+    }
     let status = call_response_status();
     // More than one member: it went to /v1/consume/batch (one goes alone).
     if status.as_deref() == Some("404") && members.len() > 1 {
@@ -176,8 +185,7 @@ fn decide_members(
     members: Vec<Member>,
     outcomes: Vec<Result<callout::ConsumeAnswer<'_>, CounterError>>,
 ) {
-    // Per batch, not per member: one clock read, one hostcall for `allowed`.
-    let now = now_ns();
+    // Per batch, not per member: one hostcall for `allowed`.
     vm.batch_admits.set(Some(0));
     for (member, outcome) in members.into_iter().zip(outcomes) {
         // Gone (the client went away): its on_log already gave the consume back.
@@ -188,7 +196,7 @@ fn decide_members(
             continue;
         }
         if let Ok(mut filter) = filter.try_borrow_mut() {
-            filter.batch_decided(plugin, outcome, now);
+            filter.batch_decided(plugin, outcome);
         };
     }
     let allowed = vm.batch_admits.take().unwrap_or(0);

@@ -42,7 +42,7 @@ enum Stage {
     /// Request paused, its own consume callout in flight.
     Consuming { token: u32, started_ns: u64 },
     /// Request paused, its consume waiting for (or in) a batch the root context sends.
-    Queued { started_ns: u64 },
+    Queued,
     /// Counter admitted it.
     Allowed,
     /// Let through by fail_open without the counter's answer.
@@ -365,8 +365,15 @@ impl HttpFilter {
             .map(Some),
             Arrival::Queue => Ok(None),
         };
-        let started_ns = now_ns();
-        if self.vm.events_on.get() {
+        // A clock read (a hostcall) for the usage event, or for the latency of a call
+        // of its own; a batch's is read once for the batch.
+        let events = self.vm.events_on.get();
+        let started_ns = if events || matches!(dispatched, Ok(Some(_))) {
+            now_ns()
+        } else {
+            0
+        };
+        if events {
             self.usage = Some(Usage {
                 // Until the counter answers; only fail_open keeps this.
                 decision: Decision::Unverified,
@@ -400,7 +407,7 @@ impl HttpFilter {
                     .try_borrow_mut()
                     .is_ok_and(|mut c| c.enqueue(member));
                 consumes::wake_if(&self.vm, wake);
-                self.stage = Stage::Queued { started_ns };
+                self.stage = Stage::Queued;
                 Action::Pause
             }
             Err(_) => self.apply(
@@ -651,7 +658,13 @@ impl HttpFilter {
             }
             Ok(body) => callout::parse_compact_answer(status.as_deref(), body.as_deref()),
         };
-        self.decided(plugin, started_ns, outcome, now_ns());
+        if let Some(m) = &self.vm.metrics {
+            Metrics::record(
+                m.callout_latency_ms,
+                now_ns().saturating_sub(started_ns) / 1_000_000,
+            );
+        }
+        self.decided(plugin, outcome);
         self.alone_done();
     }
 
@@ -667,31 +680,22 @@ impl HttpFilter {
     }
 
     /// The answer to this request's consume in a batch (the root context made this the
-    /// effective context), which arrived at `now_ns`.
+    /// effective context).
     pub fn batch_decided(
         &mut self,
         plugin: &Plugin,
         outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
-        now_ns: u64,
     ) {
-        if let Stage::Queued { started_ns } = self.stage {
-            self.decided(plugin, started_ns, outcome, now_ns);
+        if self.stage == Stage::Queued {
+            self.decided(plugin, outcome);
         }
     }
 
     fn decided(
         &mut self,
         plugin: &Plugin,
-        started_ns: u64,
         outcome: Result<callout::ConsumeAnswer<'_>, CounterError>,
-        now_ns: u64,
     ) {
-        if let Some(m) = &self.vm.metrics {
-            Metrics::record(
-                m.callout_latency_ms,
-                now_ns.saturating_sub(started_ns) / 1_000_000,
-            );
-        }
         if let (Ok(answer), Some(u)) = (&outcome, &mut self.usage) {
             u.decided_ms = answer.time_ms;
         }
@@ -897,11 +901,11 @@ impl HttpContext for HttpFilter {
             }
             // The client went away while the consume was in flight: whatever the
             // counter decides, give it back; the request never ran.
-            Stage::Consuming { .. } | Stage::Queued { .. } => {
+            Stage::Consuming { .. } | Stage::Queued => {
                 self.count(|m| m.cancelled);
                 let id = self.context_id;
                 let sent = match self.stage {
-                    Stage::Queued { .. } => !self
+                    Stage::Queued => !self
                         .vm
                         .consumes
                         .try_borrow_mut()
@@ -1052,9 +1056,7 @@ impl HttpContext for HttpFilter {
             // Where Envoy hands over the body of a request whose headers are paused
             // (allow_on_headers_stop_iteration), going on here would send the request
             // upstream before the counter has decided: hold it too.
-            Stage::Consuming { .. } | Stage::Queued { .. } | Stage::AwaitingLease => {
-                return Action::Pause
-            }
+            Stage::Consuming { .. } | Stage::Queued | Stage::AwaitingLease => return Action::Pause,
             _ => return Action::Continue,
         }
         let Some(plugin) = self.plugin.clone() else {
