@@ -7,6 +7,12 @@
 #             header read, a shared-data compare-and-swap, two request and two response
 #             headers, a record in memory), no counter: the floor leased mode is
 #             measured against, on the machine at hand
+#   floor-exact  + a minimal proxy-wasm filter deciding every request at the counter,
+#             batched as Turnpike batches (bench/floor/src/exact.rs: two property reads,
+#             a header read, the request paused and queued, one call per batch from the
+#             root context, each request resumed with two request headers, two
+#             response headers), and none of Turnpike's logic: the floor exact mode
+#             is measured against
 #   turnpike  + jwt_authn + the Turnpike filter, exact mode: one consume per request,
 #             batched with the others waiting while the worker's calls are out
 #             (usage events off)
@@ -65,7 +71,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-1}
-ALL_VARIANTS="bare jwt floor turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
+ALL_VARIANTS="bare jwt floor floor-exact turnpike turnpike+events turnpike-leased turnpike-leased-c2 turnpike-settle"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 COLLECTOR_SCHED=${COLLECTOR_SCHED:-idle}
 run="$root/.run/bench"
@@ -119,6 +125,13 @@ case " $VARIANTS " in
     cargo build -q --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml \
       --target-dir "$target/floor"
     floor_wasm="$target/floor/wasm32-wasip1/release/turnpike_bench_floor.wasm" ;;
+esac
+floor_exact_wasm=
+case " $VARIANTS " in
+  *" floor-exact "*)
+    cargo build -q --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml \
+      --features exact --target-dir "$target/floor-exact"
+    floor_exact_wasm="$target/floor-exact/wasm32-wasip1/release/turnpike_bench_floor.wasm" ;;
 esac
 dev="$target/release/turnpike-dev"
 collector=${COLLECTOR:-"$target/release/turnpike-collector"}
@@ -212,6 +225,7 @@ for variant in $VARIANTS; do
   case "$variant" in
     # The floor reads no config: Turnpike's, rendered as for `turnpike`, is ignored.
     floor) patch='{"collector":null}'; base=turnpike; variant_wasm=$floor_wasm ;;
+    floor-exact) patch='{"collector":null}'; base=turnpike; variant_wasm=$floor_exact_wasm ;;
     turnpike+events) patch=${PATCH:-}; base=turnpike ;;
     turnpike-leased|turnpike-leased-c2)
       patch=$LEASED_PATCH; base=turnpike

@@ -3,9 +3,10 @@
 
 `row` appends one variant's measurement of one round to the results file; `table`
 prints one row per variant (the median of its rounds) and each metered variant's
-ratios against `bare` and `jwt` (and leased mode's against `floor`, the minimal
-proxy-wasm filter of bench/floor), taken within each round (a noisy minute hits a whole
-round) and summarised by their median and, with several rounds, their range.
+ratios against `bare` and `jwt` (and leased mode's against `floor`, exact mode's
+against `floor-exact`: the minimal proxy-wasm filters of bench/floor), taken within
+each round (a noisy minute hits a whole round) and summarised by their median and,
+with several rounds, their range.
 """
 import re
 import statistics
@@ -28,7 +29,8 @@ def row(round_, variant, wrk_file, envoy_ticks, counter_ticks, redis_ticks, coll
         sys.exit(f"summarize.py: cannot read wrk output {wrk_file}")
     requests = int(total.group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    metered = variant.startswith("turnpike")
+    # floor-exact calls the counter too (the same consumes as exact mode).
+    metered = variant.startswith("turnpike") or variant == "floor-exact"
     us = lambda ticks: int(ticks) * 1e6 / int(clk_tck) / max(requests, 1)
     fields = [
         round_,
@@ -84,10 +86,16 @@ def table(path):
     for r in [header, *rows.values()]:
         print("  ".join(x.rjust(w) for x, w in zip(r, widths)))
     print()
-    # Every metered variant (and the floor), in the order it ran, against the two
-    # baselines; leased mode against the floor too, when it ran.
-    for name in [n for n in rows if n.startswith("turnpike") or n == "floor"]:
-        bases = ("bare", "jwt", "floor") if name.startswith("turnpike-leased") else ("bare", "jwt")
+    # Every metered variant (and the floors), in the order it ran, against the two
+    # baselines; leased mode against the floor too, and exact mode against its own
+    # floor, when they ran.
+    for name in [n for n in rows if n.startswith("turnpike") or n.startswith("floor")]:
+        if name.startswith("turnpike-leased"):
+            bases = ("bare", "jwt", "floor")
+        elif name in ("turnpike", "turnpike+events"):
+            bases = ("bare", "jwt", "floor-exact")
+        else:
+            bases = ("bare", "jwt")
         for base in bases:
             pairs = [(t, runs[base][rnd]) for rnd, t in runs[name].items() if rnd in runs.get(base, {})]
             if not pairs:
