@@ -49,6 +49,8 @@ lint:
 	$(CARGO) fmt --manifest-path bench/floor/Cargo.toml -- --check
 	$(CARGO) clippy --manifest-path bench/floor/Cargo.toml --target wasm32-wasip1 \
 		--target-dir $(TARGET_DIR)/floor -- -D warnings
+	$(CARGO) clippy --manifest-path bench/floor/Cargo.toml --target wasm32-wasip1 \
+		--features exact --target-dir $(TARGET_DIR)/floor-exact -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
