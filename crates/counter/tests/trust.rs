@@ -174,8 +174,19 @@ async fn replicas_with_skewed_clocks_never_over_admit_a_window() {
     let redis = Redis::start();
     // One replica 0.4 s ahead, one 15 s behind: by their own clocks they would count in
     // different per-second windows, and the slow one would set expiries in the past.
-    let ahead = Counter::start_with(&redis, PLANS, &["--clock-skew-ms", "400"]);
-    let behind = Counter::start_with(&redis, PLANS, &["--clock-skew-ms", "-15000"]);
+    // Generous Redis bounds: 16 workers on a loaded CI machine once waited past the
+    // default 100 ms for Redis (a 503), which says nothing about the clocks.
+    let bounds = ["--budget-ms", "5000", "--redis-timeout-ms", "4000"];
+    let ahead = Counter::start_with(
+        &redis,
+        PLANS,
+        &[&["--clock-skew-ms", "400"][..], &bounds].concat(),
+    );
+    let behind = Counter::start_with(
+        &redis,
+        PLANS,
+        &[&["--clock-skew-ms", "-15000"][..], &bounds].concat(),
+    );
     let apis = [Api::h2c(&ahead), Api::h2c(&behind)];
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
