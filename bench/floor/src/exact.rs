@@ -28,15 +28,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::TENANT_PATH;
+use crate::claim;
 
-const PLAN_PATH: [&str; 5] = [
-    "metadata",
-    "filter_metadata",
-    "envoy.filters.http.jwt_authn",
-    "jwt_payload",
-    "plan",
-];
 /// As `turnpike-dev render-envoy` renders the counter's cluster, and Turnpike's defaults.
 const CLUSTER: &str = "turnpike_counter";
 const AUTHORITY: &str = "turnpike-counter";
@@ -204,12 +197,7 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let tenant = self
-            .get_property(TENANT_PATH.to_vec())
-            .and_then(|b| String::from_utf8(b).ok());
-        let plan = self
-            .get_property(PLAN_PATH.to_vec())
-            .and_then(|b| String::from_utf8(b).ok());
+        let (tenant, plan) = (claim("tenant"), claim("plan"));
         let path = self.get_http_request_header(":path");
         let (Some(tenant), Some(_path)) = (tenant, path) else {
             self.send_http_response(401, vec![], Some(b"no tenant"));

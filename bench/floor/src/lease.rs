@@ -14,7 +14,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 
-use crate::TENANT_PATH;
+use crate::claim;
 
 /// Units a refill puts in the shared "lease" (standing in for a grant).
 const REFILL: u64 = 1_000_000;
@@ -83,9 +83,7 @@ fn take(key: &str) -> Option<u64> {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let tenant = self
-            .get_property(TENANT_PATH.to_vec())
-            .and_then(|b| String::from_utf8(b).ok());
+        let tenant = claim("tenant");
         let path = self.get_http_request_header(":path");
         let (Some(tenant), Some(_path)) = (tenant, path) else {
             self.send_http_response(401, vec![], Some(b"no tenant"));

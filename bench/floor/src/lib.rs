@@ -16,15 +16,20 @@ mod exact;
 #[cfg(not(feature = "exact"))]
 mod lease;
 
-/// Where `jwt_authn` keeps the verified payload (`payload_in_metadata: jwt_payload`, as
-/// `turnpike-dev render-envoy` renders it), and the claim the bench's token carries.
-pub(crate) const TENANT_PATH: [&str; 5] = [
-    "metadata",
-    "filter_metadata",
-    "envoy.filters.http.jwt_authn",
-    "jwt_payload",
-    "tenant",
-];
+/// A claim of the verified JWT payload, where `jwt_authn` keeps it
+/// (`payload_in_metadata: jwt_payload`, as `turnpike-dev render-envoy` renders it): one
+/// property read. `None` when absent or not UTF-8.
+pub(crate) fn claim(name: &str) -> Option<String> {
+    let path = vec![
+        "metadata",
+        "filter_metadata",
+        "envoy.filters.http.jwt_authn",
+        "jwt_payload",
+        name,
+    ];
+    let bytes = proxy_wasm::hostcalls::get_property(path).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
 
 #[cfg(feature = "exact")]
 proxy_wasm::main! {{
