@@ -432,6 +432,35 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
     assert_eq!(ids, expected);
 }
 
+/// A report with one bad record among good ones is refused whole, naming that record,
+/// and nothing of it reaches the usage stream.
+#[tokio::test]
+async fn a_report_with_a_bad_record_is_refused_naming_it() {
+    let redis = Redis::start();
+    let counter = Counter::start(&redis, PLANS);
+    let api = Api::new(&counter);
+    let granted = lease(&api, "acme", 20, None, false).await;
+    let id = granted["lease"].as_u64().unwrap();
+    let now_ms = granted["time_ms"].as_u64().unwrap();
+    for (records, field) in [
+        (
+            json!([["ok-1", now_ms], ["not an id", now_ms]]),
+            "records[1]",
+        ),
+        (json!([["x".repeat(65), now_ms]]), "records[0]"),
+        (json!([["ok-1", now_ms], ["", now_ms]]), "records[1]"),
+    ] {
+        let body = json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b", "records": records});
+        let (status, answer) = api.post("/v1/lease/report", body).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+    assert!(redis.stream_entries("acme").iter().all(|e| e["k"] != "A"));
+}
+
 /// A renewal that reaches the counter in a second's last milliseconds, for a lease that
 /// ends with that second, is held until the second turns and answered with a new
 /// lease of the next second, saying how long it was held (the proxy counts its lease
