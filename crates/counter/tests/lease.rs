@@ -38,6 +38,22 @@ async fn lease(api: &Api, tenant: &str, want: u64, held: Option<u64>, close: boo
     answer
 }
 
+/// A lease of 20 requests for `acme`: its id, and the counter's time (unix ms) when it
+/// granted it.
+async fn acme_lease(api: &Api) -> (u64, u64) {
+    let granted = lease(api, "acme", 20, None, false).await;
+    (
+        granted["lease"].as_u64().unwrap(),
+        granted["time_ms"].as_u64().unwrap(),
+    )
+}
+
+/// A `POST /v1/lease/report` body: `records` admitted from lease `id` of `tenant`'s
+/// route that costs one request.
+fn report_body(tenant: &str, id: u64, batch: &str, records: impl Into<Value>) -> Value {
+    json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": batch, "records": records.into()})
+}
+
 fn used(answer: &Value, limit: &str) -> u64 {
     answer["limits"]
         .as_array()
@@ -96,17 +112,12 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     let redis = Redis::start();
     let counter = Counter::start(&redis, PLANS);
     let api = Api::new(&counter);
-    let granted = lease(&api, "acme", 20, None, false).await;
-    let id = granted["lease"].as_u64().unwrap();
-    let now_ms = granted["time_ms"].as_u64().unwrap();
+    let (id, now_ms) = acme_lease(&api).await;
     let records: Vec<Value> = (0..3)
         .map(|i| json!([format!("leased-{i}"), now_ms + i]))
         .collect();
     let (status, reported) = api
-        .post(
-            "/v1/lease/report",
-            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b1", "records": records}),
-        )
+        .post("/v1/lease/report", report_body("acme", id, "b1", records))
         .await;
     assert_eq!(
         (status, reported["recorded"].clone()),
@@ -126,7 +137,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     let (status, _) = api
         .post(
             "/v1/lease/report",
-            json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b2", "records": [["leased-3", now_ms + 3]]}),
+            report_body("acme", id, "b2", json!([["leased-3", now_ms + 3]])),
         )
         .await;
     assert_eq!(status, 200);
@@ -158,7 +169,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
     // Reported after its units went back: charged to the windows, not given back twice.
     api.post(
         "/v1/lease/report",
-        json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b3", "records": [["leased-late", now_ms]]}),
+        report_body("acme", id, "b3", json!([["leased-late", now_ms]])),
     )
     .await;
     assert_eq!(daily_used(&api, "acme").await, 5);
@@ -191,10 +202,7 @@ async fn reported_requests_reach_the_usage_stream_and_unspent_ones_come_back_on_
 async fn report(api: &Api, tenant: &str, id: u64, batch: &str, ids: std::ops::Range<u64>) {
     let records: Vec<Value> = ids.map(|i| json!([format!("{batch}-{i}"), 0])).collect();
     let (status, answer) = api
-        .post(
-            "/v1/lease/report",
-            json!({"tenant": tenant, "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": batch, "records": records}),
-        )
+        .post("/v1/lease/report", report_body(tenant, id, batch, records))
         .await;
     assert_eq!(status, 200, "{answer}");
 }
@@ -395,13 +403,11 @@ async fn a_report_of_ten_thousand_requests_is_taken_whole() {
         &["--budget-ms", "5000", "--redis-timeout-ms", "4000"],
     );
     let api = Api::new(&counter);
-    let granted = lease(&api, "acme", 20, None, false).await;
-    let id = granted["lease"].as_u64().unwrap();
-    let now_ms = granted["time_ms"].as_u64().unwrap();
+    let (id, now_ms) = acme_lease(&api).await;
     let records: Vec<Value> = (0..10_000)
         .map(|i| json!([format!("leased-0123456789abcdef-{i:08}"), now_ms]))
         .collect();
-    let body = json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "big", "records": records});
+    let body = report_body("acme", id, "big", records);
     assert!(body.to_string().len() > 64 * 1024);
     let (status, reported) = api.post("/v1/lease/report", body).await;
     assert_eq!(
@@ -439,9 +445,7 @@ async fn a_report_with_a_bad_record_is_refused_naming_it() {
     let redis = Redis::start();
     let counter = Counter::start(&redis, PLANS);
     let api = Api::new(&counter);
-    let granted = lease(&api, "acme", 20, None, false).await;
-    let id = granted["lease"].as_u64().unwrap();
-    let now_ms = granted["time_ms"].as_u64().unwrap();
+    let (id, now_ms) = acme_lease(&api).await;
     for (records, field) in [
         (
             json!([["ok-1", now_ms], ["not an id", now_ms]]),
@@ -450,7 +454,7 @@ async fn a_report_with_a_bad_record_is_refused_naming_it() {
         (json!([["x".repeat(65), now_ms]]), "records[0]"),
         (json!([["ok-1", now_ms], ["", now_ms]]), "records[1]"),
     ] {
-        let body = json!({"tenant": "acme", "meters": [{"meter": "requests", "cost": 1}], "lease": id, "batch": "b", "records": records});
+        let body = report_body("acme", id, "b", records);
         let (status, answer) = api.post("/v1/lease/report", body).await;
         assert_eq!(status, 422, "{answer}");
         assert!(
